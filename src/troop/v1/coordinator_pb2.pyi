@@ -1,0 +1,324 @@
+import datetime
+
+from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from troop.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_OUTCOME_UNSPECIFIED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_COMPLETED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_FAILED: _ClassVar[JobOutcome]
+
+class SettlementKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SETTLEMENT_KIND_UNSPECIFIED: _ClassVar[SettlementKind]
+    SETTLEMENT_KIND_CHARGED: _ClassVar[SettlementKind]
+    SETTLEMENT_KIND_REFUNDED: _ClassVar[SettlementKind]
+    SETTLEMENT_KIND_EXPIRED: _ClassVar[SettlementKind]
+
+class TransactionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSACTION_KIND_UNSPECIFIED: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_GRANT: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_RESERVE: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_RELEASE: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_EARN: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_REFUND: _ClassVar[TransactionKind]
+JOB_OUTCOME_UNSPECIFIED: JobOutcome
+JOB_OUTCOME_COMPLETED: JobOutcome
+JOB_OUTCOME_FAILED: JobOutcome
+SETTLEMENT_KIND_UNSPECIFIED: SettlementKind
+SETTLEMENT_KIND_CHARGED: SettlementKind
+SETTLEMENT_KIND_REFUNDED: SettlementKind
+SETTLEMENT_KIND_EXPIRED: SettlementKind
+TRANSACTION_KIND_UNSPECIFIED: TransactionKind
+TRANSACTION_KIND_GRANT: TransactionKind
+TRANSACTION_KIND_RESERVE: TransactionKind
+TRANSACTION_KIND_RELEASE: TransactionKind
+TRANSACTION_KIND_EARN: TransactionKind
+TRANSACTION_KIND_REFUND: TransactionKind
+
+class GetPublicKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("kid", "algorithm", "public_key_pem")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    kid: str
+    algorithm: str
+    public_key_pem: str
+    def __init__(self, kid: _Optional[str] = ..., algorithm: _Optional[str] = ..., public_key_pem: _Optional[str] = ...) -> None: ...
+
+class GetKeySetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JsonWebKey(_message.Message):
+    __slots__ = ("kty", "kid", "use", "alg", "n", "e")
+    KTY_FIELD_NUMBER: _ClassVar[int]
+    KID_FIELD_NUMBER: _ClassVar[int]
+    USE_FIELD_NUMBER: _ClassVar[int]
+    ALG_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    E_FIELD_NUMBER: _ClassVar[int]
+    kty: str
+    kid: str
+    use: str
+    alg: str
+    n: str
+    e: str
+    def __init__(self, kty: _Optional[str] = ..., kid: _Optional[str] = ..., use: _Optional[str] = ..., alg: _Optional[str] = ..., n: _Optional[str] = ..., e: _Optional[str] = ...) -> None: ...
+
+class GetKeySetResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[JsonWebKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[JsonWebKey, _Mapping]]] = ...) -> None: ...
+
+class NodeLoad(_message.Message):
+    __slots__ = ("active_jobs", "queue_depth", "max_concurrent_jobs")
+    ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_JOBS_FIELD_NUMBER: _ClassVar[int]
+    active_jobs: int
+    queue_depth: int
+    max_concurrent_jobs: int
+    def __init__(self, active_jobs: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ...) -> None: ...
+
+class NodeHardware(_message.Message):
+    __slots__ = ("device", "cpu_count", "memory_bytes")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    cpu_count: int
+    memory_bytes: int
+    def __init__(self, device: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "owner_public_key")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    endpoint: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    load: NodeLoad
+    hardware: NodeHardware
+    owner_public_key: str
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., owner_public_key: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("interval_seconds", "multiplier")
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: int
+    multiplier: float
+    def __init__(self, interval_seconds: _Optional[int] = ..., multiplier: _Optional[float] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    endpoint: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    load: NodeLoad
+    hardware: NodeHardware
+    multiplier: float
+    last_seen: _timestamp_pb2.Timestamp
+    node_public_key: str
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class AuthorizeRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class AuthorizeResponse(_message.Message):
+    __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    ticket: str
+    node_id: str
+    endpoint: str
+    expires_at: _timestamp_pb2.Timestamp
+    reserved_millicredits: int
+    node_public_key: str
+    def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ...) -> None: ...
+
+class JobReceipt(_message.Message):
+    __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    outcome: JobOutcome
+    duration_ms: int
+    usage: _common_pb2.Usage
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., duration_ms: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SubmitReceiptRequest(_message.Message):
+    __slots__ = ("receipt", "signature")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    receipt: bytes
+    signature: bytes
+    def __init__(self, receipt: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SubmitReceiptResponse(_message.Message):
+    __slots__ = ("job_id", "kind", "charged_millicredits", "released_millicredits", "already_settled")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_SETTLED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: SettlementKind
+    charged_millicredits: int
+    released_millicredits: int
+    already_settled: bool
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[SettlementKind, str]] = ..., charged_millicredits: _Optional[int] = ..., released_millicredits: _Optional[int] = ..., already_settled: _Optional[bool] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("public_key",)
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    public_key: str
+    def __init__(self, public_key: _Optional[str] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("public_key", "balance_millicredits", "reserved_millicredits")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    public_key: str
+    balance_millicredits: int
+    reserved_millicredits: int
+    def __init__(self, public_key: _Optional[str] = ..., balance_millicredits: _Optional[int] = ..., reserved_millicredits: _Optional[int] = ...) -> None: ...
+
+class Transaction(_message.Message):
+    __slots__ = ("id", "created_at", "kind", "amount_millicredits", "job_id", "balance_after_millicredits")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    created_at: _timestamp_pb2.Timestamp
+    kind: TransactionKind
+    amount_millicredits: int
+    job_id: str
+    balance_after_millicredits: int
+    def __init__(self, id: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[TransactionKind, str]] = ..., amount_millicredits: _Optional[int] = ..., job_id: _Optional[str] = ..., balance_after_millicredits: _Optional[int] = ...) -> None: ...
+
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ("public_key", "page_size", "page_token")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    public_key: str
+    page_size: int
+    page_token: str
+    def __init__(self, public_key: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTransactionsResponse(_message.Message):
+    __slots__ = ("transactions", "next_page_token")
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[Transaction]
+    next_page_token: str
+    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetChallengeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class GetChallengeResponse(_message.Message):
+    __slots__ = ("challenge_id", "seed", "matrix_size", "sample_indices", "expires_at")
+    CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    challenge_id: str
+    seed: int
+    matrix_size: int
+    sample_indices: _containers.RepeatedScalarFieldContainer[int]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, challenge_id: _Optional[str] = ..., seed: _Optional[int] = ..., matrix_size: _Optional[int] = ..., sample_indices: _Optional[_Iterable[int]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class VerifyProofRequest(_message.Message):
+    __slots__ = ("node_id", "challenge_id", "samples", "elapsed_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    challenge_id: str
+    samples: _containers.RepeatedScalarFieldContainer[float]
+    elapsed_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., challenge_id: _Optional[str] = ..., samples: _Optional[_Iterable[float]] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...
+
+class VerifyProofResponse(_message.Message):
+    __slots__ = ("multiplier",)
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    multiplier: float
+    def __init__(self, multiplier: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""What the Troop coordinator, worker and client share: contracts, keys, tickets, errors."""

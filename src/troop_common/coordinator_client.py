@@ -1,0 +1,112 @@
+"""A typed async client of the coordinator, shared by the worker and the client SDK.
+
+Each call carries a fresh assertion signed by the caller's identity (user or
+node) and maps a failed call to the matching TroopError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from troop_common.assertions import create_assertion
+from troop_common.errors import from_rpc_error
+from troop_common.keys import Identity
+from troop_common.proto import coordinator_pb2 as pb
+from troop_common.proto import coordinator_pb2_grpc
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class CoordinatorClient:
+    """`async with CoordinatorClient(address, identity) as c: await c.get_balance()`."""
+
+    def __init__(
+        self,
+        address: str,
+        identity: Identity | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.identity = identity
+        self._own_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(address)
+        self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()
+
+    def _metadata(self, signed: bool) -> list[tuple[str, str]]:
+        if not signed:
+            return []
+        if self.identity is None:
+            raise ValueError("this call needs an identity")
+        return [("authorization", f"Bearer {create_assertion(self.identity)}")]
+
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object, *, signed: bool) -> T:
+        try:
+            return await rpc(request, metadata=self._metadata(signed), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def get_public_key(self) -> pb.GetPublicKeyResponse:
+        return await self._call(self.stub.GetPublicKey, pb.GetPublicKeyRequest(), signed=False)
+
+    async def get_key_set(self) -> pb.GetKeySetResponse:
+        return await self._call(self.stub.GetKeySet, pb.GetKeySetRequest(), signed=False)
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return await self._call(self.stub.Heartbeat, request, signed=True)
+
+    async def list_nodes(self, model: str = "") -> pb.ListNodesResponse:
+        return await self._call(self.stub.ListNodes, pb.ListNodesRequest(model=model), signed=False)
+
+    async def list_models(self) -> pb.ListModelsResponse:
+        return await self._call(self.stub.ListModels, pb.ListModelsRequest(), signed=False)
+
+    async def authorize(self, model: str) -> pb.AuthorizeResponse:
+        return await self._call(self.stub.Authorize, pb.AuthorizeRequest(model=model), signed=True)
+
+    async def submit_receipt(self, request: pb.SubmitReceiptRequest) -> pb.SubmitReceiptResponse:
+        return await self._call(self.stub.SubmitReceipt, request, signed=False)
+
+    async def get_balance(self, public_key: str | None = None) -> pb.GetBalanceResponse:
+        key = public_key or self._own_key()
+        return await self._call(
+            self.stub.GetBalance, pb.GetBalanceRequest(public_key=key), signed=True
+        )
+
+    async def list_transactions(
+        self, public_key: str | None = None, page_size: int = 20, page_token: str = ""
+    ) -> pb.ListTransactionsResponse:
+        request = pb.ListTransactionsRequest(
+            public_key=public_key or self._own_key(), page_size=page_size, page_token=page_token
+        )
+        return await self._call(self.stub.ListTransactions, request, signed=True)
+
+    async def get_challenge(self, node_id: str) -> pb.GetChallengeResponse:
+        return await self._call(
+            self.stub.GetChallenge, pb.GetChallengeRequest(node_id=node_id), signed=True
+        )
+
+    async def verify_proof(self, request: pb.VerifyProofRequest) -> pb.VerifyProofResponse:
+        return await self._call(self.stub.VerifyProof, request, signed=True)
+
+    def _own_key(self) -> str:
+        if self.identity is None:
+            raise ValueError("this call needs an identity")
+        return self.identity.public_key_hex

@@ -1,0 +1,1 @@
+"""Server interceptors shared by every Troop gRPC server."""

@@ -1,0 +1,72 @@
+"""The one place a server turns exceptions into gRPC status.
+
+A TroopError becomes its code with rich details; anything else becomes
+INTERNAL with a generic message (the traceback goes to the log, never to the
+caller). Must be the outermost interceptor so every other one is covered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from troop_common.errors import TroopError, to_status
+from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+
+log = logging.getLogger("troop.errors")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    if isinstance(exc, TroopError):
+        status = to_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    log.error("unhandled error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method or ""
+        if is_exempt(method):
+            return handler
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behaviour(request, context)
+                except (TroopError, Exception) as exc:
+                    if _is_abort(exc):
+                        raise
+                    await _abort(context, exc, method)
+
+            return call
+
+        def stream(
+            behaviour: Callable[..., AsyncIterator[Any]],
+        ) -> Callable[..., AsyncIterator[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for message in behaviour(request, context):
+                        yield message
+                except (TroopError, Exception) as exc:
+                    if _is_abort(exc):
+                        raise
+                    await _abort(context, exc, method)
+
+            return call
+
+        return wrap_handler(handler, unary, stream)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises grpc.aio.AbortError (an Exception subclass in grpc's
+    # private module); let it through untouched.
+    return type(exc).__name__ == "AbortError"

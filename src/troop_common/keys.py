@@ -1,0 +1,120 @@
+"""Key files: Ed25519 identities (users, nodes) and the coordinator's RSA ticket key.
+
+Private keys are created on first use, written owner-read-only (0400) through a
+file descriptor opened with that mode (so no moment exists when another user
+could read them), and loaded once into key objects: re-parsing a PEM per
+signature is ~100x slower (RECIPES.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from troop_common.errors import SignatureInvalid
+
+PRIVATE_KEY_MODE = 0o400
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_KEY_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def public_key_hex(key: ed25519.Ed25519PublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def parse_public_key_hex(text: str) -> ed25519.Ed25519PublicKey:
+    """An Ed25519 public key from its 64 hex digits; ValueError otherwise."""
+    raw = bytes.fromhex(text)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes (64 hex digits)")
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+def is_public_key_hex(text: str) -> bool:
+    try:
+        parse_public_key_hex(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An Ed25519 key pair: a user or a node. The public key, hex, is its name."""
+
+    private_key: ed25519.Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        return self.private_key.public_key()
+
+    @property
+    def public_key_hex(self) -> str:
+        return public_key_hex(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Identity:
+        """The identity kept at `path`, created (mode 0400) on first use."""
+        if not path.exists():
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            try:
+                _write_private(path, pem)
+            except FileExistsError:
+                pass  # created concurrently by another process: load theirs
+            else:
+                return cls(key)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(loaded)
+
+
+def verify_ed25519(public_key_hex_: str, signature: bytes, data: bytes) -> None:
+    """Raise SignatureInvalid unless `signature` is the key's over `data`."""
+    try:
+        parse_public_key_hex(public_key_hex_).verify(signature, data)
+    except (InvalidSignature, ValueError) as exc:
+        raise SignatureInvalid("signature does not verify with the node's key") from exc
+
+
+def load_or_create_rsa(path: Path, bits: int = 2048) -> rsa.RSAPrivateKey:
+    """The coordinator's ticket-signing key, created (mode 0400) on first start."""
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            _write_private(path, pem)
+        except FileExistsError:
+            pass
+        else:
+            return key
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} does not hold an RSA private key")
+    return loaded

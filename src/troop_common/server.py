@@ -1,0 +1,72 @@
+"""Build a Troop gRPC server: interceptors in one visible order, health and reflection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from troop_common.interceptors.errors import ErrorInterceptor
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+class TroopServer:
+    """A grpc.aio server with its health servicer; `async with` starts and stops it."""
+
+    def __init__(
+        self,
+        *,
+        registrars: Iterable[Registrar],
+        service_names: Sequence[str],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        bind: str = "127.0.0.1:0",
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        # The order, outermost first: errors map everything the inner ones raise.
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors])
+        for register in registrars:
+            register(self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        if credentials is None:
+            self.port = self.server.add_insecure_port(bind)
+        else:
+            self.port = self.server.add_secure_port(bind, credentials)
+        if self.port == 0:
+            raise OSError(f"could not bind {bind}")
+        host = bind.rsplit(":", 1)[0]
+        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def __aenter__(self) -> TroopServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,155 @@
+"""Job tickets: RS256 JWTs the coordinator signs and workers verify.
+
+A ticket lets one user run one job on one node: audience `troop-worker`,
+`jti` = job id, `node` and `model` claims, `kid` header naming the signing
+key, a few minutes of life. `verify_ticket` is pure (no gRPC, no clock of its
+own); single use is the worker's replay set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from troop_common.errors import TicketInvalid
+
+TICKET_AUDIENCE = "troop-worker"
+TICKET_ISSUER = "troop-coordinator"
+TICKET_ALGORITHM = "RS256"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    job_id: str
+    user: str  # hex public key of the user the job is charged to
+    node_id: str
+    model: str
+    issued_at: float
+    expires_at: float
+
+
+def key_id(public_key: rsa.RSAPublicKey) -> str:
+    """A stable id for a key: the start of the SHA-256 of its DER encoding."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def public_key_pem(public_key: rsa.RSAPublicKey) -> str:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwk(public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    numbers = public_key.public_numbers()
+    return {
+        "kty": "RSA",
+        "kid": key_id(public_key),
+        "use": "sig",
+        "alg": TICKET_ALGORITHM,
+        "n": _b64url_uint(numbers.n),
+        "e": _b64url_uint(numbers.e),
+    }
+
+
+def public_key_from_jwk(fields: Mapping[str, str]) -> rsa.RSAPublicKey:
+    def uint(text: str) -> int:
+        return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+    return rsa.RSAPublicNumbers(uint(fields["e"]), uint(fields["n"])).public_key()
+
+
+class TicketSigner:
+    """Signs tickets with one RSA key loaded once."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey, lifetime_s: int = 300) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.kid = key_id(self.public_key)
+        self.lifetime_s = lifetime_s
+
+    def issue(
+        self, *, job_id: str, user: str, node_id: str, model: str, now: float | None = None
+    ) -> tuple[str, float]:
+        """The ticket and its expiry (unix seconds)."""
+        issued = int(time.time() if now is None else now)
+        expires = issued + self.lifetime_s
+        claims = {
+            "iss": TICKET_ISSUER,
+            "aud": TICKET_AUDIENCE,
+            "sub": user,
+            "jti": job_id,
+            "node": node_id,
+            "model": model,
+            "iat": issued,
+            "exp": expires,
+        }
+        token = jwt.encode(claims, self._key, algorithm=TICKET_ALGORITHM, headers={"kid": self.kid})
+        return token, float(expires)
+
+
+def ticket_kid(token: str) -> str | None:
+    """The `kid` header of a ticket, unverified (to pick the key); None if unreadable."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def verify_ticket(
+    token: str,
+    keys: Mapping[str, rsa.RSAPublicKey],
+    *,
+    node_id: str,
+    now: float,
+    leeway_s: float = 5.0,
+) -> Ticket:
+    """The verified ticket for this node; TicketInvalid for anything else."""
+    kid = ticket_kid(token)
+    if kid is None or kid not in keys:
+        raise TicketInvalid("ticket is signed by an unknown key")
+    try:
+        claims = jwt.decode(
+            token,
+            keys[kid],
+            algorithms=[TICKET_ALGORITHM],
+            audience=TICKET_AUDIENCE,
+            issuer=TICKET_ISSUER,
+            options={
+                "require": ["aud", "iss", "sub", "jti", "exp", "iat"],
+                "verify_exp": False,  # checked below against the caller's clock
+                "verify_iat": False,
+            },
+        )
+    except jwt.PyJWTError as exc:
+        raise TicketInvalid(f"invalid ticket: {exc}") from exc
+    if float(claims["exp"]) + leeway_s < now:
+        raise TicketInvalid("ticket expired")
+    if claims.get("node") != node_id:
+        raise TicketInvalid("ticket is for another node")
+    model = claims.get("model")
+    if not isinstance(model, str) or not model:
+        raise TicketInvalid("ticket names no model")
+    return Ticket(
+        job_id=str(claims["jti"]),
+        user=str(claims["sub"]),
+        node_id=node_id,
+        model=model,
+        issued_at=float(claims["iat"]),
+        expires_at=float(claims["exp"]),
+    )
