@@ -1,0 +1,83 @@
+"""Shared test fixtures: real backends, never skipped silently in CI.
+
+With CI=true a test that needs PostgreSQL, Redis, Envoy or the model fails
+when that part is missing; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("TROOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TROOP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require(part: str, available: bool, why: str = "") -> None:
+    """Skip (or, with CI=true, fail) when a real part the test needs is missing."""
+    if available:
+        return
+    message = f"{part} is not available{': ' + why if why else ''}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
+def _pg_reachable() -> tuple[bool, str]:
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return False, str(exc)
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> str:
+    ok, why = _pg_reachable()
+    require("PostgreSQL", ok, why)
+    return PG_ADMIN_DSN
+
+
+@pytest.fixture
+async def postgres_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A throwaway PostgreSQL database for one test, as a SQLAlchemy asyncpg URL."""
+    import asyncpg
+
+    name = f"troop_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = postgres_admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    conn = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:  # noqa: ANN001
+    return f"sqlite+aiosqlite:///{tmp_path / 'coordinator.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every ledger and registry test runs on the embedded default and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_url")
+    else:
+        yield request.getfixturevalue("postgres_url")
