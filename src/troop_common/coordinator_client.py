@@ -78,6 +78,9 @@ class CoordinatorClient:
     async def list_models(self) -> pb.ListModelsResponse:
         return await self._call(self.stub.ListModels, pb.ListModelsRequest(), signed=False)
 
+    async def join(self) -> pb.JoinResponse:
+        return await self._call(self.stub.Join, pb.JoinRequest(), signed=True)
+
     async def authorize(self, model: str) -> pb.AuthorizeResponse:
         return await self._call(self.stub.Authorize, pb.AuthorizeRequest(model=model), signed=True)
 

@@ -173,6 +173,22 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...
 
+class JoinRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("public_key", "granted_millicredits", "balance_millicredits", "already_joined")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_JOINED_FIELD_NUMBER: _ClassVar[int]
+    public_key: str
+    granted_millicredits: int
+    balance_millicredits: int
+    already_joined: bool
+    def __init__(self, public_key: _Optional[str] = ..., granted_millicredits: _Optional[int] = ..., balance_millicredits: _Optional[int] = ..., already_joined: _Optional[bool] = ...) -> None: ...
+
 class AuthorizeRequest(_message.Message):
     __slots__ = ("model",)
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -66,6 +66,11 @@ class CoordinatorServiceStub:
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/troop.v1.CoordinatorService/Join',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.JoinRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.JoinResponse.FromString,
+                _registered_method=True)
         self.Authorize = channel.unary_unary(
                 '/troop.v1.CoordinatorService/Authorize',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.AuthorizeRequest.SerializeToString,
@@ -141,6 +146,16 @@ class CoordinatorServiceServicer:
 
     def ListModels(self, request, context):
         """The models live nodes serve, with how many nodes serve each. Never fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """Creates the asserting user's account and grants the starter credits,
+        once per identity; calling it again changes nothing. (Authorize does the
+        same on a user's first job.) UNAUTHENTICATED without a valid user
+        assertion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +243,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.ListModelsRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.JoinRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.JoinResponse.SerializeToString,
             ),
             'Authorize': grpc.unary_unary_rpc_method_handler(
                     servicer.Authorize,
@@ -402,6 +422,33 @@ class CoordinatorService:
             '/troop.v1.CoordinatorService/ListModels',
             troop_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
             troop_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/Join',
+            troop_dot_v1_dot_coordinator__pb2.JoinRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,16 @@
+"""Troop's client: the async SDK, and (with the HTTP issue) the OpenAI face."""
+
+from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
+from troop_client.sdk import Balance, TroopClient
+from troop_client.settings import ClientSettings
+
+__all__ = [
+    "Balance",
+    "ChatChunk",
+    "ChatOptions",
+    "ClientSettings",
+    "Completion",
+    "Message",
+    "TroopClient",
+    "Usage",
+]
