@@ -1,0 +1,1 @@
+"""The `troop` command: runs each component and talks to the network as a user."""

@@ -1,0 +1,3 @@
+from troop_cli.main import main
+
+main()

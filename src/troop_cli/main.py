@@ -1,0 +1,285 @@
+"""`troop`: run a coordinator or worker, bring a whole network up, or use one.
+
+Each component is imported only by the command that runs it, so `troop chat`
+never loads PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from troop_cli import format as fmt
+from troop_client.chat import ChatOptions, Message
+from troop_client.sdk import TroopClient
+from troop_client.settings import ClientSettings
+from troop_common.errors import TroopError
+from troop_common.keys import Identity
+
+DEFAULT_QUESTION_MODEL = "smollm2-135m-instruct"
+
+
+def _client(args: argparse.Namespace) -> TroopClient:
+    settings = ClientSettings.from_env(os.environ)
+    if args.coordinator:
+        settings = dataclasses.replace(settings, coordinator=args.coordinator)
+    if args.identity:
+        identity = Identity.load_or_create(Path(args.identity).expanduser())
+        return TroopClient(settings.coordinator, identity, settings)
+    return TroopClient.from_settings(settings)
+
+
+async def cmd_chat(args: argparse.Namespace) -> int:
+    messages = []
+    if args.system:
+        messages.append(Message("system", args.system))
+    messages.append(Message("user", " ".join(args.prompt)))
+    options = ChatOptions(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        stop=args.stop or [],
+        seed=args.seed,
+    )
+    async with _client(args) as troop:
+        usage = None
+        async for chunk in troop.chat(messages, model=args.model, options=options):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            usage = chunk.usage or usage
+        sys.stdout.write("\n")
+        if usage and args.verbose:
+            print(f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]")
+    return 0
+
+
+async def _wait_settled(troop: TroopClient, timeout_s: float) -> None:
+    """Wait (bounded) until the user has no open reservation: receipts settle after a job."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (await troop.balance()).reserved_millicredits and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+
+
+async def cmd_balance(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        if args.settled:
+            await _wait_settled(troop, args.settle_timeout)
+        balance = await troop.balance()
+        label = f"{args.label}  " if args.label else ""
+        print(
+            f"{label}{fmt.credits(balance.balance_millicredits)} credits"
+            f"  (reserved {fmt.credits(balance.reserved_millicredits)})"
+            f"  key {fmt.short_key(balance.public_key)}"
+        )
+    return 0
+
+
+async def cmd_join(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        reply = await troop.join()
+        if reply.already_joined:
+            print(f"already joined; balance {fmt.credits(reply.balance_millicredits)} credits")
+        else:
+            print(f"joined: {fmt.credits(reply.granted_millicredits)} starter credits granted")
+    return 0
+
+
+async def cmd_nodes(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        nodes = await troop.nodes(args.model or "")
+    rows = [
+        [
+            n.node_id,
+            n.endpoint,
+            ",".join(n.models),
+            f"{n.load.active_jobs}/{n.load.max_concurrent_jobs}",
+            f"{n.multiplier:.2f}",
+            n.hardware.device or "-",
+            fmt.timestamp(n.last_seen),
+        ]
+        for n in nodes
+    ]
+    headers = ["NODE", "ENDPOINT", "MODELS", "JOBS", "MULT", "DEVICE", "LAST SEEN (UTC)"]
+    print(fmt.table(headers, rows) if rows else "no live nodes")
+    return 0
+
+
+async def cmd_models(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        models = await troop.models()
+    rows = [[model, str(count)] for model, count in models]
+    print(fmt.table(["MODEL", "NODES"], rows) if rows else "no models served right now")
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        page = await troop.history(page_size=args.limit, page_token=args.page_token or "")
+    rows = [
+        [
+            fmt.timestamp(t.created_at),
+            fmt.transaction_kind(t.kind),
+            fmt.credits(t.amount_millicredits),
+            fmt.credits(t.balance_after_millicredits),
+            t.job_id or "-",
+        ]
+        for t in page.transactions
+    ]
+    headers = ["WHEN (UTC)", "KIND", "AMOUNT", "BALANCE", "JOB"]
+    print(fmt.table(headers, rows) if rows else "no transactions")
+    if page.next_page_token:
+        print(f"more: troop history --page-token {page.next_page_token}")
+    return 0
+
+
+async def cmd_whoami(args: argparse.Namespace) -> int:
+    async with _client(args) as troop:
+        print(troop.public_key)
+    return 0
+
+
+async def cmd_coordinator(args: argparse.Namespace) -> int:
+    from troop_coordinator.app import serve
+    from troop_coordinator.settings import CoordinatorSettings
+
+    settings = CoordinatorSettings.from_env(os.environ)
+    changes = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
+        "database_url": args.database_url,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    await serve(settings)
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from troop_worker.app import serve
+    from troop_worker.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env(os.environ)
+    changes = {
+        "host": args.host,
+        "port": args.port,
+        "coordinator": args.coordinator,
+        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
+        "node_id": args.node_id,
+        "engine": args.engine,
+        "model": args.model,
+        "advertise": args.advertise,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    await serve(settings)
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from troop_cli.up import run_up
+
+    return await run_up(args)
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--coordinator", help="coordinator host:port (env TROOP_COORDINATOR, 127.0.0.1:50051)"
+    )
+    parser.add_argument(
+        "--identity", help="the user's key file (default: identity.key in TROOP_CONFIG_DIR)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="troop", description="Troop: peer-to-peer AI inference with an honest ledger."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], Awaitable[int]], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("up", cmd_up, "run a coordinator and one worker on this machine (embedded default)")
+    p.add_argument("--engine", choices=["torch", "fake"], default="torch")
+    p.add_argument("--model", default=DEFAULT_QUESTION_MODEL)
+    p.add_argument("--coordinator-port", type=int, default=50051)
+    p.add_argument("--worker-port", type=int, default=50052)
+    p.add_argument("--data-dir", help="where state lives (default ~/.local/share/troop/up)")
+
+    p = command("coordinator", cmd_coordinator, "run the coordinator (gRPC, default port 50051)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--database-url")
+
+    p = command("worker", cmd_worker, "run a worker (gRPC, default port 50052)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--coordinator")
+    p.add_argument("--data-dir")
+    p.add_argument("--node-id")
+    p.add_argument("--engine", choices=["torch", "fake"])
+    p.add_argument("--model")
+    p.add_argument("--advertise", help="host:port clients should dial")
+
+    p = command("chat", cmd_chat, "ask a question; prints the answer as it arrives")
+    _add_client_options(p)
+    p.add_argument("prompt", nargs="+")
+    p.add_argument("--model")
+    p.add_argument("--system")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--stop", action="append")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-v", "--verbose", action="store_true", help="print token usage")
+
+    p = command("balance", cmd_balance, "your credits")
+    _add_client_options(p)
+    p.add_argument("--settled", action="store_true", help="wait for open reservations to settle")
+    p.add_argument("--settle-timeout", type=float, default=30.0)
+    p.add_argument("--label", default="", help="text to print before the balance")
+
+    p = command("join", cmd_join, "create your account and receive the starter credits")
+    _add_client_options(p)
+
+    p = command("nodes", cmd_nodes, "the live worker nodes")
+    _add_client_options(p)
+    p.add_argument("--model")
+
+    p = command("models", cmd_models, "the models live nodes serve")
+    _add_client_options(p)
+
+    p = command("history", cmd_history, "your ledger entries, newest first")
+    _add_client_options(p)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--page-token")
+
+    p = command("whoami", cmd_whoami, "your public key (your identity on the network)")
+    _add_client_options(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = asyncio.run(args.handler(args))
+    except TroopError as exc:
+        print(f"troop: {exc.message}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""`troop up`: a coordinator and one worker on this machine, on the embedded default.
+
+Each runs as its own process (as on a real network), logging to a file in the
+data directory. `up` waits until the coordinator answers health checks and
+the worker has registered, prints where everything listens, and stops both on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from troop_common.coordinator_client import CoordinatorClient
+
+READY_TIMEOUT_S = 180.0
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "troop" / "up"
+
+
+async def _healthy(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class _Failed(Exception):
+    pass
+
+
+async def _wait_for(
+    what: str, check, procs: list[asyncio.subprocess.Process], logs: list[Path]
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    while not await check():
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.returncode is not None:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                raise _Failed(f"{what} did not start; the end of {log}:\n" + "\n".join(tail))
+        if loop.time() > deadline:
+            raise _Failed(f"{what} not ready after {READY_TIMEOUT_S:.0f} s; see {logs[-1]}")
+        await asyncio.sleep(0.25)
+
+
+async def _spawn(args: list[str], log: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    handle = log.open("ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "troop_cli", *args, stdout=handle, stderr=handle, env=env
+        )
+    finally:
+        handle.close()
+
+
+async def run_up(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    coordinator = f"127.0.0.1:{args.coordinator_port}"
+    worker = f"127.0.0.1:{args.worker_port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    logs = [data / "coordinator.log", data / "worker.log"]
+    procs: list[asyncio.subprocess.Process] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        procs.append(
+            await _spawn(
+                [
+                    "coordinator",
+                    "--port",
+                    str(args.coordinator_port),
+                    "--data-dir",
+                    str(data / "coordinator"),
+                ],
+                logs[0],
+                env,
+            )
+        )
+        await _wait_for("the coordinator", lambda: _healthy(coordinator), procs, logs[:1])
+        procs.append(
+            await _spawn(
+                [
+                    "worker",
+                    "--port",
+                    str(args.worker_port),
+                    "--coordinator",
+                    coordinator,
+                    "--data-dir",
+                    str(data / "worker"),
+                    "--engine",
+                    args.engine,
+                    "--model",
+                    args.model,
+                ],
+                logs[1],
+                env,
+            )
+        )
+        async with CoordinatorClient(coordinator) as client:
+
+            async def registered() -> bool:
+                try:
+                    nodes = (await client.list_nodes()).nodes
+                except Exception:
+                    return False
+                return any(n.endpoint == worker for n in nodes)
+
+            await _wait_for("the worker", registered, procs, logs)
+        print(
+            f"troop is up (embedded default: SQLite and in-process liveness in {data})\n"
+            f"  coordinator  {coordinator}   grpcurl -plaintext {coordinator} list\n"
+            f"  worker       {worker}   engine {args.engine}, model {args.model}\n"
+            f"  owner key    {data / 'worker' / 'owner.key'} (earns the worker's credits)\n"
+            f"  logs         {logs[0]}, {logs[1]}\n"
+            "ready: press Ctrl-C to stop",
+            flush=True,
+        )
+        waiters = [asyncio.create_task(p.wait()) for p in procs]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        if stopper not in done:
+            print("troop up: a component exited; stopping", file=sys.stderr)
+            return 1
+        return 0
+    except _Failed as exc:
+        print(f"troop up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
