@@ -37,7 +37,7 @@ def _pg_reachable() -> tuple[bool, str]:
 
     try:
         asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         return False, str(exc)
     return True, ""
 
@@ -70,7 +70,7 @@ async def postgres_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:  # noqa: ANN001
+def sqlite_url(tmp_path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'coordinator.db'}"
 
 
@@ -81,3 +81,62 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.getfixturevalue("sqlite_url")
     else:
         yield request.getfixturevalue("postgres_url")
+
+
+async def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
+    """Await `predicate()` (sync or async) until truthy; fail the test at the deadline."""
+    import asyncio
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+@pytest.fixture
+def eventually():
+    """`await eventually(lambda: cond, timeout_s)`: wait on a condition with a deadline."""
+    return wait_until
+
+
+def _redis_reachable() -> tuple[bool, str]:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return False, str(exc)
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    ok, why = _redis_reachable()
+    require("Redis", ok, why)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests never see each other's keys."""
+    return f"troop-test:{secrets.token_hex(6)}:"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, redis_prefix: str):
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
