@@ -140,3 +140,15 @@ async def redis_client(redis_url: str, redis_prefix: str):
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """The real grpcurl binary (from the venv's bin/ or PATH)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    require("grpcurl", Path(path).exists())
+    return path

@@ -1,0 +1,98 @@
+"""The `troop` command as a user runs it: `troop up`, then the client commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def troop(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "troop_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def troop_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    coordinator_port, worker_port = free_port(), free_port()
+    env = {**os.environ, "TROOP_CONFIG_DIR": str(tmp_path / "user"), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "troop_cli", "up", "--engine", "fake",
+             "--coordinator-port", str(coordinator_port), "--worker-port", str(worker_port),
+             "--data-dir", str(tmp_path / "up")],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "ready" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield f"127.0.0.1:{coordinator_port}", env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    # Both components stopped with it: their ports are free again.
+    for port in (coordinator_port, worker_port):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Path) -> None:
+    coordinator, env = troop_up
+    at = ["--coordinator", coordinator]
+
+    joined = troop("join", *at, env=env)
+    assert joined.returncode == 0, joined.stderr
+    assert "3,600.000 starter credits" in joined.stdout
+
+    chat = troop("chat", *at, "-v", "hello", "network", env=env)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()
+    assert "completion tokens" in chat.stdout
+
+    balance = troop("balance", *at, "--settled", env=env)
+    assert balance.returncode == 0, balance.stderr
+    assert "(reserved 0.000)" in balance.stdout
+    assert "3,600.000 credits" not in balance.stdout  # the job was charged
+
+    history = troop("history", *at, env=env)
+    assert history.returncode == 0, history.stderr
+    for kind in ("grant", "reserve", "release"):
+        assert kind in history.stdout
+
+    nodes = troop("nodes", *at, env=env)
+    assert nodes.returncode == 0 and "smollm2-135m-instruct" in nodes.stdout
+    models = troop("models", *at, env=env)
+    assert models.returncode == 0 and "smollm2-135m-instruct" in models.stdout
+
+    key = tmp_path / "user" / "identity.key"
+    assert key.stat().st_mode & 0o077 == 0  # the identity is readable by its owner only
+
+
+def test_a_client_command_without_a_coordinator_says_so(tmp_path: Path) -> None:
+    env = {**os.environ, "TROOP_CONFIG_DIR": str(tmp_path / "user")}
+    result = troop("balance", "--coordinator", f"127.0.0.1:{free_port()}", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("troop: ")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,109 @@
+"""One request travelling the whole path over gRPC, with credits moving."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from troop_client import ChatOptions, Message, TroopClient
+from troop_common.errors import Unavailable
+from troop_common.keys import Identity
+
+STARTER = 3_600_000
+
+
+async def settled(client: TroopClient, eventually) -> None:
+    async def no_open_reservation() -> bool:
+        return (await client.balance()).reserved_millicredits == 0
+
+    await eventually(no_open_reservation, timeout_s=20)
+
+
+async def test_a_chat_streams_and_moves_credits_from_user_to_owner(network, eventually) -> None:
+    async with (
+        TroopClient(network.coordinator, Identity.generate()) as user,
+        TroopClient(network.coordinator, network.owner) as owner,
+    ):
+        await user.join()
+        user_before = (await user.balance()).balance_millicredits
+        owner_before = (await owner.balance()).balance_millicredits
+        assert user_before == STARTER
+
+        chunks = [c async for c in user.chat([Message("user", "tell me about the network")])]
+        await settled(user, eventually)
+
+        assert len(chunks) > 1
+        assert "".join(c.text for c in chunks).strip()
+        assert chunks[-1].finish_reason in ("stop", "length")
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        user_after = (await user.balance()).balance_millicredits
+        owner_after = (await owner.balance()).balance_millicredits
+        assert user_after < user_before
+        assert owner_after - owner_before == user_before - user_after
+
+
+async def test_credits_are_conserved_across_completed_and_abandoned_jobs(
+    network, eventually
+) -> None:
+    async with (
+        TroopClient(network.coordinator, Identity.generate()) as user,
+        TroopClient(network.coordinator, network.owner) as owner,
+    ):
+        await user.complete([Message("user", "one")], options=ChatOptions(max_tokens=4))
+        await settled(user, eventually)
+        # A job authorized but never run: its reservation stays open until it expires.
+        await user.coordinator.authorize("smollm2-135m-instruct")
+        user_balance = await user.balance()
+        owner_balance = await owner.balance()
+        assert user_balance.reserved_millicredits > 0
+        total = (
+            user_balance.balance_millicredits
+            + user_balance.reserved_millicredits
+            + owner_balance.balance_millicredits
+            + owner_balance.reserved_millicredits
+        )
+        assert total == STARTER  # one grant was minted; not a millicredit more or less
+
+
+async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network) -> None:
+    async with TroopClient(network.coordinator, Identity.generate()) as user:
+        await user.join()
+        with pytest.raises(Unavailable):
+            await user.complete([Message("user", "hi")], model="no-such-model")
+        assert (await user.balance()).reserved_millicredits == 0
+        assert (await user.balance()).balance_millicredits == STARTER
+
+
+@pytest.mark.parametrize("which", ["coordinator", "worker"])
+def test_grpcurl_lists_services_and_health_is_serving(network, grpcurl, which: str) -> None:
+    address = getattr(network, which)
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", address, "list"], capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    service = (
+        "troop.v1.CoordinatorService" if which == "coordinator" else "troop.v1.InferenceService"
+    )
+    assert service in listed.stdout.split()
+    assert "grpc.health.v1.Health" in listed.stdout.split()
+    health = subprocess.run(
+        [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert health.returncode == 0, health.stderr
+    assert '"status": "SERVING"' in health.stdout
+
+
+async def test_tokens_arrive_incrementally_through_the_whole_path(network) -> None:
+    async with TroopClient(network.coordinator, Identity.generate()) as user:
+        arrivals = []
+        async for _chunk in user.chat([Message("user", "count to ten slowly")]):
+            arrivals.append(time.monotonic())
+        assert len(arrivals) > 3
+        # The first piece was in the caller's hands while the rest was still being made.
+        assert arrivals[0] < arrivals[-1]
+        assert sum(1 for t in arrivals if t > arrivals[0]) >= len(arrivals) - 2
