@@ -1,0 +1,160 @@
+"""Start the coordinator: migrate, wire the parts, serve gRPC, sweep expired reservations.
+
+    async with Coordinator(settings) as coordinator:   # tests: port 0 → coordinator.address
+        ...
+
+`serve(settings)` runs one until SIGTERM/SIGINT (health NOT_SERVING, then
+stop with grace); `main()` is the console entry, the only place that reads
+the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+
+from troop_common.keys import load_or_create_rsa
+from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
+from troop_common.replay import MemoryReplaySet, ReplaySet
+from troop_common.server import TroopServer
+from troop_common.tickets import TicketSigner
+from troop_coordinator.auth import AuthInterceptor
+from troop_coordinator.db import migrate
+from troop_coordinator.db.engine import create_engine, session_factory
+from troop_coordinator.ledger import Ledger
+from troop_coordinator.nodes import NodeDirectory
+from troop_coordinator.proof import ChallengeBook
+from troop_coordinator.registry import MemoryNodeRegistry, NodeRegistry
+from troop_coordinator.service import CoordinatorServicer
+from troop_coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger("troop.coordinator")
+
+
+class Coordinator:
+    """One running coordinator: database, server and sweeper, started and stopped together."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        registry: NodeRegistry | None = None,
+        replays: ReplaySet | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings.effective_database_url)
+        sessions = session_factory(self.engine)
+        self.ledger = Ledger(sessions, starter_millicredits=settings.starter_millicredits)
+        self.nodes = NodeDirectory(sessions)
+        self.registry = registry or MemoryNodeRegistry(settings.node_ttl_s)
+        self.replays = replays or MemoryReplaySet()
+        self.server: TroopServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound (the real port when settings.port is 0)."""
+        if self.server is None:
+            raise RuntimeError("the coordinator is not started")
+        return self.server.address
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await migrate.upgrade(self.engine)
+        signer = TicketSigner(
+            await asyncio.to_thread(load_or_create_rsa, settings.ticket_key_path),
+            lifetime_s=settings.ticket_ttl_s,
+        )
+        servicer = CoordinatorServicer(
+            settings=settings,
+            ledger=self.ledger,
+            nodes=self.nodes,
+            registry=self.registry,
+            signer=signer,
+            challenges=ChallengeBook(
+                matrix_size=settings.benchmark_matrix_size,
+                reference_ms=settings.benchmark_reference_ms,
+                ttl_s=settings.challenge_ttl_s,
+            ),
+        )
+        self.server = TroopServer(
+            registrars=[
+                lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+                    servicer, server
+                )
+            ],
+            service_names=[COORDINATOR_SERVICE],
+            # After the ErrorInterceptor TroopServer puts first: rate limits and
+            # audit slot in here, after auth.
+            interceptors=[AuthInterceptor(self.replays)],
+            bind=settings.bind,
+        )
+        await self.server.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="reservation-sweeper")
+        log.info("coordinator listening on %s", self.address)
+
+    async def sweep_once(self) -> int:
+        """Return expired reservations now; how many jobs expired."""
+        expired = await self.ledger.expire_stale(datetime.now(UTC))
+        if expired:
+            log.info("expired %d unsettled reservations", len(expired))
+        return len(expired)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except Exception:  # a database hiccup must not end the sweeper
+                log.exception("sweeping expired reservations failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Coordinator:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(settings: CoordinatorSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run a coordinator until SIGTERM or SIGINT."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stopping.set)
+    try:
+        async with Coordinator(settings) as coordinator:
+            if ready is not None:
+                ready.set()
+            await stopping.wait()
+            log.info("coordinator on %s stopping", coordinator.address)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+
+def main() -> None:
+    """Console entry: settings from the environment, logs to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(CoordinatorSettings.from_env(os.environ)))

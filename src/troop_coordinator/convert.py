@@ -1,0 +1,84 @@
+"""Domain values ↔ protobuf, at the edge only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from troop_common.proto import coordinator_pb2 as pb
+from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.ledger import Entry, Settlement
+from troop_coordinator.registry import LiveNode, NodeHardware, NodeLoad
+
+_KINDS = {
+    EntryKind.GRANT: pb.TRANSACTION_KIND_GRANT,
+    EntryKind.RESERVE: pb.TRANSACTION_KIND_RESERVE,
+    EntryKind.RELEASE: pb.TRANSACTION_KIND_RELEASE,
+    EntryKind.EARN: pb.TRANSACTION_KIND_EARN,
+    EntryKind.REFUND: pb.TRANSACTION_KIND_REFUND,
+}
+_SETTLEMENTS = {
+    JobStatus.CHARGED: pb.SETTLEMENT_KIND_CHARGED,
+    JobStatus.REFUNDED: pb.SETTLEMENT_KIND_REFUNDED,
+    JobStatus.EXPIRED: pb.SETTLEMENT_KIND_EXPIRED,
+}
+
+
+def timestamp(when: datetime | float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if isinstance(when, datetime):
+        stamp.FromDatetime(when.astimezone(UTC))
+    else:
+        stamp.FromNanoseconds(int(when * 1e9))
+    return stamp
+
+
+def load_from_pb(load: pb.NodeLoad) -> NodeLoad:
+    return NodeLoad(load.active_jobs, load.queue_depth, load.max_concurrent_jobs)
+
+
+def hardware_from_pb(hardware: pb.NodeHardware) -> NodeHardware:
+    return NodeHardware(hardware.device, hardware.cpu_count, hardware.memory_bytes)
+
+
+def node_to_pb(node: LiveNode) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        node_id=node.node_id,
+        endpoint=node.endpoint,
+        models=list(node.models),
+        load=pb.NodeLoad(
+            active_jobs=node.load.active_jobs,
+            queue_depth=node.load.queue_depth,
+            max_concurrent_jobs=node.load.max_concurrent_jobs,
+        ),
+        hardware=pb.NodeHardware(
+            device=node.hardware.device,
+            cpu_count=node.hardware.cpu_count,
+            memory_bytes=node.hardware.memory_bytes,
+        ),
+        multiplier=node.multiplier,
+        last_seen=timestamp(node.last_seen),
+        node_public_key=node.node_public_key,
+    )
+
+
+def entry_to_pb(entry: Entry) -> pb.Transaction:
+    return pb.Transaction(
+        id=entry.id,
+        created_at=timestamp(entry.created_at),
+        kind=_KINDS[entry.kind],
+        amount_millicredits=entry.amount_millicredits,
+        job_id=entry.job_id or "",
+        balance_after_millicredits=entry.balance_after_millicredits,
+    )
+
+
+def settlement_to_pb(settlement: Settlement) -> pb.SubmitReceiptResponse:
+    return pb.SubmitReceiptResponse(
+        job_id=settlement.job_id,
+        kind=_SETTLEMENTS[settlement.status],
+        charged_millicredits=settlement.charged_millicredits,
+        released_millicredits=settlement.released_millicredits,
+        already_settled=settlement.already_settled,
+    )

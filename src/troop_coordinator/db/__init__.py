@@ -1,0 +1,1 @@
+"""The coordinator's database: models, engine and migrations."""

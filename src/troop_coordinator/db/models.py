@@ -1,0 +1,119 @@
+"""SQLAlchemy models of everything the coordinator keeps: users, nodes, jobs, ledger.
+
+The ledger is append-only: every credit movement is one `LedgerEntry` and the
+cached `User.balance_millicredits` changes in the same transaction. Amounts
+are integer millicredits (1 credit = 1000). The migration in
+`migrations/versions` creates exactly these tables (a test compares them).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from troop_coordinator.db.types import BigIntegerId, JsonDocument, UtcDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobStatus(enum.StrEnum):
+    OPEN = "open"
+    CHARGED = "charged"
+    REFUNDED = "refunded"
+    EXPIRED = "expired"
+
+
+class EntryKind(enum.StrEnum):
+    GRANT = "grant"
+    RESERVE = "reserve"
+    RELEASE = "release"
+    EARN = "earn"
+    REFUND = "refund"
+
+
+class User(Base):
+    """A user (or node owner): an Ed25519 public key with a balance."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("balance_millicredits >= 0", name="ck_users_balance"),)
+
+    public_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # When the one-time starter grant was made; NULL for owners who never asked for work.
+    starter_granted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class Node(Base):
+    """A worker: its id bound to its node key on first heartbeat, for good."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (Index("ix_nodes_last_seen", "last_seen"),)
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    owner_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    endpoint: Mapped[str] = mapped_column(String(300), nullable=False)
+    models: Mapped[Any] = mapped_column(JsonDocument, nullable=False)
+    load: Mapped[Any] = mapped_column(JsonDocument, nullable=False)
+    hardware: Mapped[Any] = mapped_column(JsonDocument, nullable=False)
+    multiplier: Mapped[float] = mapped_column(Float, nullable=False, default=1.0)
+    proven: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class Job(Base):
+    """One authorized job and its reservation, settled exactly once."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_expires_at", "status", "expires_at"),
+        Index("ix_jobs_user_status", "user_public_key", "status"),
+        CheckConstraint("reserved_millicredits >= 0", name="ck_jobs_reserved"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_public_key: Mapped[str] = mapped_column(
+        String(64), ForeignKey("users.public_key"), nullable=False
+    )
+    node_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    reserved_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    charged_millicredits: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LedgerEntry(Base):
+    """One credit movement on one account; never updated, never deleted."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index("ix_ledger_entries_account_id", "account", "id"),
+        Index("ix_ledger_entries_job_id", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    account: Mapped[str] = mapped_column(String(64), ForeignKey("users.public_key"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    balance_after_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)

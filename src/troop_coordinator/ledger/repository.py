@@ -1,0 +1,163 @@
+"""SQL for the ledger, one statement per method, on the caller's AsyncSession.
+
+Every balance change is a single conditional UPDATE ... RETURNING, so it is
+correct with any number of coordinator processes on one database: there is no
+read-then-write anywhere. The caller (`Ledger`) owns the transactions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from troop_coordinator.db.models import EntryKind, Job, JobStatus, LedgerEntry, Node, User
+
+users = User.__table__
+jobs = Job.__table__
+entries = LedgerEntry.__table__
+nodes = Node.__table__
+
+
+class LedgerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _insert(self, table: Any) -> Any:
+        dialect = self.session.bind.dialect.name
+        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+    async def insert_user_if_missing(self, public_key: str, now: datetime) -> None:
+        statement = self._insert(users).values(
+            public_key=public_key, balance_millicredits=0, starter_granted_at=None, created_at=now
+        )
+        await self.session.execute(statement.on_conflict_do_nothing(index_elements=["public_key"]))
+
+    async def grant_once(self, public_key: str, amount: int, now: datetime) -> int | None:
+        """Credit the starter grant unless already granted; the new balance, or None."""
+        statement = (
+            update(users)
+            .where(users.c.public_key == public_key, users.c.starter_granted_at.is_(None))
+            .values(
+                balance_millicredits=users.c.balance_millicredits + amount,
+                starter_granted_at=now,
+            )
+            .returning(users.c.balance_millicredits)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def debit_if_covered(self, public_key: str, amount: int) -> int | None:
+        """Take `amount` if the balance covers it; the new balance, or None (nothing taken)."""
+        statement = (
+            update(users)
+            .where(users.c.public_key == public_key, users.c.balance_millicredits >= amount)
+            .values(balance_millicredits=users.c.balance_millicredits - amount)
+            .returning(users.c.balance_millicredits)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def credit(self, public_key: str, amount: int) -> int:
+        statement = (
+            update(users)
+            .where(users.c.public_key == public_key)
+            .values(balance_millicredits=users.c.balance_millicredits + amount)
+            .returning(users.c.balance_millicredits)
+        )
+        return (await self.session.execute(statement)).scalar_one()
+
+    async def append(
+        self,
+        *,
+        account: str,
+        kind: EntryKind,
+        amount: int,
+        balance_after: int,
+        now: datetime,
+        job_id: str | None = None,
+    ) -> None:
+        await self.session.execute(
+            entries.insert().values(
+                account=account,
+                kind=kind.value,
+                amount_millicredits=amount,
+                balance_after_millicredits=balance_after,
+                job_id=job_id,
+                created_at=now,
+            )
+        )
+
+    async def insert_job(self, values: dict[str, Any]) -> None:
+        await self.session.execute(jobs.insert().values(status=JobStatus.OPEN.value, **values))
+
+    async def get_job(self, job_id: str) -> Any:
+        return (await self.session.execute(select(jobs).where(jobs.c.job_id == job_id))).first()
+
+    async def close_job(self, job_id: str, status: JobStatus, charged: int, now: datetime) -> bool:
+        """Move an open job to `status`; False if it was settled already (nothing changed)."""
+        statement = (
+            update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.status == JobStatus.OPEN.value)
+            .values(status=status.value, charged_millicredits=charged, settled_at=now)
+        )
+        return (await self.session.execute(statement)).rowcount == 1
+
+    async def node_terms(self, node_id: str) -> tuple[str, float] | None:
+        """(owner public key, multiplier) of a node, or None."""
+        row = (
+            await self.session.execute(
+                select(nodes.c.owner_public_key, nodes.c.multiplier).where(
+                    nodes.c.node_id == node_id
+                )
+            )
+        ).first()
+        return None if row is None else (row[0], float(row[1]))
+
+    async def balance(self, public_key: str) -> int | None:
+        statement = select(users.c.balance_millicredits).where(users.c.public_key == public_key)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def reserved(self, public_key: str) -> int:
+        statement = select(func.coalesce(func.sum(jobs.c.reserved_millicredits), 0)).where(
+            jobs.c.user_public_key == public_key, jobs.c.status == JobStatus.OPEN.value
+        )
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def entries_before(self, public_key: str, before_id: int | None, limit: int) -> list:
+        statement = select(entries).where(entries.c.account == public_key)
+        if before_id is not None:
+            statement = statement.where(entries.c.id < before_id)
+        statement = statement.order_by(entries.c.id.desc()).limit(limit)
+        return list((await self.session.execute(statement)).all())
+
+    async def stale_job_ids(self, now: datetime, limit: int) -> list[str]:
+        statement = (
+            select(jobs.c.job_id)
+            .where(jobs.c.status == JobStatus.OPEN.value, jobs.c.expires_at < now)
+            .order_by(jobs.c.expires_at)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def sum_of(self, column: Any, *where: Any) -> int:
+        statement = select(func.coalesce(func.sum(column), 0)).where(*where)
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def balances_and_entry_sums(self) -> list:
+        """(account, cached balance, sum of its entries) for every user."""
+        sums = (
+            select(
+                entries.c.account,
+                func.sum(entries.c.amount_millicredits).label("total"),
+            )
+            .group_by(entries.c.account)
+            .subquery()
+        )
+        statement = select(
+            users.c.public_key,
+            users.c.balance_millicredits,
+            func.coalesce(sums.c.total, 0),
+        ).select_from(users.outerjoin(sums, sums.c.account == users.c.public_key))
+        return list((await self.session.execute(statement)).all())

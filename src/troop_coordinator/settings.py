@@ -1,0 +1,110 @@
+"""The coordinator's one settings object, read from the environment once, in `main()`.
+
+| variable | field | default |
+|---|---|---|
+| TROOP_COORDINATOR_HOST | host | 127.0.0.1 |
+| TROOP_COORDINATOR_PORT | port | 50051 (0 picks a free port) |
+| TROOP_DATA_DIR | data_dir | ~/.local/share/troop/coordinator (holds ticket-key.pem) |
+| TROOP_DATABASE_URL | database_url | sqlite+aiosqlite:///<data_dir>/coordinator.db |
+| TROOP_STARTER_CREDITS | starter_credits | 3600 (credits granted once to a new user) |
+| TROOP_RESERVATION_CREDITS | reservation_credits | 300 (credits held per job) |
+| TROOP_TICKET_TTL_SECONDS | ticket_ttl_s | 300 |
+| TROOP_HEARTBEAT_INTERVAL_SECONDS | heartbeat_interval_s | 5 |
+| TROOP_NODE_TTL_SECONDS | node_ttl_s | 3 × heartbeat interval |
+| TROOP_SWEEP_INTERVAL_SECONDS | sweep_interval_s | 30 (how often expired reservations return) |
+| TROOP_SETTLE_GRACE_SECONDS | settle_grace_s | 300 (receipts still accepted after ticket expiry) |
+| TROOP_BENCHMARK_MATRIX_SIZE | benchmark_matrix_size | 4096 |
+| TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 |
+
+Credits are kept as integer millicredits: 1 credit = 1000 millicredits = one
+second of reference compute. `benchmark_reference_ms` is how long the
+reference machine (a 2-core x86 CPU with numpy/OpenBLAS, measured at ~1.5 s)
+takes for one 4096×4096 float32 multiplication; a node's multiplier is that
+time, scaled by (matrix_size / 4096)³, over its own, clamped to [0.1, 10].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MILLICREDITS_PER_CREDIT = 1000
+DEFAULT_DATA_DIR = Path("~/.local/share/troop/coordinator")
+
+
+def _sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'coordinator.db'}"
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR.expanduser())
+    database_url: str = ""  # empty: SQLite inside data_dir
+    starter_credits: int = 3600
+    reservation_credits: int = 300
+    ticket_ttl_s: int = 300
+    heartbeat_interval_s: int = 5
+    node_ttl_s: float = 15.0
+    sweep_interval_s: float = 30.0
+    settle_grace_s: float = 300.0
+    benchmark_matrix_size: int = 4096
+    benchmark_reference_ms: float = 1500.0
+    challenge_ttl_s: float = 300.0
+    shutdown_grace_s: float = 5.0
+
+    @property
+    def bind(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or the embedded SQLite file in data_dir."""
+        return self.database_url or _sqlite_url(self.data_dir)
+
+    @property
+    def ticket_key_path(self) -> Path:
+        return self.data_dir / "ticket-key.pem"
+
+    @property
+    def starter_millicredits(self) -> int:
+        return self.starter_credits * MILLICREDITS_PER_CREDIT
+
+    @property
+    def reservation_millicredits(self) -> int:
+        return self.reservation_credits * MILLICREDITS_PER_CREDIT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CoordinatorSettings:
+        """Settings from `TROOP_*` variables; ValueError names a malformed one."""
+
+        def get(name: str, default: str) -> str:
+            value = env.get(name, "").strip()
+            return value or default
+
+        def number(name: str, default: float, kind: type = int) -> float:
+            text = get(name, str(default))
+            try:
+                return kind(text)
+            except ValueError as exc:
+                raise ValueError(f"{name} must be a number, not {text!r}") from exc
+
+        data_dir = Path(get("TROOP_DATA_DIR", str(DEFAULT_DATA_DIR))).expanduser()
+        interval = int(number("TROOP_HEARTBEAT_INTERVAL_SECONDS", 5))
+        return cls(
+            host=get("TROOP_COORDINATOR_HOST", "127.0.0.1"),
+            port=int(number("TROOP_COORDINATOR_PORT", 50051)),
+            data_dir=data_dir,
+            database_url=get("TROOP_DATABASE_URL", ""),
+            starter_credits=int(number("TROOP_STARTER_CREDITS", 3600)),
+            reservation_credits=int(number("TROOP_RESERVATION_CREDITS", 300)),
+            ticket_ttl_s=int(number("TROOP_TICKET_TTL_SECONDS", 300)),
+            heartbeat_interval_s=interval,
+            node_ttl_s=float(number("TROOP_NODE_TTL_SECONDS", 3 * interval, float)),
+            sweep_interval_s=float(number("TROOP_SWEEP_INTERVAL_SECONDS", 30, float)),
+            settle_grace_s=float(number("TROOP_SETTLE_GRACE_SECONDS", 300, float)),
+            benchmark_matrix_size=int(number("TROOP_BENCHMARK_MATRIX_SIZE", 4096)),
+            benchmark_reference_ms=float(number("TROOP_BENCHMARK_REFERENCE_MS", 1500.0, float)),
+        )

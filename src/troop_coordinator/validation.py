@@ -1,0 +1,56 @@
+"""Request validation: each check adds a FieldViolation; `raise_if_any` raises them together.
+
+Every request field the coordinator acts on is checked here, before anything
+is read or written, so bad input is INVALID_ARGUMENT and never INTERNAL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from troop_common.errors import FieldViolation, InvalidArgument
+from troop_common.keys import is_public_key_hex
+
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+MAX_MODELS = 64
+
+
+class Violations:
+    def __init__(self) -> None:
+        self.found: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.found.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise InvalidArgument(self.found)
+
+    def node_id(self, field: str, value: str) -> None:
+        if not NODE_ID.fullmatch(value):
+            self.add(field, "1-64 characters of A-Z a-z 0-9 . _ -")
+
+    def model(self, field: str, value: str) -> None:
+        if not MODEL_ID.fullmatch(value):
+            self.add(field, "a model id: 1-200 characters of A-Z a-z 0-9 . _ : / @ + -")
+
+    def public_key(self, field: str, value: str) -> None:
+        if not is_public_key_hex(value):
+            self.add(field, "a hex Ed25519 public key (64 hex digits)")
+
+    def endpoint(self, field: str, value: str) -> None:
+        host, sep, port = value.rpartition(":")
+        if not sep or not HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+            self.add(field, "host:port with a port in 1-65535")
+
+    def models(self, field: str, values: list[str]) -> None:
+        if not values:
+            self.add(field, "at least one model")
+        elif len(values) > MAX_MODELS:
+            self.add(field, f"at most {MAX_MODELS} models")
+        for i, value in enumerate(values):
+            self.model(f"{field}[{i}]", value)
+        if len(set(values)) != len(values):
+            self.add(field, "no duplicates")

@@ -1,0 +1,98 @@
+"""Authorize: starter grant, node choice, atomic reservation, tickets that verify."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from troop_common.errors import InsufficientCredits, TroopError
+from troop_common.tickets import public_key_from_jwk, verify_ticket
+from troop_coordinator.app import Coordinator
+
+if TYPE_CHECKING:
+    from conftest import Launch, Network
+
+MODEL = "smollm2-135m-instruct"
+
+
+async def test_first_authorize_grants_starter_credits_once(
+    coordinator: Coordinator, network: Network
+) -> None:
+    await network.node()
+    user = network.user()
+    first = await user.authorize(MODEL)
+    second = await user.authorize(MODEL)
+
+    balance = await user.get_balance()
+    assert first.reserved_millicredits == 300_000
+    assert balance.balance_millicredits == 3_600_000 - 2 * 300_000
+    assert balance.reserved_millicredits == 2 * 300_000
+    kinds = [t.kind for t in (await user.list_transactions()).transactions]
+    assert kinds.count(1) == 1  # one GRANT
+    assert (await coordinator.ledger.audit()).ok
+    assert second.job_id != first.job_id
+
+
+async def test_ticket_verifies_with_published_key_set(network: Network) -> None:
+    node = await network.node()
+    user = network.user()
+    granted = await user.authorize(MODEL)
+
+    key_set = await user.get_key_set()
+    keys = {k.kid: public_key_from_jwk({"n": k.n, "e": k.e}) for k in key_set.keys}
+    ticket = verify_ticket(granted.ticket, keys, node_id=node.node_id, now=time.time())
+
+    assert ticket.job_id == granted.job_id
+    assert ticket.model == MODEL
+    assert ticket.user == user.identity.public_key_hex
+    assert granted.node_id == node.node_id
+    assert granted.node_public_key == node.identity.public_key_hex
+    assert granted.endpoint == "127.0.0.1:50099"
+    assert abs(granted.expires_at.seconds - ticket.expires_at) <= 1
+    public = await user.get_public_key()
+    assert public.kid in keys and public.algorithm == "RS256"
+
+
+async def test_insufficient_credits_reserves_nothing(launch: Launch) -> None:
+    coordinator, net = await launch(starter_credits=500, reservation_credits=300)
+    await net.node()
+    user = net.user()
+    await user.authorize(MODEL)
+    before = await user.get_balance()
+    history = await user.list_transactions()
+
+    with pytest.raises(InsufficientCredits) as caught:
+        await user.authorize(MODEL)
+
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert await user.get_balance() == before
+    assert await user.list_transactions() == history
+    assert (await coordinator.ledger.audit()).ok
+
+
+async def test_unserved_model_is_unavailable_and_reserves_nothing(
+    coordinator: Coordinator, network: Network
+) -> None:
+    await network.node(models=["other-model"])
+    user = network.user()
+
+    with pytest.raises(TroopError) as caught:
+        await user.authorize(MODEL)
+
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert MODEL in caught.value.message
+    balance = await user.get_balance()
+    assert balance.reserved_millicredits == 0
+    assert balance.balance_millicredits == 3_600_000  # the grant, nothing held
+    assert len((await user.list_transactions()).transactions) == 1
+
+
+async def test_least_loaded_node_is_picked(network: Network) -> None:
+    await network.node(node_id="busy", active_jobs=4, max_concurrent_jobs=4)
+    idle = await network.node(node_id="idle", active_jobs=0, max_concurrent_jobs=4)
+    user = network.user()
+    picks = {(await user.authorize(MODEL)).node_id for _ in range(3)}
+    assert picks == {idle.node_id}
