@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import time
 
 import pytest
@@ -76,26 +76,28 @@ async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network
         assert (await user.balance()).balance_millicredits == STARTER
 
 
-@pytest.mark.parametrize("which", ["coordinator", "worker"])
-def test_grpcurl_lists_services_and_health_is_serving(network, grpcurl, which: str) -> None:
-    address = getattr(network, which)
-    listed = subprocess.run(
-        [grpcurl, "-plaintext", address, "list"], capture_output=True, text=True, timeout=30
+async def run(*args: str) -> tuple[int, str, str]:
+    """A real subprocess, awaited, so the in-process servers keep answering meanwhile."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    assert listed.returncode == 0, listed.stderr
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("which", ["coordinator", "worker"])
+async def test_grpcurl_lists_services_and_health_is_serving(network, grpcurl, which: str) -> None:
+    address = getattr(network, which)
+    code, out, err = await run(grpcurl, "-plaintext", address, "list")
+    assert code == 0, err
     service = (
         "troop.v1.CoordinatorService" if which == "coordinator" else "troop.v1.InferenceService"
     )
-    assert service in listed.stdout.split()
-    assert "grpc.health.v1.Health" in listed.stdout.split()
-    health = subprocess.run(
-        [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert health.returncode == 0, health.stderr
-    assert '"status": "SERVING"' in health.stdout
+    assert service in out.split()
+    assert "grpc.health.v1.Health" in out.split()
+    code, out, err = await run(grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check")
+    assert code == 0, err
+    assert '"status": "SERVING"' in out
 
 
 async def test_tokens_arrive_incrementally_through_the_whole_path(network) -> None:
