@@ -156,7 +156,16 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
         "database_url": args.database_url,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
-    await serve(settings)
+    if args.http_port is None:
+        await serve(settings)
+        return 0
+    from troop_client.sidecar import coordinator_http_face
+
+    # The REST/JSON face: an Envoy transcoding HTTP to this coordinator's gRPC.
+    async with coordinator_http_face(
+        f"127.0.0.1:{settings.port}", host=settings.host, port=args.http_port
+    ):
+        await serve(settings)
     return 0
 
 
@@ -178,6 +187,12 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
     await serve(settings)
     return 0
+
+
+async def cmd_client(args: argparse.Namespace) -> int:
+    from troop_client.sidecar import run_client
+
+    return await run_client(args)
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -214,12 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator-port", type=int, default=50051)
     p.add_argument("--worker-port", type=int, default=50052)
     p.add_argument("--data-dir", help="where state lives (default ~/.local/share/troop/up)")
+    p.add_argument("--http-port", type=int, default=9000, help="OpenAI API port (0: any free)")
 
     p = command("coordinator", cmd_coordinator, "run the coordinator (gRPC, default port 50051)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--data-dir")
     p.add_argument("--database-url")
+    p.add_argument("--http-port", type=int, help="also serve the REST/JSON API through Envoy")
 
     p = command("worker", cmd_worker, "run a worker (gRPC, default port 50052)")
     p.add_argument("--host")
@@ -230,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["torch", "fake"])
     p.add_argument("--model")
     p.add_argument("--advertise", help="host:port clients should dial")
+
+    from troop_client.sidecar import add_client_arguments
+
+    p = command(
+        "client", cmd_client, "run the OpenAI-compatible sidecar (http://localhost:9000/v1)"
+    )
+    add_client_arguments(p)
 
     p = command("chat", cmd_chat, "ask a question; prints the answer as it arrives")
     _add_client_options(p)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from troop_client.settings import ClientSettings
+from troop_client.sidecar import ClientSidecar, SidecarSettings
 from troop_common.coordinator_client import CoordinatorClient
 
 READY_TIMEOUT_S = 180.0
@@ -77,6 +80,7 @@ async def run_up(args: argparse.Namespace) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     logs = [data / "coordinator.log", data / "worker.log"]
     procs: list[asyncio.subprocess.Process] = []
+    sidecar: ClientSidecar | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,16 +129,29 @@ async def run_up(args: argparse.Namespace) -> int:
                 return any(n.endpoint == worker for n in nodes)
 
             await _wait_for("the worker", registered, procs, logs)
+        # The OpenAI face runs in this process: a gRPC service behind its Envoy.
+        sidecar = ClientSidecar(
+            dataclasses.replace(
+                SidecarSettings.from_env(os.environ),
+                http_port=args.http_port,
+                client=dataclasses.replace(
+                    ClientSettings.from_env(os.environ), coordinator=coordinator
+                ),
+            )
+        )
+        await sidecar.start()
         print(
             f"troop is up (embedded default: SQLite and in-process liveness in {data})\n"
             f"  coordinator  {coordinator}   grpcurl -plaintext {coordinator} list\n"
             f"  worker       {worker}   engine {args.engine}, model {args.model}\n"
+            f"  openai       {sidecar.url}   (base_url for OpenAI SDKs and tools)\n"
             f"  owner key    {data / 'worker' / 'owner.key'} (earns the worker's credits)\n"
             f"  logs         {logs[0]}, {logs[1]}\n"
             "ready: press Ctrl-C to stop",
             flush=True,
         )
         waiters = [asyncio.create_task(p.wait()) for p in procs]
+        waiters.append(asyncio.create_task(sidecar.wait()))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
         if stopper not in done:
@@ -145,6 +162,8 @@ async def run_up(args: argparse.Namespace) -> int:
         print(f"troop up: {exc}", file=sys.stderr)
         return 1
     finally:
+        if sidecar is not None:
+            await sidecar.stop()
         for proc in reversed(procs):
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def troop_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "troop_cli", "up", "--engine", "fake",
              "--coordinator-port", str(coordinator_port), "--worker-port", str(worker_port),
-             "--data-dir", str(tmp_path / "up")],
+             "--data-dir", str(tmp_path / "up"), "--http-port", "0"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:
@@ -48,18 +50,20 @@ def troop_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        yield f"127.0.0.1:{coordinator_port}", env
+        yield f"127.0.0.1:{coordinator_port}", env, log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
-    # Both components stopped with it: their ports are free again.
+    # Both components stopped with it: nothing listens on their ports any more
+    # (SO_REUSEADDR: connections lingering in TIME_WAIT don't count).
     for port in (coordinator_port, worker_port):
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
 
 
 def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Path) -> None:
-    coordinator, env = troop_up
+    coordinator, env, banner = troop_up
     at = ["--coordinator", coordinator]
 
     joined = troop("join", *at, env=env)
@@ -85,6 +89,12 @@ def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Pat
     assert nodes.returncode == 0 and "smollm2-135m-instruct" in nodes.stdout
     models = troop("models", *at, env=env)
     assert models.returncode == 0 and "smollm2-135m-instruct" in models.stdout
+
+    # `troop up` also serves the OpenAI API through Envoy, at the address it printed.
+    base_url = next(w for w in banner.split() if w.startswith("http://") and w.endswith("/v1"))
+    with urllib.request.urlopen(f"{base_url}/models", timeout=30) as response:
+        listed = json.load(response)
+    assert [m["id"] for m in listed["data"]] == ["smollm2-135m-instruct"]
 
     key = tmp_path / "user" / "identity.key"
     assert key.stat().st_mode & 0o077 == 0  # the identity is readable by its owner only

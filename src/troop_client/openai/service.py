@@ -1,0 +1,221 @@
+"""The OpenAI-shaped gRPC service the client sidecar runs behind its Envoy.
+
+Each call: check the local API key (when keys are configured), validate the
+body, then let `TroopClient.chat` authorize with the coordinator and stream
+from the worker. A pump task reads the worker stream into a queue so the
+response can send SSE keep-alive comments while nothing arrives, without
+ever cancelling the read. If the HTTP client goes away, gRPC cancels this
+handler, and closing the pump cancels the worker call (the worker then
+settles for what it generated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Collection
+
+import grpc
+from google.api import httpbody_pb2
+
+from troop_client.chat import ChatChunk, Usage
+from troop_client.openai.errors import OpenAIErrorResponse, openai_error
+from troop_client.openai.requests import OpenAIRequest, chat_request, completion_request
+from troop_client.openai.responses import (
+    DONE,
+    JSON,
+    KEEPALIVE,
+    SSE,
+    ResponseShape,
+    error_event,
+    model_list,
+)
+from troop_client.sdk import TroopClient
+from troop_common.errors import AuthError, TroopError
+from troop_common.proto import openai_pb2, openai_pb2_grpc
+
+log = logging.getLogger("troop.client.openai")
+
+DEFAULT_KEEPALIVE_S = 3.0
+_END = object()
+
+
+class _Pump:
+    """Reads a chunk stream in its own task; `next(timeout)` never disturbs the read."""
+
+    def __init__(self, chunks: AsyncIterator[ChatChunk]) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+        self._task = asyncio.create_task(self._run(chunks))
+
+    async def _run(self, chunks: AsyncIterator[ChatChunk]) -> None:
+        try:
+            async for chunk in chunks:
+                await self._queue.put(chunk)
+            await self._queue.put(_END)
+        except Exception as exc:
+            await self._queue.put(exc)
+
+    async def next(self, timeout_s: float | None) -> ChatChunk | None:
+        """The next chunk; None at the end; raises what the stream raised, or TimeoutError."""
+        item = await asyncio.wait_for(self._queue.get(), timeout_s)
+        if item is _END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, ChatChunk)
+        return item
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class _JobFailed(TroopError):
+    """The worker reported a failure, or ended the stream without a last chunk."""
+
+
+class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
+    def __init__(
+        self,
+        troop: TroopClient,
+        *,
+        api_keys: Collection[str] = (),
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    ) -> None:
+        self.troop = troop
+        self.api_keys = [k for k in api_keys if k]
+        self.keepalive_s = keepalive_s
+
+    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.api_keys:
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, key = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys
+        ):
+            raise AuthError(
+                "Incorrect API key provided: this Troop sidecar accepts only the keys in "
+                "TROOP_CLIENT_API_KEYS (send `Authorization: Bearer <key>`)."
+            )
+
+    async def CreateChatCompletion(
+        self, request: openai_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        try:
+            self._check_key(context)
+            job = chat_request(request, self.troop.settings.model)
+        except TroopError as exc:
+            raise OpenAIErrorResponse(exc) from exc
+        shape = ResponseShape(job.model, chat=True, include_usage=job.include_usage)
+        async for body in self._respond(job, shape):
+            yield body
+
+    async def CreateCompletion(
+        self, request: openai_pb2.CreateCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        try:
+            self._check_key(context)
+            job = completion_request(request, self.troop.settings.model)
+        except TroopError as exc:
+            raise OpenAIErrorResponse(exc) from exc
+        shape = ResponseShape(job.model, chat=False, include_usage=job.include_usage)
+        async for body in self._respond(job, shape):
+            yield body
+
+    async def ListModels(
+        self,
+        request: openai_pb2.OpenAIServiceListModelsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> httpbody_pb2.HttpBody:
+        try:
+            self._check_key(context)
+            models = await self.troop.models()
+        except TroopError as exc:
+            raise OpenAIErrorResponse(exc) from exc
+        return httpbody_pb2.HttpBody(content_type=JSON, data=model_list(models))
+
+    async def _respond(
+        self, job: OpenAIRequest, shape: ResponseShape
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        pump = _Pump(self.troop.chat(job.messages, model=job.model, options=job.options))
+        try:
+            if job.stream:
+                async for data in self._stream(pump, job, shape):
+                    yield httpbody_pb2.HttpBody(content_type=SSE, data=data)
+            else:
+                data = await self._whole(pump, job, shape)
+                yield httpbody_pb2.HttpBody(content_type=JSON, data=data)
+        finally:
+            # Also on cancellation (the HTTP client went away): stops the worker call.
+            await pump.close()
+
+    async def _whole(self, pump: _Pump, job: OpenAIRequest, shape: ResponseShape) -> bytes:
+        parts = [job.echo]
+        try:
+            while (chunk := await pump.next(None)) is not None:
+                shape.set_job(chunk.job_id)
+                parts.append(chunk.text)
+                if chunk.finish_reason == "error":
+                    raise _JobFailed("the job failed on the worker")
+                if chunk.finish_reason:
+                    return shape.whole("".join(parts), chunk.finish_reason, chunk.usage or Usage())
+            raise _JobFailed("the worker ended the stream before the answer was complete")
+        except TroopError as exc:
+            raise OpenAIErrorResponse(exc) from exc
+
+    async def _stream(
+        self, pump: _Pump, job: OpenAIRequest, shape: ResponseShape
+    ) -> AsyncIterator[bytes]:
+        started = False  # bytes sent: from here on, errors go into the stream
+        announced = False
+        finish, usage = None, Usage()
+        try:
+            while True:
+                try:
+                    chunk = await pump.next(self.keepalive_s)
+                except TimeoutError:
+                    started = True
+                    yield KEEPALIVE
+                    continue
+                if chunk is None:
+                    break
+                if not announced:
+                    shape.set_job(chunk.job_id)
+                    first = shape.first_chunk(job.echo)
+                    announced = started = True
+                    if first:
+                        yield first
+                if chunk.text:
+                    yield shape.text_chunk(chunk.text)
+                if chunk.finish_reason == "error":
+                    raise _JobFailed("the job failed on the worker after it started")
+                if chunk.finish_reason:
+                    finish, usage = chunk.finish_reason, chunk.usage or Usage()
+                    break
+            if finish is None:
+                raise _JobFailed("the worker ended the stream before the answer was complete")
+        except TroopError as exc:
+            if not started:
+                raise OpenAIErrorResponse(exc) from exc
+            log.warning("stream %s failed after it started: %s", shape.id, exc.message)
+            yield error_event(openai_error(exc))
+            yield DONE
+            return
+        except Exception as exc:
+            if not started:
+                raise
+            log.exception("stream %s failed after it started", shape.id)
+            yield error_event(openai_error(exc))
+            yield DONE
+            return
+        yield shape.finish_chunk(finish)
+        if shape.include_usage:
+            yield shape.usage_chunk(usage)
+        yield DONE
+
+
+__all__ = ["DEFAULT_KEEPALIVE_S", "OpenAIServicer"]

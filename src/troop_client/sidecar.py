@@ -1,0 +1,223 @@
+"""`troop client`: the OpenAI-compatible sidecar on http://localhost:9000/v1.
+
+    async with ClientSidecar(SidecarSettings.from_env(os.environ)) as sidecar:
+        print(sidecar.url)  # http://127.0.0.1:9000/v1
+
+A gRPC server (`troop.v1.OpenAIService`, on a free local port) does the work
+through `TroopClient`; an Envoy sidecar, configured and started here,
+transcodes it to HTTP/JSON and SSE. The sidecar health-checks its Envoy and
+stops it on exit. `coordinator_http_face` puts the same kind of Envoy in front
+of a coordinator (REST/JSON for operators and web clients).
+
+| variable                  | field          | default                              |
+|---------------------------|----------------|--------------------------------------|
+| TROOP_CLIENT_HTTP_HOST    | http_host      | 127.0.0.1                            |
+| TROOP_CLIENT_HTTP_PORT    | http_port      | 9000 (0: any free port)              |
+| TROOP_CLIENT_GRPC_PORT    | grpc_port      | 0 (any free port, on 127.0.0.1)      |
+| TROOP_CLIENT_API_KEYS     | api_keys       | none: any key (comma-separated list) |
+| TROOP_CLIENT_KEEPALIVE_S  | keepalive_s    | 3 (SSE comment while nothing comes)  |
+| TROOP_COORDINATOR, TROOP_CONFIG_DIR, TROOP_MODEL: see `ClientSettings` |
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from troop_client.openai.errors import ERROR_BODY_HEADER, HTTP_STATUS_HEADER
+from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
+from troop_client.sdk import TroopClient
+from troop_client.settings import ClientSettings
+from troop_common.envoy import EnvoyConfig, EnvoySidecar
+from troop_common.keys import Identity
+from troop_common.proto import COORDINATOR_SERVICE, OPENAI_SERVICE, openai_pb2_grpc
+from troop_common.server import TroopServer
+
+DEFAULT_HTTP_PORT = 9000
+HEALTH_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    client: ClientSettings = field(default_factory=ClientSettings)
+    http_host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = 0
+    api_keys: tuple[str, ...] = ()
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+    identity_path: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SidecarSettings:
+        raw_keys = env.get("TROOP_CLIENT_API_KEYS", "").split(",")
+        keys = tuple(k.strip() for k in raw_keys if k.strip())
+        return cls(
+            client=ClientSettings.from_env(env),
+            http_host=env.get("TROOP_CLIENT_HTTP_HOST", "").strip() or cls.http_host,
+            http_port=int(env.get("TROOP_CLIENT_HTTP_PORT", "").strip() or cls.http_port),
+            grpc_port=int(env.get("TROOP_CLIENT_GRPC_PORT", "").strip() or cls.grpc_port),
+            api_keys=keys,
+            keepalive_s=float(env.get("TROOP_CLIENT_KEEPALIVE_S", "").strip() or cls.keepalive_s),
+        )
+
+
+class ClientSidecar:
+    """The OpenAI service and its Envoy; `async with` starts both and stops both."""
+
+    def __init__(self, settings: SidecarSettings, *, troop: TroopClient | None = None) -> None:
+        self.settings = settings
+        if troop is None:
+            if settings.identity_path is not None:
+                identity = Identity.load_or_create(settings.identity_path)
+                troop = TroopClient(settings.client.coordinator, identity, settings.client)
+            else:
+                troop = TroopClient.from_settings(settings.client)
+        self.troop = troop
+        servicer = OpenAIServicer(
+            troop, api_keys=settings.api_keys, keepalive_s=settings.keepalive_s
+        )
+        self.server = TroopServer(
+            registrars=[lambda s: openai_pb2_grpc.add_OpenAIServiceServicer_to_server(servicer, s)],
+            service_names=[OPENAI_SERVICE],
+            bind=f"127.0.0.1:{settings.grpc_port}",
+        )
+        self.envoy = EnvoySidecar(
+            EnvoyConfig(
+                upstream=self.server.address,
+                services=[OPENAI_SERVICE],
+                listen_host=settings.http_host,
+                listen_port=settings.http_port,
+                error_body_header=ERROR_BODY_HEADER,
+                error_status_header=HTTP_STATUS_HEADER,
+                stat_prefix="troop_client",
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL, e.g. http://127.0.0.1:9000/v1."""
+        return f"{self.envoy.url}/v1"
+
+    @property
+    def grpc_address(self) -> str:
+        return self.server.address
+
+    async def start(self) -> None:
+        await self.server.start()
+        try:
+            await self.envoy.start()
+        except BaseException:
+            await self.server.stop(0)
+            raise
+
+    async def stop(self) -> None:
+        await self.envoy.stop()
+        await self.server.stop(1.0)
+        await self.troop.close()
+
+    async def wait(self) -> None:
+        """Until Envoy exits (an error: the sidecar cannot serve without it)."""
+        while self.envoy.running:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+        raise RuntimeError(f"envoy exited:\n{self.envoy.log_tail()}")
+
+    async def __aenter__(self) -> ClientSidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@contextlib.asynccontextmanager
+async def coordinator_http_face(
+    coordinator: str, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[EnvoySidecar]:
+    """An Envoy serving the coordinator's REST/JSON API (snake_case, gRPC status → HTTP)."""
+    config = EnvoyConfig(
+        upstream=coordinator,
+        services=[COORDINATOR_SERVICE],
+        listen_host=host,
+        listen_port=port,
+        stat_prefix="troop_coordinator",
+    )
+    async with EnvoySidecar(config) as envoy:
+        yield envoy
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `troop client` flags (each overrides its TROOP_* variable)."""
+    parser.add_argument("--coordinator", help="coordinator host:port (env TROOP_COORDINATOR)")
+    parser.add_argument("--identity", help="the user's key file (default: in TROOP_CONFIG_DIR)")
+    parser.add_argument("--host", help="HTTP listen address (env TROOP_CLIENT_HTTP_HOST)")
+    parser.add_argument(
+        "--port", type=int, help="HTTP port, 0 for any (env TROOP_CLIENT_HTTP_PORT, 9000)"
+    )
+    parser.add_argument("--grpc-port", type=int, help="the OpenAI gRPC service's port (0: any)")
+    parser.add_argument("--model", help="model when a request names none (env TROOP_MODEL)")
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SidecarSettings:
+    settings = SidecarSettings.from_env(env)
+    client = settings.client
+    if getattr(args, "coordinator", None):
+        client = dataclasses.replace(client, coordinator=args.coordinator)
+    if getattr(args, "model", None):
+        client = dataclasses.replace(client, model=args.model)
+    changes: dict[str, object] = {"client": client}
+    if getattr(args, "host", None):
+        changes["http_host"] = args.host
+    if getattr(args, "port", None) is not None:
+        changes["http_port"] = args.port
+    if getattr(args, "grpc_port", None) is not None:
+        changes["grpc_port"] = args.grpc_port
+    if getattr(args, "identity", None):
+        changes["identity_path"] = Path(args.identity).expanduser()
+    return dataclasses.replace(settings, **changes)
+
+
+async def run_client(args: argparse.Namespace) -> int:
+    """`troop client`: serve until Ctrl-C / SIGTERM (or until Envoy dies: exit 1)."""
+    settings = settings_from_args(args, os.environ)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with ClientSidecar(settings) as sidecar:
+        keys = "required (TROOP_CLIENT_API_KEYS)" if settings.api_keys else "any key accepted"
+        print(
+            f"troop client: OpenAI API on {sidecar.url}  (API keys: {keys})\n"
+            f"  coordinator  {settings.client.coordinator}\n"
+            f"  gRPC         {sidecar.grpc_address}   troop.v1.OpenAIService\n"
+            f"  try          curl -N {sidecar.url}/chat/completions -H 'content-type: "
+            'application/json\' -d \'{"messages":[{"role":"user","content":"Hi"}],'
+            '"stream":true}\'',
+            flush=True,
+        )
+        watcher = asyncio.create_task(sidecar.wait())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([watcher, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in (watcher, stopper):
+            task.cancel()
+        if watcher in done and not watcher.cancelled() and watcher.exception() is not None:
+            print(f"troop client: {watcher.exception()}", flush=True)
+            return 1
+    return 0
+
+
+__all__ = [
+    "OPENAI_SERVICE",
+    "ClientSidecar",
+    "SidecarSettings",
+    "add_client_arguments",
+    "coordinator_http_face",
+    "run_client",
+    "settings_from_args",
+]

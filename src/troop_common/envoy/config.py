@@ -1,0 +1,248 @@
+"""Envoy bootstraps for an HTTP/JSON face in front of one local gRPC server.
+
+Built from `envoy-data-plane`'s typed dataclasses (a typo is a Python error,
+not an Envoy start failure) and written as JSON. One listener, the gRPC-JSON
+transcoder fed an inline descriptor set, the router, and one HTTP/2 cluster
+pointing at the gRPC server. The admin interface listens on a Unix socket so
+the sidecar can ask Envoy which port it bound without taking another TCP port.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+# envoy-data-plane's generated classes trip a pydantic deprecation warning at import
+# (their code, not ours); tests run with warnings as errors.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from envoy_data_plane.envoy.config.bootstrap.v3 import (
+        Admin,
+        Bootstrap,
+        BootstrapStaticResources,
+    )
+    from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+    from envoy_data_plane.envoy.config.core.v3 import (
+        Address,
+        DataSource,
+        Http2ProtocolOptions,
+        Pipe,
+        SocketAddress,
+        SocketAddressProtocol,
+    )
+    from envoy_data_plane.envoy.config.endpoint.v3 import (
+        ClusterLoadAssignment,
+        Endpoint,
+        LbEndpoint,
+        LocalityLbEndpoints,
+    )
+    from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+    from envoy_data_plane.envoy.config.route.v3 import (
+        Route,
+        RouteAction,
+        RouteConfiguration,
+        RouteMatch,
+        VirtualHost,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+        GrpcJsonTranscoder,
+        GrpcJsonTranscoderPrintOptions,
+        GrpcJsonTranscoderRequestValidationOptions,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
+    from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+        HttpConnectionManager,
+        HttpFilter,
+    )
+    from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+        HttpProtocolOptions,
+        HttpProtocolOptionsExplicitHttpConfig,
+    )
+    from envoy_data_plane.google.protobuf import Any
+
+from troop_common.envoy.descriptors import descriptor_set_for_services
+
+_UPSTREAM_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Replaces the body of an error response with the upstream's own JSON (and its
+# HTTP status, when it names one), when the gRPC server put them in trailers:
+# a status sent before any message is trailers-only, so they arrive as headers.
+# Only such responses are buffered; streams pass through untouched.
+_ERROR_BODY_LUA = """
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local replacement = headers:get("{body}")
+  if replacement == nil then
+    return
+  end
+  local status = headers:get("{status}")
+  headers:remove("{body}")
+  headers:remove("{status}")
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  headers:remove("grpc-status-details-bin")
+  if status ~= nil then
+    headers:replace(":status", status)
+  end
+  local body = handle:body(true)
+  if body == nil then
+    return
+  end
+  body:setBytes(replacement)
+  headers:replace("content-type", "application/json")
+end
+"""
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """What one sidecar serves: `listen_host:listen_port` → the gRPC server at `upstream`.
+
+    `listen_port=0` lets Envoy pick a free port (`EnvoySidecar.port` reports it).
+    `error_body_header`: a trailer whose value (JSON) replaces an error response's body;
+    `error_status_header`: a trailer whose value replaces that response's HTTP status.
+    """
+
+    upstream: str
+    services: Sequence[str]
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    preserve_proto_field_names: bool = True
+    convert_grpc_status: bool = True
+    error_body_header: str | None = None
+    error_status_header: str = "x-troop-http-status"
+    stat_prefix: str = "troop"
+    drain_timeout_s: float = 1.0
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def upstream_host(self) -> str:
+        return self.upstream.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def upstream_port(self) -> int:
+        return int(self.upstream.rsplit(":", 1)[1])
+
+
+def _socket(host: str, port: int) -> Address:
+    return Address(
+        socket_address=SocketAddress(
+            protocol=SocketAddressProtocol.TCP, address=host, port_value=port
+        )
+    )
+
+
+def _http_filters(config: EnvoyConfig) -> list[HttpFilter]:
+    transcoder = GrpcJsonTranscoder(
+        proto_descriptor_bin=descriptor_set_for_services(config.services),
+        services=list(config.services),
+        convert_grpc_status=config.convert_grpc_status,
+        # A path no RPC maps to is a 404 here, not a reset from the gRPC server.
+        request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
+            reject_unknown_method=True
+        ),
+        print_options=GrpcJsonTranscoderPrintOptions(
+            preserve_proto_field_names=config.preserve_proto_field_names,
+            stream_sse_style_delimited=True,
+        ),
+    )
+    filters = []
+    if config.error_body_header:
+        # Listed first so it sees responses last, after the transcoder set the status.
+        lua = Lua(
+            default_source_code=DataSource(
+                inline_string=_ERROR_BODY_LUA.replace("{body}", config.error_body_header).replace(
+                    "{status}", config.error_status_header
+                )
+            )
+        )
+        filters.append(HttpFilter(name="envoy.filters.http.lua", typed_config=Any.pack(lua)))
+    filters.append(
+        HttpFilter(
+            name="envoy.filters.http.grpc_json_transcoder", typed_config=Any.pack(transcoder)
+        )
+    )
+    filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(Router())))
+    return filters
+
+
+def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
+    """The whole Envoy bootstrap for `config`, admin on the Unix socket `admin_socket`."""
+    cluster_name = "grpc_upstream"
+    manager = HttpConnectionManager(
+        stat_prefix=config.stat_prefix,
+        route_config=RouteConfiguration(
+            name="local",
+            virtual_hosts=[
+                VirtualHost(
+                    name="grpc",
+                    domains=["*"],
+                    routes=[
+                        Route(
+                            match=RouteMatch(prefix="/"),
+                            # Streams last as long as the generation: no route timeout.
+                            route=RouteAction(cluster=cluster_name, timeout=timedelta(0)),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=_http_filters(config),
+        drain_timeout=timedelta(seconds=config.drain_timeout_s),
+    )
+    listener = Listener(
+        name="http",
+        address=_socket(config.listen_host, config.listen_port),
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=Any.pack(manager),
+                    )
+                ]
+            )
+        ],
+    )
+    http2 = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    )
+    cluster = Cluster(
+        name=cluster_name,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=timedelta(seconds=5),
+        typed_extension_protocol_options={_UPSTREAM_OPTIONS: Any.pack(http2)},
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=cluster_name,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[
+                        LbEndpoint(
+                            endpoint=Endpoint(
+                                address=_socket(config.upstream_host, config.upstream_port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    return Bootstrap(
+        admin=Admin(address=Address(pipe=Pipe(path=str(admin_socket)))),
+        static_resources=BootstrapStaticResources(listeners=[listener], clusters=[cluster]),
+    )
+
+
+def bootstrap_json(config: EnvoyConfig, admin_socket: Path) -> str:
+    """The bootstrap as the JSON `envoy -c` reads."""
+    return json.dumps(build_bootstrap(config, admin_socket).to_dict(), indent=1)
+
+
+__all__ = ["EnvoyConfig", "bootstrap_json", "build_bootstrap"]

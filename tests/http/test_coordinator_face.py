@@ -1,0 +1,46 @@
+"""The coordinator's REST/JSON face: real Envoy in front of the real coordinator."""
+
+from __future__ import annotations
+
+import httpx2 as httpx  # the HTTP client the openai SDK itself ships with
+
+from tests.http.conftest import MODEL
+from troop_client.sidecar import coordinator_http_face
+from troop_common.assertions import create_assertion
+from troop_common.keys import Identity
+
+
+async def test_coordinator_rest_face(mesh, tmp_path) -> None:
+    user = Identity.load_or_create(tmp_path / "rest-user.key")
+    async with coordinator_http_face(mesh.coordinator) as envoy:
+        async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+            key = (await http.get("/v1/public-key")).json()
+            assert key["algorithm"] == "RS256" and "public_key_pem" in key  # snake_case
+            assert (await http.get("/v1/keys")).json()["keys"][0]["kty"] == "RSA"
+            models = (await http.get("/v1/models")).json()["models"]
+            assert models == [{"id": MODEL, "node_count": 1}]
+            nodes = (await http.get("/v1/nodes")).json()["nodes"]
+            assert nodes[0]["endpoint"] == mesh.worker.advertise and "node_id" in nodes[0]
+
+            path = f"/v1/users/{user.public_key_hex}/balance"
+            denied = await http.get(path)
+            assert denied.status_code == 401
+            assert denied.json()["code"] == 16  # UNAUTHENTICATED, as JSON
+            signed = {"authorization": f"Bearer {create_assertion(user)}"}
+            assert (await http.post("/v1/users/join", json={}, headers=signed)).status_code == 200
+            signed = {"authorization": f"Bearer {create_assertion(user)}"}
+            balance = (await http.get(path, headers=signed)).json()
+            assert int(balance["balance_millicredits"]) == 3_600_000
+            signed = {"authorization": f"Bearer {create_assertion(user)}"}
+            history = await http.get(
+                f"/v1/users/{user.public_key_hex}/transactions", headers=signed
+            )
+            assert history.json()["transactions"][0]["kind"] == "TRANSACTION_KIND_GRANT"
+
+            heartbeat = await http.post("/v1/nodes/heartbeat", json={"node_id": "x"})
+            assert heartbeat.status_code == 401
+            receipt = await http.post(
+                "/v1/transactions/submit", json={"receipt": "", "signature": ""}
+            )
+            assert receipt.status_code in (400, 401, 404)
+            assert "code" in receipt.json()

