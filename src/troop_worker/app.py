@@ -1,0 +1,222 @@
+"""Wiring and lifecycle: `Worker` (async context manager), `serve()` and `main()`.
+
+Start: load the engine (once), load the node identity, fetch the
+coordinator's ticket keys (retrying until it answers or
+`coordinator_wait_s` passes), start the gRPC server, send the first
+heartbeat, keep heartbeating. Stop (SIGTERM/SIGINT): health NOT_SERVING,
+stop heartbeats, let running streams finish within the grace period, flush
+receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from functools import partial
+
+from troop_common.coordinator_client import CoordinatorClient
+from troop_common.errors import TroopError, Unavailable
+from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
+from troop_common.server import TroopServer
+from troop_worker.auth import TicketInterceptor
+from troop_worker.engine import Engine, make_engine
+from troop_worker.hardware import detect_hardware
+from troop_worker.hardware_proof import prove_hardware
+from troop_worker.heartbeat import Heartbeater
+from troop_worker.identity import NodeIdentity, load_node_identity
+from troop_worker.limits import JobLimiter
+from troop_worker.receipts import ReceiptSender
+from troop_worker.service import InferenceServicer
+from troop_worker.settings import WorkerSettings
+from troop_worker.tickets import KeyCache, TicketVerifier
+
+log = logging.getLogger("troop.worker")
+
+
+async def fetch_keys_until_ready(keys: KeyCache, deadline_s: float) -> None:
+    """Fetch the key set, retrying with backoff until the coordinator answers."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.2
+    while True:
+        try:
+            await keys.refresh()
+            return
+        except TroopError as exc:
+            if time.monotonic() + delay > give_up:
+                raise Unavailable(
+                    f"the coordinator did not hand out its ticket keys within {deadline_s:.0f} s: "
+                    f"{exc}"
+                ) from exc
+            log.warning("waiting for the coordinator (%s)", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class Worker:
+    """`async with Worker(settings, engine=...) as w:` serves on `w.address` until exit."""
+
+    def __init__(self, settings: WorkerSettings, *, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine if engine is not None else make_engine(settings)
+        self.identity: NodeIdentity | None = None
+        self.server: TroopServer | None = None
+        self.heartbeats: Heartbeater | None = None
+        self.key_cache: KeyCache | None = None
+        self.limiter = JobLimiter(settings.max_concurrent_jobs, settings.max_jobs_per_user)
+        self._client: CoordinatorClient | None = None
+        self._receipts: ReceiptSender | None = None
+        self.proof: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port the server is bound to."""
+        if self.server is None:
+            raise RuntimeError("the worker is not started")
+        return self.server.address
+
+    @property
+    def advertise(self) -> str:
+        return self.settings.advertise or self.address
+
+    @property
+    def node_id(self) -> str:
+        if self.identity is None:
+            raise RuntimeError("the worker is not started")
+        return self.identity.node_id
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.identity = identity = load_node_identity(settings)
+        self._client = client = CoordinatorClient(settings.coordinator, identity.key)
+        try:
+            await self.engine.load()
+            self.key_cache = KeyCache(client.get_key_set)
+            await fetch_keys_until_ready(self.key_cache, settings.coordinator_wait_s)
+            verifier = TicketVerifier(self.key_cache, node_id=identity.node_id)
+            self._receipts = ReceiptSender(
+                client, identity.key, identity.node_id, backoff_s=settings.receipt_backoff_s
+            )
+            servicer = InferenceServicer(
+                self.engine,
+                verifier=verifier,
+                limiter=self.limiter,
+                receipts=self._receipts,
+                max_new_tokens=settings.max_new_tokens,
+            )
+            self.server = TroopServer(
+                registrars=[
+                    partial(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)
+                ],
+                service_names=[INFERENCE_SERVICE],
+                interceptors=[TicketInterceptor(verifier)],
+                bind=f"{settings.host}:{settings.port}",
+            )
+            await self.server.start()
+        except BaseException:
+            await client.close()
+            raise
+        self.heartbeats = Heartbeater(
+            client, self._heartbeat_request, settings.heartbeat_interval_s
+        )
+        self.heartbeats.start()
+        if settings.benchmark:
+            self.proof = asyncio.get_running_loop().create_task(self._prove(), name="proof")
+        log.info(
+            "worker %s serving %s on %s (advertised as %s), coordinator %s",
+            identity.node_id, ", ".join(self.engine.models), self.address, self.advertise,
+            settings.coordinator,
+        )  # fmt: skip
+
+    async def _prove(self) -> None:
+        # The coordinator only challenges nodes it has heard from.
+        assert self.heartbeats is not None and self._client is not None
+        await self.heartbeats.first_success.wait()
+        try:
+            await prove_hardware(self._client, self.node_id)
+        except Exception:
+            log.exception("hardware proof failed; the node keeps its current multiplier")
+
+    def _heartbeat_request(self) -> coordinator_pb2.HeartbeatRequest:
+        assert self.identity is not None
+        return coordinator_pb2.HeartbeatRequest(
+            node_id=self.identity.node_id,
+            endpoint=self.advertise,
+            models=list(self.engine.models),
+            load=coordinator_pb2.NodeLoad(
+                active_jobs=self.limiter.active,
+                queue_depth=int(getattr(self.engine, "queue_depth", 0)),
+                max_concurrent_jobs=self.limiter.max_jobs,
+            ),
+            hardware=detect_hardware(str(getattr(self.engine, "device_name", "cpu"))),
+            owner_public_key=self.identity.owner_public_key,
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, stop heartbeats, drain streams within `grace_s`, flush receipts."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.server is not None:
+            await self.server.set_serving(False)
+        if self.proof is not None:
+            self.proof.cancel()
+            await asyncio.gather(self.proof, return_exceptions=True)
+        if self.heartbeats is not None:
+            await self.heartbeats.stop()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._receipts is not None:
+            await self._receipts.drain(grace)
+        if self._client is not None:
+            await self._client.close()
+        log.info("worker stopped")
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(
+    settings: WorkerSettings,
+    *,
+    engine: Engine | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run a worker until SIGTERM or SIGINT; `ready` is set once it serves."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stopping.set)
+            installed.append(sig)
+    try:
+        async with Worker(settings, engine=engine):
+            if ready is not None:
+                ready.set()
+            await stopping.wait()
+            log.info("shutting down")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def main() -> None:
+    """Entry point: settings from the environment, logs to stderr, run until signalled."""
+    logging.basicConfig(
+        level=os.environ.get("TROOP_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never download
+    settings = WorkerSettings.from_env(os.environ)
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    except TroopError as exc:
+        raise SystemExit(f"troop worker: {exc}") from None

@@ -1,0 +1,77 @@
+"""The ticket interceptor: no inference call reaches the servicer without a valid ticket.
+
+It reads `authorization: Bearer <ticket>`, verifies it (signature, expiry,
+audience, node) before the handler runs — so a bad ticket is UNAUTHENTICATED
+with zero messages — and hands the ticket to the servicer in a ContextVar.
+Spending the ticket (single use) and matching its model are the servicer's,
+after the request is validated, so a malformed or rate-limited request does
+not burn the ticket. ListModels, health and reflection need no ticket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from troop_common.errors import TicketInvalid
+from troop_common.interceptors.wrapping import wrap_handler
+from troop_common.proto import INFERENCE_SERVICE
+from troop_common.tickets import Ticket
+from troop_worker.tickets import TicketVerifier
+
+PROTECTED_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ChatCompletion"})
+
+current_ticket: ContextVar[Ticket | None] = ContextVar("troop_worker_ticket", default=None)
+
+
+def bearer_token(metadata: Any) -> str:
+    """The token in `authorization: Bearer …`; TicketInvalid if absent or malformed."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise TicketInvalid("authorization metadata must be 'Bearer <ticket>'")
+    raise TicketInvalid("missing ticket: send 'authorization: Bearer <ticket>'")
+
+
+class TicketInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, verifier: TicketVerifier) -> None:
+        self.verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if details.method not in PROTECTED_METHODS:
+            return handler
+        verifier = self.verifier
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            ticket = await verifier.verify(bearer_token(context.invocation_metadata()))
+            current_ticket.set(ticket)
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                return await behaviour(request, context)
+
+            return call
+
+        def stream(
+            behaviour: Callable[..., AsyncIterator[Any]],
+        ) -> Callable[..., AsyncIterator[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await check(context)
+                async for message in behaviour(request, context):
+                    yield message
+
+            return call
+
+        return wrap_handler(handler, unary, stream)

@@ -1,0 +1,42 @@
+"""Engines: what turns a chat request into a stream of text.
+
+`Engine` is the protocol; `FakeEngine` a deterministic one; `TorchEngine`
+(imported lazily, it pulls in PyTorch) runs SmolLM2 with transformers.
+"""
+
+from __future__ import annotations
+
+from troop_worker.engine.fake import FakeEngine
+from troop_worker.engine.types import (
+    Engine,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    Message,
+)
+from troop_worker.settings import WorkerSettings
+
+
+def make_engine(settings: WorkerSettings) -> Engine:
+    """The engine the settings name (not loaded yet)."""
+    if settings.engine == "fake":
+        return FakeEngine([settings.model])
+    from troop_worker.engine.torch_engine import TorchEngine
+
+    return TorchEngine(
+        model_id=settings.model,
+        model_path=settings.model_path,
+        dtype=settings.torch_dtype,
+        threads=settings.torch_threads,
+    )
+
+
+__all__ = [
+    "Engine",
+    "FakeEngine",
+    "FinishReason",
+    "GenerationChunk",
+    "GenerationRequest",
+    "Message",
+    "make_engine",
+]

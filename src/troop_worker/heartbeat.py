@@ -1,0 +1,78 @@
+"""Heartbeats: tell the coordinator, every few seconds, that this node is alive and how busy.
+
+The first beat goes out at once; after that the coordinator's
+`interval_seconds` (when set) decides the pace. A failed beat is logged and
+the loop goes on, so a coordinator restart never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from troop_common.coordinator_client import CoordinatorClient
+from troop_common.errors import TroopError
+from troop_common.proto import coordinator_pb2
+
+log = logging.getLogger("troop.worker.heartbeat")
+
+
+class Heartbeater:
+    """`start()` runs the loop in a task; `stop()` ends it."""
+
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        build: Callable[[], coordinator_pb2.HeartbeatRequest],
+        interval_s: float,
+    ) -> None:
+        self._client = client
+        self._build = build
+        self.interval_s = interval_s
+        self.multiplier: float | None = None
+        self.sent = 0
+        self.first_success = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def beat(self) -> None:
+        """One heartbeat (errors propagate)."""
+        response = await self._client.heartbeat(self._build())
+        self.sent += 1
+        self.first_success.set()
+        if response.interval_seconds > 0:
+            self.interval_s = float(response.interval_seconds)
+        if response.multiplier != self.multiplier:
+            log.info("coordinator multiplier for this node: %.3f", response.multiplier)
+            self.multiplier = response.multiplier
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.beat()
+            except TroopError as exc:
+                # Log the first failure loudly, then quietly until it recovers.
+                (log.debug if failing else log.warning)("heartbeat failed: %s", exc)
+                failing = True
+            except Exception:
+                log.exception("heartbeat failed unexpectedly")
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeats reach the coordinator again")
+                failing = False
+            await asyncio.sleep(self.interval_s)

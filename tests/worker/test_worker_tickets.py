@@ -1,0 +1,109 @@
+"""Ticket checks on a real worker: every bad ticket is UNAUTHENTICATED before any token."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from worker_testing import bearer, chat, collect
+
+from troop_common.tickets import TICKET_ALGORITHM, TICKET_ISSUER, TicketSigner
+
+
+async def assert_unauthenticated(inference, token: str | None, request=None) -> None:
+    received = []
+    call = inference.ChatCompletion(request or chat(), metadata=bearer(token) if token else None)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in call:
+            received.append(chunk)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value.details()
+    assert received == []
+
+
+@pytest.fixture
+def other_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+async def test_a_valid_ticket_streams(inference, issue) -> None:
+    chunks = await collect(inference, chat("hello there"), issue())
+    assert "".join(c.delta for c in chunks) == "You said: hello there"
+
+
+async def test_missing_ticket(inference) -> None:
+    await assert_unauthenticated(inference, None)
+
+
+async def test_malformed_authorization(inference) -> None:
+    call = inference.ChatCompletion(chat(), metadata=[("authorization", "Basic abc")])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        [c async for c in call]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await assert_unauthenticated(inference, "not-a-jwt")
+
+
+async def test_forged_by_an_unknown_key(inference, issue, other_key) -> None:
+    await assert_unauthenticated(inference, issue(signer_=TicketSigner(other_key)))
+
+
+async def test_forged_under_the_real_kid(inference, issue, other_key, ticket_signer) -> None:
+    forger = TicketSigner(other_key)
+    forger.kid = ticket_signer.kid  # claims to be the coordinator's key
+    await assert_unauthenticated(inference, issue(signer_=forger))
+
+
+async def test_expired(inference, issue) -> None:
+    await assert_unauthenticated(inference, issue(now=time.time() - 3600))
+
+
+async def test_wrong_audience(inference, worker, ticket_key, ticket_signer) -> None:
+    now = int(time.time())
+    claims = {
+        "iss": TICKET_ISSUER,
+        "aud": "troop-coordinator",
+        "sub": "00" * 32,
+        "jti": "job-aud",
+        "node": worker.node_id,
+        "model": "smollm2-135m-instruct",
+        "iat": now,
+        "exp": now + 300,
+    }
+    token = jwt.encode(
+        claims, ticket_key, algorithm=TICKET_ALGORITHM, headers={"kid": ticket_signer.kid}
+    )
+    await assert_unauthenticated(inference, token)
+
+
+async def test_other_node(inference, issue) -> None:
+    await assert_unauthenticated(inference, issue(node_id="node-someone-else"))
+
+
+async def test_other_model(inference, issue) -> None:
+    await assert_unauthenticated(inference, issue(model="gpt-5"))
+
+
+async def test_reused_ticket(inference, issue, recording_coordinator) -> None:
+    token = issue()
+    assert await collect(inference, chat(), token)
+    await assert_unauthenticated(inference, token)
+    # The replayed call did no work: only the first job is settled.
+    await recording_coordinator.wait_for(lambda c: len(c.receipts) >= 1)
+    assert len(recording_coordinator.receipts) == 1
+
+
+async def test_key_rotation_refreshes_once(
+    inference, issue, recording_coordinator, other_key
+) -> None:
+    assert recording_coordinator.key_set_calls == 1  # fetched at start
+    rotated = TicketSigner(other_key)
+    recording_coordinator.signers.append(rotated)
+    chunks = await collect(inference, chat("rotated"), issue(signer_=rotated))
+    assert "".join(c.delta for c in chunks) == "You said: rotated"
+    assert recording_coordinator.key_set_calls == 2
+    # Another unknown kid right after: no second refresh (rate-limited), just refused.
+    stranger = TicketSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    await assert_unauthenticated(inference, issue(signer_=stranger))
+    assert recording_coordinator.key_set_calls == 2
