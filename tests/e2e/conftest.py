@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from troop_coordinator.app import Coordinator
-from troop_worker.app import Worker
 
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
+from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
+from troop_worker.app import Worker
 from troop_worker.settings import WorkerSettings
 
 
@@ -25,8 +26,8 @@ class Network:
     data: Path
 
 
-@pytest.fixture
-async def network(tmp_path: Path, eventually) -> AsyncIterator[Network]:
+@contextlib.asynccontextmanager
+async def start_network(tmp_path: Path, eventually, engine=None) -> AsyncIterator[Network]:
     coordinator_settings = dataclasses.replace(
         CoordinatorSettings.from_env({}),
         port=0,
@@ -41,7 +42,7 @@ async def network(tmp_path: Path, eventually) -> AsyncIterator[Network]:
             data_dir=tmp_path / "worker",
             engine="fake",
         )
-        async with Worker(worker_settings) as worker:
+        async with Worker(worker_settings, engine=engine) as worker:
             async with CoordinatorClient(coordinator.address) as client:
 
                 async def listed() -> bool:
@@ -51,3 +52,17 @@ async def network(tmp_path: Path, eventually) -> AsyncIterator[Network]:
                 await eventually(listed, timeout_s=20)
             owner = Identity.load_or_create(tmp_path / "worker" / "owner.key")
             yield Network(coordinator.address, worker.address, owner, tmp_path)
+
+
+@pytest.fixture
+async def network(tmp_path: Path, eventually) -> AsyncIterator[Network]:
+    """Coordinator + worker with the deterministic fake engine."""
+    async with start_network(tmp_path, eventually) as running:
+        yield running
+
+
+@pytest.fixture
+async def model_network(tmp_path: Path, eventually, torch_engine) -> AsyncIterator[Network]:
+    """Coordinator + worker with the real SmolLM2 model."""
+    async with start_network(tmp_path, eventually, torch_engine) as running:
+        yield running

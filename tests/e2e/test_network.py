@@ -109,3 +109,24 @@ async def test_tokens_arrive_incrementally_through_the_whole_path(network) -> No
         # The first piece was in the caller's hands while the rest was still being made.
         assert arrivals[0] < arrivals[-1]
         assert sum(1 for t in arrivals if t > arrivals[0]) >= len(arrivals) - 2
+
+
+@pytest.mark.model
+async def test_the_real_model_answers_token_by_token_and_is_billed(
+    model_network, eventually
+) -> None:
+    question = [Message("user", "What is the capital of France?")]
+    async with TroopClient(model_network.coordinator, Identity.generate()) as user:
+        arrivals, parts, usage = [], [], None
+        async for chunk in user.chat(question, options=ChatOptions(temperature=0, max_tokens=24)):
+            arrivals.append(time.monotonic())
+            parts.append(chunk.text)
+            usage = chunk.usage or usage
+        await settled(user, eventually)
+        balance = (await user.balance()).balance_millicredits
+    assert "Paris" in "".join(parts)
+    # Many pieces, the first in hand long before the last: streamed, not buffered.
+    assert len([p for p in parts if p]) > 3
+    assert arrivals[0] < arrivals[-2] < arrivals[-1]
+    assert usage is not None and 0 < usage.completion_tokens <= 24
+    assert 0 < STARTER - balance < 300_000

