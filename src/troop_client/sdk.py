@@ -20,6 +20,7 @@ from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import from_rpc_error
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
+from troop_common.request_context import REQUEST_ID, outgoing_request_id
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,11 @@ class TroopClient:
     ) -> AsyncIterator[ChatChunk]:
         """Stream the answer as the worker produces it. Raises TroopError subclasses."""
         model = model or self.settings.model
-        grant = await self.coordinator.authorize(model)
-        async for chunk in self._stream(grant, messages, model, options or ChatOptions()):
+        request_id = outgoing_request_id()  # one id across coordinator and worker
+        grant = await self.coordinator.authorize(model, request_id=request_id)
+        async for chunk in self._stream(
+            grant, messages, model, options or ChatOptions(), request_id
+        ):
             yield chunk
 
     async def complete(
@@ -97,6 +101,7 @@ class TroopClient:
         messages: Sequence[Message],
         model: str,
         options: ChatOptions,
+        request_id: str,
     ) -> AsyncIterator[ChatChunk]:
         request = inference_pb2.ChatCompletionRequest(
             model=model,
@@ -107,7 +112,7 @@ class TroopClient:
             stop=list(options.stop),
             seed=options.seed,
         )
-        metadata = [("authorization", f"Bearer {grant.ticket}")]
+        metadata = [("authorization", f"Bearer {grant.ticket}"), (REQUEST_ID, request_id)]
         async with grpc.aio.insecure_channel(grant.endpoint) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             call = stub.ChatCompletion(

@@ -16,6 +16,7 @@ from troop_common.errors import from_rpc_error
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.proto import coordinator_pb2_grpc
+from troop_common.request_context import REQUEST_ID, outgoing_request_id
 
 T = TypeVar("T")
 
@@ -50,16 +51,26 @@ class CoordinatorClient:
         if self._own_channel:
             await self.channel.close()
 
-    def _metadata(self, signed: bool) -> list[tuple[str, str]]:
+    def _metadata(self, signed: bool, request_id: str | None) -> list[tuple[str, str]]:
+        # The request id of the call being handled (or the caller's own) travels on.
+        metadata = [(REQUEST_ID, request_id or outgoing_request_id())]
         if not signed:
-            return []
+            return metadata
         if self.identity is None:
             raise ValueError("this call needs an identity")
-        return [("authorization", f"Bearer {create_assertion(self.identity)}")]
+        return [*metadata, ("authorization", f"Bearer {create_assertion(self.identity)}")]
 
-    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object, *, signed: bool) -> T:
+    async def _call(
+        self,
+        rpc: Callable[..., Awaitable[T]],
+        request: object,
+        *,
+        signed: bool,
+        request_id: str | None = None,
+    ) -> T:
+        metadata = self._metadata(signed, request_id)
         try:
-            return await rpc(request, metadata=self._metadata(signed), timeout=self.timeout_s)
+            return await rpc(request, metadata=metadata, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
 
@@ -81,8 +92,13 @@ class CoordinatorClient:
     async def join(self) -> pb.JoinResponse:
         return await self._call(self.stub.Join, pb.JoinRequest(), signed=True)
 
-    async def authorize(self, model: str) -> pb.AuthorizeResponse:
-        return await self._call(self.stub.Authorize, pb.AuthorizeRequest(model=model), signed=True)
+    async def authorize(self, model: str, request_id: str | None = None) -> pb.AuthorizeResponse:
+        return await self._call(
+            self.stub.Authorize,
+            pb.AuthorizeRequest(model=model),
+            signed=True,
+            request_id=request_id,
+        )
 
     async def submit_receipt(self, request: pb.SubmitReceiptRequest) -> pb.SubmitReceiptResponse:
         return await self._call(self.stub.SubmitReceipt, request, signed=False)

@@ -8,7 +8,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from troop_common.audit import AuditLog
+from troop_common.interceptors.audit import AuditInterceptor
 from troop_common.interceptors.errors import ErrorInterceptor
+from troop_common.interceptors.tracing import TracingInterceptor
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -24,9 +27,18 @@ class TroopServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         bind: str = "127.0.0.1:0",
         credentials: grpc.ServerCredentials | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
-        # The order, outermost first: errors map everything the inner ones raise.
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors])
+        # The order, outermost first, written once for every Troop server:
+        #   errors   map whatever the inner ones raise to a status (and add trace trailers)
+        #   tracing  request id in, request id and server time out
+        #   audit    one line per call, refusals included
+        #   ...      the server's own: authentication, then rate limits
+        chain: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), TracingInterceptor()]
+        if audit is not None:
+            chain.append(AuditInterceptor(audit))
+        self.audit = audit
+        self.server = grpc.aio.server(interceptors=[*chain, *interceptors])
         for register in registrars:
             register(self.server)
         self.health = health.aio.HealthServicer()
@@ -60,6 +72,8 @@ class TroopServer:
     async def stop(self, grace: float = 2.0) -> None:
         await self.set_serving(False)
         await self.server.stop(grace)
+        if self.audit is not None:
+            await self.audit.close()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

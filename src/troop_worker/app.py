@@ -18,6 +18,7 @@ import signal
 import time
 from functools import partial
 
+from troop_common.audit import AuditLog
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
@@ -114,6 +115,7 @@ class Worker:
                 service_names=[INFERENCE_SERVICE],
                 interceptors=[TicketInterceptor(verifier)],
                 bind=f"{settings.host}:{settings.port}",
+                audit=AuditLog(settings.audit_dir or settings.data_dir / "audit", "worker"),
             )
             await self.server.start()
         except BaseException:

@@ -19,6 +19,7 @@ import grpc
 from troop_common.errors import TicketInvalid
 from troop_common.interceptors.wrapping import wrap_handler
 from troop_common.proto import INFERENCE_SERVICE
+from troop_common.request_context import set_principal
 from troop_common.tickets import Ticket
 from troop_worker.tickets import TicketVerifier
 
@@ -56,6 +57,7 @@ class TicketInterceptor(grpc.aio.ServerInterceptor):
         async def check(context: grpc.aio.ServicerContext) -> None:
             ticket = await verifier.verify(bearer_token(context.invocation_metadata()))
             current_ticket.set(ticket)
+            set_principal(ticket.user)
 
         def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

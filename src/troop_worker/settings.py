@@ -20,6 +20,7 @@
 | TROOP_WORKER_BENCHMARK        | benchmark             | 0 (1: prove hardware at start)     |
 | TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
 | TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
+| TROOP_WORKER_AUDIT_DIR        | audit_dir             | data_dir/audit (JSON lines)        |
 
 Field names host, port, coordinator, data_dir, node_id, engine and model are
 stable: the CLI maps its flags onto them with `dataclasses.replace`.
@@ -91,6 +92,7 @@ class WorkerSettings:
     benchmark: bool = False
     torch_threads: int | None = None
     torch_dtype: str = "bfloat16"
+    audit_dir: Path | None = None
     # Not from the environment: knobs for tests and embedders.
     receipt_backoff_s: float = 1.0
     shutdown_grace_s: float = 5.0
@@ -120,4 +122,7 @@ class WorkerSettings:
             benchmark=env.get("TROOP_WORKER_BENCHMARK", "").strip().lower() in ("1", "true", "yes"),
             torch_threads=threads or None,
             torch_dtype=_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
+            audit_dir=Path(audit).expanduser()
+            if (audit := env.get("TROOP_WORKER_AUDIT_DIR", "").strip())
+            else None,
         )

@@ -13,18 +13,36 @@ from typing import Any
 
 import grpc
 
+from troop_common import request_context
 from troop_common.errors import TroopError, to_status
 from troop_common.interceptors.wrapping import is_exempt, wrap_handler
 
 log = logging.getLogger("troop.errors")
 
 
+def _trace_trailers() -> tuple[tuple[str, str], ...]:
+    info = request_context.current.get()
+    if info is None:
+        return ()
+    return (
+        (request_context.REQUEST_ID, info.request_id),
+        (request_context.RESPONSE_TIME, info.response_time()),
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    info = request_context.current.get()
     if isinstance(exc, TroopError):
         status = to_status(exc)
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        if info is not None:
+            info.reason = exc.message
+        await context.abort(
+            status.code, status.details, status.trailing_metadata + _trace_trailers()
+        )
     log.error("unhandled error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    if info is not None:
+        info.reason = "internal error"
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error", _trace_trailers())
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

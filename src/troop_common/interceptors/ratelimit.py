@@ -1,0 +1,111 @@
+"""Rate limits per method, per client IP or per authenticated caller.
+
+Rules are written once, e.g. the coordinator's default
+`ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user`: methods joined by
+`+` share one bucket; `@ip` counts per peer address, `@user` per verified
+caller (falling back to the IP before authentication). Methods without a
+rule, health and reflection are never limited. The limiter decides (GCRA, in
+Redis across replicas); a refusal raises RateLimited, which the error
+interceptor turns into RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
+If the limiter's store is down, calls are allowed (limits degrade, service
+does not) and the failure is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from troop_common import request_context
+from troop_common.errors import RateLimited
+from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.ratelimit import RateLimiter
+
+log = logging.getLogger("troop.ratelimit")
+
+_RULE = re.compile(r"^\s*([A-Za-z+]+)\s*=\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*@\s*(ip|user)\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    bucket: str
+    limit: int
+    period_s: float
+    per: str  # "ip" or "user"
+
+
+def parse_rules(text: str) -> dict[str, Rule]:
+    """'A+B=100/3600@ip,C=20/3600@user' → {method name: Rule}; ValueError if malformed."""
+    rules: dict[str, Rule] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _RULE.match(part)
+        if not match:
+            raise ValueError(
+                f"bad rate-limit rule {part!r}: expected METHOD[+METHOD]=N/SECONDS@ip|user"
+            )
+        names, limit, period, per = match.groups()
+        if int(limit) < 1:
+            raise ValueError(f"bad rate-limit rule {part!r}: the limit must be at least 1")
+        for name in names.split("+"):
+            rules[name] = Rule(bucket=names, limit=int(limit), period_s=float(period), per=per)
+    return rules
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, limiter: RateLimiter, rules: Mapping[str, Rule], service: str) -> None:
+        self._limiter = limiter
+        self._rules = {f"/{service}/{name}": rule for name, rule in rules.items()}
+
+    async def _check(self, rule: Rule, context: grpc.aio.ServicerContext) -> None:
+        info = request_context.current.get()
+        peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
+        who = info.principal if (rule.per == "user" and info and info.principal) else f"ip:{peer}"
+        try:
+            decision = await self._limiter.acquire(
+                f"{rule.bucket}:{who}", rule.limit, rule.period_s
+            )
+        except Exception:  # the store is down: limits degrade, service does not
+            log.warning("rate limiter unavailable; allowing %s", rule.bucket, exc_info=True)
+            return
+        if not decision.allowed:
+            per = "hour" if rule.period_s == 3600 else f"{rule.period_s:g} s"
+            raise RateLimited(
+                f"rate limit: {rule.limit} {rule.bucket} calls per {per}; "
+                f"retry in {decision.retry_after_s:.0f} s",
+                decision.retry_after_s,
+            )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method or ""
+        rule = self._rules.get(method)
+        if rule is None or is_exempt(method):
+            return handler
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._check(rule, context)
+                return await behaviour(request, context)
+
+            return call
+
+        def stream(
+            behaviour: Callable[..., AsyncIterator[Any]],
+        ) -> Callable[..., AsyncIterator[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._check(rule, context)
+                async for message in behaviour(request, context):
+                    yield message
+
+            return call
+
+        return wrap_handler(handler, unary, stream)

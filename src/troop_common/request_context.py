@@ -1,0 +1,74 @@
+"""What one incoming call is: request id, peer, who the caller proved to be, and timing.
+
+The tracing interceptor (outermost after errors) creates a RequestInfo and puts
+it in a ContextVar; inner interceptors fill in fields (the principal once
+authenticated, the action and reason of a refusal); the audit interceptor
+reads it when the call ends. Outgoing calls made while handling a request
+(the worker's receipt, the sidecar's authorize) carry the same `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+REQUEST_ID = "x-request-id"
+RESPONSE_TIME = "x-response-time"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class RequestInfo:
+    request_id: str
+    method: str = ""
+    peer: str = ""
+    principal: str = ""  # hex public key of the user or node, once authenticated
+    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    reason: str = ""
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def response_time(self) -> str:
+        """The server time spent so far, as sent in `x-response-time` (milliseconds)."""
+        return f"{self.elapsed_ms():.3f}ms"
+
+
+current: ContextVar[RequestInfo | None] = ContextVar("troop_request", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accept_request_id(value: str | None) -> str:
+    """The caller's id if it is a sane token, else a fresh one (ids end up in logs)."""
+    if value and _VALID_ID.match(value):
+        return value
+    return new_request_id()
+
+
+def outgoing_request_id() -> str:
+    """The id to send on an outgoing call: the current request's, or a new one."""
+    info = current.get()
+    return info.request_id if info else new_request_id()
+
+
+def set_principal(principal: str) -> None:
+    info = current.get()
+    if info is not None:
+        info.principal = principal
+
+
+def peer_ip(peer: str) -> str:
+    """'ipv4:127.0.0.1:5000' → '127.0.0.1'; 'ipv6:[::1]:5000' → '::1'."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rsplit("]", 1)[0].lstrip("[")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return peer or "unknown"
