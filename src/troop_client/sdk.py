@@ -19,6 +19,7 @@ from troop_client.settings import ClientSettings
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import from_rpc_error
 from troop_common.keys import Identity
+from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
 
@@ -112,14 +113,27 @@ class TroopClient:
             stop=list(options.stop),
             seed=options.seed,
         )
-        metadata = [("authorization", f"Bearer {grant.ticket}"), (REQUEST_ID, request_id)]
+        nonce = new_nonce()
+        metadata = [
+            ("authorization", f"Bearer {grant.ticket}"),
+            (REQUEST_ID, request_id),
+            (NONCE_HEADER, nonce),
+        ]
         async with grpc.aio.insecure_channel(grant.endpoint) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             call = stub.ChatCompletion(
                 request, metadata=metadata, timeout=self.settings.inference_timeout_s
             )
+            proven = False
             try:
                 async for chunk in call:
+                    if not proven:
+                        # Before any token reaches the caller: is this the ticket's node?
+                        initial = dict(await call.initial_metadata() or ())
+                        verify_node_proof(
+                            grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
+                        )
+                        proven = True
                     yield ChatChunk.from_pb(chunk)
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc

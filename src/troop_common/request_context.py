@@ -29,6 +29,8 @@ class RequestInfo:
     started: float = field(default_factory=time.perf_counter)
     started_at: float = field(default_factory=time.time)
     reason: str = ""
+    # Sent with the first response message (e.g. the worker's node proof).
+    initial_metadata: list[tuple[str, str]] = field(default_factory=list)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -56,6 +58,13 @@ def outgoing_request_id() -> str:
     """The id to send on an outgoing call: the current request's, or a new one."""
     info = current.get()
     return info.request_id if info else new_request_id()
+
+
+def add_initial_metadata(key: str, value: str) -> None:
+    """Have the tracing interceptor send this pair with the first response message."""
+    info = current.get()
+    if info is not None:
+        info.initial_metadata.append((key, value))
 
 
 def set_principal(principal: str) -> None:

@@ -107,6 +107,7 @@ class Worker:
                 limiter=self.limiter,
                 receipts=self._receipts,
                 max_new_tokens=settings.max_new_tokens,
+                node=identity.key,
             )
             self.server = TroopServer(
                 registrars=[

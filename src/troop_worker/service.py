@@ -16,7 +16,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid
+from troop_common.keys import Identity
+from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, is_nonce, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
+from troop_common.request_context import add_initial_metadata
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest
@@ -37,7 +40,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         limiter: JobLimiter,
         receipts: ReceiptSender,
         max_new_tokens: int,
+        node: Identity | None = None,
     ) -> None:
+        self.node = node
         self.engine = engine
         self.verifier = verifier
         self.limiter = limiter
@@ -68,8 +73,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument([FieldViolation("model", "not served by this node")])
         with self.limiter.admit(ticket.user):
             await self.verifier.consume(ticket)
+            self._prove_identity(ticket, context)
             async for response in self._run(ticket, generation):
                 yield response
+
+    def _prove_identity(self, ticket: Ticket, context: grpc.aio.ServicerContext) -> None:
+        """Answer the client's nonce with the node key, sent with the first chunk."""
+        nonce = next((v for k, v in context.invocation_metadata() or () if k == NONCE_HEADER), None)
+        if self.node is not None and isinstance(nonce, str) and is_nonce(nonce):
+            add_initial_metadata(PROOF_HEADER, sign_node_proof(self.node, ticket.job_id, nonce))
 
     async def _run(
         self, ticket: Ticket, generation: GenerationRequest

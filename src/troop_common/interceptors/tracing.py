@@ -52,7 +52,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 info = begin(context)
                 result = await behaviour(request, context)
-                await context.send_initial_metadata([(REQUEST_ID, request_id)])
+                await context.send_initial_metadata(
+                    [(REQUEST_ID, request_id), *info.initial_metadata]
+                )
                 context.set_trailing_metadata(
                     [(REQUEST_ID, request_id), (RESPONSE_TIME, info.response_time())]
                 )
@@ -68,7 +70,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                 first = True
                 async for message in behaviour(request, context):
                     if first:
-                        await context.send_initial_metadata([(REQUEST_ID, request_id)])
+                        await context.send_initial_metadata(
+                            [(REQUEST_ID, request_id), *info.initial_metadata]
+                        )
                         first = False
                     yield message
                 context.set_trailing_metadata(
