@@ -42,7 +42,10 @@ class TroopClient:
         self.settings = settings or ClientSettings(coordinator=coordinator)
         self.identity = identity
         self.coordinator = CoordinatorClient(
-            coordinator, identity, timeout_s=self.settings.request_timeout_s
+            coordinator,
+            identity,
+            timeout_s=self.settings.request_timeout_s,
+            tls=self.settings.tls,
         )
 
     @classmethod
@@ -119,7 +122,7 @@ class TroopClient:
             (REQUEST_ID, request_id),
             (NONCE_HEADER, nonce),
         ]
-        async with grpc.aio.insecure_channel(grant.endpoint) as channel:
+        async with self.settings.tls.channel(grant.endpoint) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             call = stub.ChatCompletion(
                 request, metadata=metadata, timeout=self.settings.inference_timeout_s

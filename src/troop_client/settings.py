@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from troop_common.tls import TlsSettings
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -23,6 +25,7 @@ class ClientSettings:
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
     inference_timeout_s: float = 300.0
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def identity_path(self) -> Path:
@@ -36,4 +39,5 @@ class ClientSettings:
             if env.get("TROOP_CONFIG_DIR")
             else default_config_dir(env),
             model=env.get("TROOP_MODEL", cls.model),
+            tls=TlsSettings.from_env(env),
         )

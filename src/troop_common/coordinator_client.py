@@ -17,6 +17,7 @@ from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.proto import coordinator_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
+from troop_common.tls import TlsSettings
 
 T = TypeVar("T")
 
@@ -33,11 +34,12 @@ class CoordinatorClient:
         *,
         channel: grpc.aio.Channel | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.address = address
         self.identity = identity
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(address)
+        self.channel = channel or (tls or TlsSettings()).channel(address)
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
         self.timeout_s = timeout_s
 

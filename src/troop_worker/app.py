@@ -92,7 +92,9 @@ class Worker:
     async def start(self) -> None:
         settings = self.settings
         self.identity = identity = load_node_identity(settings)
-        self._client = client = CoordinatorClient(settings.coordinator, identity.key)
+        self._client = client = CoordinatorClient(
+            settings.coordinator, identity.key, tls=settings.tls
+        )
         try:
             await self.engine.load()
             self.key_cache = KeyCache(client.get_key_set)
@@ -116,6 +118,7 @@ class Worker:
                 service_names=[INFERENCE_SERVICE],
                 interceptors=[TicketInterceptor(verifier)],
                 bind=f"{settings.host}:{settings.port}",
+                credentials=settings.tls.server_credentials(f"{settings.host}:{settings.port}"),
                 audit=AuditLog(settings.audit_dir or settings.data_dir / "audit", "worker"),
             )
             await self.server.start()

@@ -21,6 +21,8 @@
 | TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
 | TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
 | TROOP_WORKER_AUDIT_DIR        | audit_dir             | data_dir/audit (JSON lines)        |
+| TROOP_TLS_CERT, TROOP_TLS_KEY | tls                   | none: plaintext on loopback only   |
+| TROOP_TLS_CA, TROOP_INSECURE  | tls                   | see troop_common.tls               |
 
 Field names host, port, coordinator, data_dir, node_id, engine and model are
 stable: the CLI maps its flags onto them with `dataclasses.replace`.
@@ -29,8 +31,10 @@ stable: the CLI maps its flags onto them with `dataclasses.replace`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from troop_common.tls import TlsSettings
 
 ENGINES = ("torch", "fake")
 DTYPES = ("bfloat16", "float32", "float16")
@@ -93,6 +97,7 @@ class WorkerSettings:
     torch_threads: int | None = None
     torch_dtype: str = "bfloat16"
     audit_dir: Path | None = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
     # Not from the environment: knobs for tests and embedders.
     receipt_backoff_s: float = 1.0
     shutdown_grace_s: float = 5.0
@@ -122,6 +127,7 @@ class WorkerSettings:
             benchmark=env.get("TROOP_WORKER_BENCHMARK", "").strip().lower() in ("1", "true", "yes"),
             torch_threads=threads or None,
             torch_dtype=_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
+            tls=TlsSettings.from_env(env),
             audit_dir=Path(audit).expanduser()
             if (audit := env.get("TROOP_WORKER_AUDIT_DIR", "").strip())
             else None,

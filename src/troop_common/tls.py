@@ -1,0 +1,83 @@
+"""Transport security: TLS when certificates are configured, plaintext only when safe or asked.
+
+Policy (ADR 0014):
+- A server with a certificate and key serves TLS. Without them it serves
+  plaintext only on a loopback address (nothing leaves the machine) or when
+  plaintext was explicitly asked for (`TROOP_INSECURE=1`, `--insecure`);
+  otherwise it refuses to start.
+- A client uses TLS when it has trust roots configured (`TROOP_TLS_CA`) or the
+  peer is not on loopback (system roots then); plaintext to a remote peer only
+  when explicitly asked for. There is no silent fallback from TLS to plaintext.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from troop_common.errors import FailedPrecondition
+
+
+def _host(address: str) -> str:
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]")
+
+
+def is_loopback(address: str) -> bool:
+    """'127.0.0.1:50051', 'localhost:1', '[::1]:5' → True."""
+    host = _host(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path | None = None  # this process's certificate chain (servers)
+    key_file: Path | None = None  # its private key (servers)
+    ca_file: Path | None = None  # trust roots for the peers this process dials
+    insecure: bool = False  # plaintext explicitly allowed off loopback
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsSettings:
+        def path(name: str) -> Path | None:
+            value = env.get(name, "").strip()
+            return Path(value).expanduser() if value else None
+
+        return cls(
+            cert_file=path("TROOP_TLS_CERT"),
+            key_file=path("TROOP_TLS_KEY"),
+            ca_file=path("TROOP_TLS_CA"),
+            insecure=env.get("TROOP_INSECURE", "").strip().lower() in ("1", "true", "yes"),
+        )
+
+    def server_credentials(self, bind: str) -> grpc.ServerCredentials | None:
+        """TLS credentials, or None for plaintext where the policy allows it."""
+        if self.cert_file and self.key_file:
+            return grpc.ssl_server_credentials(
+                [(self.key_file.read_bytes(), self.cert_file.read_bytes())]
+            )
+        if self.cert_file or self.key_file:
+            raise FailedPrecondition("TLS needs both TROOP_TLS_CERT and TROOP_TLS_KEY")
+        if is_loopback(bind) or self.insecure:
+            return None
+        raise FailedPrecondition(
+            f"refusing to serve plaintext on {bind}: configure TROOP_TLS_CERT and "
+            "TROOP_TLS_KEY, bind to 127.0.0.1, or ask for plaintext with TROOP_INSECURE=1"
+        )
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A channel to `address` under the policy above."""
+        if self.ca_file is not None:
+            roots = self.ca_file.read_bytes()
+            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
+        if is_loopback(address) or self.insecure:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
