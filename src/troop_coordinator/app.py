@@ -17,10 +17,14 @@ import os
 import signal
 from datetime import UTC, datetime
 
+from grpc_health.v1 import health_pb2
+
 from troop_common.keys import load_or_create_rsa
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
-from troop_common.replay import MemoryReplaySet, ReplaySet
+from troop_common.ratelimit import RateLimiter
+from troop_common.replay import ReplaySet
 from troop_common.server import TroopServer
+from troop_common.stores import RedisHealthMonitor
 from troop_common.tickets import TicketSigner
 from troop_coordinator.auth import AuthInterceptor
 from troop_coordinator.db import migrate
@@ -28,11 +32,16 @@ from troop_coordinator.db.engine import create_engine, session_factory
 from troop_coordinator.ledger import Ledger
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook
-from troop_coordinator.registry import MemoryNodeRegistry, NodeRegistry
+from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
+from troop_coordinator.stores import build_stores
 
 log = logging.getLogger("troop.coordinator")
+
+# Health of the shared Redis state, beside the service's own: NOT_SERVING while
+# Redis is away (discovery and replay checks refuse; money is unaffected).
+REDIS_HEALTH_SERVICE = f"{COORDINATOR_SERVICE}.redis"
 
 
 class Coordinator:
@@ -44,15 +53,20 @@ class Coordinator:
         *,
         registry: NodeRegistry | None = None,
         replays: ReplaySet | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.engine = create_engine(settings.effective_database_url)
         sessions = session_factory(self.engine)
         self.ledger = Ledger(sessions, starter_millicredits=settings.starter_millicredits)
         self.nodes = NodeDirectory(sessions)
-        self.registry = registry or MemoryNodeRegistry(settings.node_ttl_s)
-        self.replays = replays or MemoryReplaySet()
+        self.stores = build_stores(settings)
+        self.registry = registry or self.stores.registry
+        self.replays = replays or self.stores.replays
+        # Built for the rate-limit interceptor (another issue) to take from here.
+        self.limiter = limiter or self.stores.limiter
         self.server: TroopServer | None = None
+        self.redis_health: RedisHealthMonitor | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -95,8 +109,30 @@ class Coordinator:
             bind=settings.bind,
         )
         await self.server.start()
+        if self.stores.redis is not None:
+            self.redis_health = RedisHealthMonitor(
+                self.stores.redis,
+                self._redis_changed,
+                interval_s=settings.redis_check_interval_s,
+            )
+            await self.redis_health.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="reservation-sweeper")
-        log.info("coordinator listening on %s", self.address)
+        log.info(
+            "coordinator listening on %s (ledger: %s; liveness, replay, limits: %s)",
+            self.address,
+            self.engine.url.get_backend_name(),
+            "redis" if self.stores.redis is not None else "in-process",
+        )
+
+    async def _redis_changed(self, healthy: bool) -> None:
+        if self.server is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.server.health.set(REDIS_HEALTH_SERVICE, status)
 
     async def sweep_once(self) -> int:
         """Return expired reservations now; how many jobs expired."""
@@ -114,6 +150,11 @@ class Coordinator:
                 log.exception("sweeping expired reservations failed")
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.redis_health is not None:
+            await self.redis_health.stop()
+            self.redis_health = None
+            if self.server is not None:
+                await self._redis_changed(False)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,6 +162,7 @@ class Coordinator:
             self._sweeper = None
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self.stores.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Coordinator:

@@ -1,9 +1,10 @@
 """Node discovery: who is alive, what they serve, how busy they are.
 
 `NodeRegistry` is the seam: the in-process `MemoryNodeRegistry` serves the
-embedded default and a single coordinator; a Redis implementation (keys with a
-TTL) serves replicas. Liveness and load live here; identity binding, owner and
-multiplier live in the database (`troop_coordinator.nodes`), since money
+embedded default and a single coordinator; `RedisNodeRegistry`
+(`troop_coordinator.redis_registry`, keys with a TTL) serves replicas.
+Liveness and load live here; identity binding, owner and multiplier live in
+the database (`troop_coordinator.nodes`), since money
 depends on them.
 """
 
@@ -64,6 +65,14 @@ class NodeRegistry(Protocol):
         ...
 
 
+def choose(candidates: list[LiveNode], rng: random.Random) -> LiveNode | None:
+    """The least loaded of `candidates`, ties broken at random; None if there are none."""
+    if not candidates:
+        return None
+    best = min(n.load.score for n in candidates)
+    return rng.choice([n for n in candidates if n.load.score == best])
+
+
 class MemoryNodeRegistry:
     """NodeRegistry in a dict; entries older than the TTL are invisible and pruned."""
 
@@ -86,11 +95,7 @@ class MemoryNodeRegistry:
         return sorted(nodes, key=lambda n: n.node_id)
 
     async def pick(self, model: str, now: float) -> LiveNode | None:
-        candidates = await self.live_nodes(now, model)
-        if not candidates:
-            return None
-        best = min(n.load.score for n in candidates)
-        return self._rng.choice([n for n in candidates if n.load.score == best])
+        return choose(await self.live_nodes(now, model), self._rng)
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
         async with self._lock:

@@ -6,6 +6,9 @@
 | TROOP_COORDINATOR_PORT | port | 50051 (0 picks a free port) |
 | TROOP_DATA_DIR | data_dir | ~/.local/share/troop/coordinator (holds ticket-key.pem) |
 | TROOP_DATABASE_URL | database_url | sqlite+aiosqlite:///<data_dir>/coordinator.db |
+| TROOP_REDIS_URL | redis_url | empty: liveness, replay sets and limits in-process |
+| TROOP_REDIS_PREFIX | redis_prefix | troop: (every Redis key starts with it) |
+| TROOP_REDIS_CHECK_SECONDS | redis_check_interval_s | 2 (how often Redis health is probed) |
 | TROOP_STARTER_CREDITS | starter_credits | 3600 (credits granted once to a new user) |
 | TROOP_RESERVATION_CREDITS | reservation_credits | 300 (credits held per job) |
 | TROOP_TICKET_TTL_SECONDS | ticket_ttl_s | 300 |
@@ -43,6 +46,9 @@ class CoordinatorSettings:
     port: int = 50051
     data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR.expanduser())
     database_url: str = ""  # empty: SQLite inside data_dir
+    redis_url: str = ""  # empty: in-process registry, replay set and rate limiter
+    redis_prefix: str = "troop:"
+    redis_check_interval_s: float = 2.0
     starter_credits: int = 3600
     reservation_credits: int = 300
     ticket_ttl_s: int = 300
@@ -98,6 +104,9 @@ class CoordinatorSettings:
             port=int(number("TROOP_COORDINATOR_PORT", 50051)),
             data_dir=data_dir,
             database_url=get("TROOP_DATABASE_URL", ""),
+            redis_url=get("TROOP_REDIS_URL", ""),
+            redis_prefix=get("TROOP_REDIS_PREFIX", "troop:"),
+            redis_check_interval_s=float(number("TROOP_REDIS_CHECK_SECONDS", 2.0, float)),
             starter_credits=int(number("TROOP_STARTER_CREDITS", 3600)),
             reservation_credits=int(number("TROOP_RESERVATION_CREDITS", 300)),
             ticket_ttl_s=int(number("TROOP_TICKET_TTL_SECONDS", 300)),

@@ -102,12 +102,14 @@ class Job(Base):
 
 
 class LedgerEntry(Base):
-    """One credit movement on one account; never updated, never deleted."""
+    """One credit movement on one account; never updated, never deleted (database
+    triggers refuse both). At most one entry of each kind per job: a job cannot
+    be paid, released or refunded twice."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
         Index("ix_ledger_entries_account_id", "account", "id"),
-        Index("ix_ledger_entries_job_id", "job_id"),
+        Index("uq_ledger_entries_job_kind", "job_id", "kind", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +29,11 @@ class LedgerRepository:
     def _insert(self, table: Any) -> Any:
         dialect = self.session.bind.dialect.name
         return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+    async def starter_granted(self, public_key: str) -> bool:
+        """True if the user exists and had its starter grant (a read; never a decision to pay)."""
+        statement = select(users.c.starter_granted_at).where(users.c.public_key == public_key)
+        return (await self.session.execute(statement)).scalar_one_or_none() is not None
 
     async def insert_user_if_missing(self, public_key: str, now: datetime) -> None:
         statement = self._insert(users).values(
@@ -119,11 +124,18 @@ class LedgerRepository:
         statement = select(users.c.balance_millicredits).where(users.c.public_key == public_key)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
-    async def reserved(self, public_key: str) -> int:
-        statement = select(func.coalesce(func.sum(jobs.c.reserved_millicredits), 0)).where(
-            jobs.c.user_public_key == public_key, jobs.c.status == JobStatus.OPEN.value
+    async def balance_and_reserved(self, public_key: str) -> tuple[int, int] | None:
+        """(balance, open reservations) read by one statement, so from one snapshot."""
+        reserved = (
+            select(func.coalesce(func.sum(jobs.c.reserved_millicredits), 0))
+            .where(jobs.c.user_public_key == public_key, jobs.c.status == JobStatus.OPEN.value)
+            .scalar_subquery()
         )
-        return int((await self.session.execute(statement)).scalar_one())
+        statement = select(users.c.balance_millicredits, reserved).where(
+            users.c.public_key == public_key
+        )
+        row = (await self.session.execute(statement)).first()
+        return None if row is None else (int(row[0]), int(row[1]))
 
     async def entries_before(self, public_key: str, before_id: int | None, limit: int) -> list:
         statement = select(entries).where(entries.c.account == public_key)
@@ -131,6 +143,42 @@ class LedgerRepository:
             statement = statement.where(entries.c.id < before_id)
         statement = statement.order_by(entries.c.id.desc()).limit(limit)
         return list((await self.session.execute(statement)).all())
+
+    async def unbalanced_jobs(self) -> list[str]:
+        """Jobs whose own entries do not add up: an open job's entries are its reservation
+        (-reserved); a closed job's cancel out (reserve + earn + release/refund = 0)."""
+        sums = (
+            select(entries.c.job_id, func.sum(entries.c.amount_millicredits).label("total"))
+            .where(entries.c.job_id.is_not(None))
+            .group_by(entries.c.job_id)
+            .subquery()
+        )
+        total = func.coalesce(sums.c.total, 0)
+        expected = case(
+            (jobs.c.status == JobStatus.OPEN.value, -jobs.c.reserved_millicredits), else_=0
+        )
+        statement = (
+            select(jobs.c.job_id)
+            .select_from(jobs.outerjoin(sums, sums.c.job_id == jobs.c.job_id))
+            .where(total != expected)
+        )
+        return [str(r) for r in (await self.session.execute(statement)).scalars().all()]
+
+    async def settled_more_than_once(self) -> list[str]:
+        """Jobs with more than one settling entry of a kind (two EARNs, or RELEASE + REFUND)."""
+        returned = func.sum(
+            case(
+                (entries.c.kind.in_([EntryKind.RELEASE.value, EntryKind.REFUND.value]), 1), else_=0
+            )
+        )
+        earned = func.sum(case((entries.c.kind == EntryKind.EARN.value, 1), else_=0))
+        statement = (
+            select(entries.c.job_id)
+            .where(entries.c.job_id.is_not(None))
+            .group_by(entries.c.job_id)
+            .having((returned > 1) | (earned > 1))
+        )
+        return [str(r) for r in (await self.session.execute(statement)).scalars().all()]
 
     async def stale_job_ids(self, now: datetime, limit: int) -> list[str]:
         statement = (

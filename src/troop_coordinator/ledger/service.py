@@ -4,16 +4,28 @@ Invariants, at every commit: balances never go negative (checked by the
 database too), every movement is one entry with the balance after it, and
 minted starter credits = balances + open reservations. Settlement happens
 once per job: the conditional `open -> settled` UPDATE is the claim, so
-concurrent receipts, sweepers and replicas cannot double-pay.
+concurrent receipts, sweepers and replicas cannot double-pay (and a unique
+index on ledger_entries(job_id, kind) backs that up in the database).
+
+Concurrency on PostgreSQL at READ COMMITTED (docs/adr/0010): every balance
+change is one conditional UPDATE, re-evaluated by PostgreSQL after waiting on
+a row lock, so there is no read-then-write. Within one transaction accounts
+are credited in public-key order, so two settlements touching the same two
+accounts lock them in the same order and cannot deadlock; a deadlock or
+serialization failure that happens anyway rolls the whole transaction back and
+it is retried (each transaction is safe to repeat: the claim decides).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.errors import (
@@ -34,7 +46,14 @@ from troop_coordinator.ledger.types import (
     Settlement,
 )
 
+T = TypeVar("T")
+log = logging.getLogger("troop.coordinator.ledger")
+
 MAX_PAGE_SIZE = 100
+# PostgreSQL's serialization_failure and deadlock_detected: the transaction was
+# rolled back as a whole and may simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+MAX_ATTEMPTS = 4
 DEFAULT_PAGE_SIZE = 20
 SWEEP_BATCH = 500
 
@@ -55,6 +74,12 @@ def decode_page_token(token: str) -> int:
     return value
 
 
+def _retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in RETRYABLE_SQLSTATES
+
+
 def compute_charge(*, reserved: int, duration_ms: int, observed_ms: int, multiplier: float) -> int:
     """Millicredits for a job: its duration (no longer than the coordinator saw it open)
     at the node's multiplier, never more than the reservation."""
@@ -69,50 +94,70 @@ class Ledger:
         self._sessions = sessions
         self.starter_millicredits = starter_millicredits
 
+    async def _in_transaction(self, work: Callable[[LedgerRepository], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, again (whole) after a deadlock or serialization
+        failure; domain errors raised by `work` roll back and propagate."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._sessions.begin() as session:
+                    return await work(LedgerRepository(session))
+            except DBAPIError as exc:
+                if attempt == MAX_ATTEMPTS or not _retryable(exc):
+                    raise
+                log.warning("ledger transaction rolled back (%s); retrying", exc.orig)
+        raise AssertionError("unreachable")
+
     async def ensure_user_with_grant(self, public_key: str, now: datetime) -> bool:
         """Create the user on first sight and grant starter credits once; True if granted now."""
-        async with self._sessions.begin() as session:
-            repo = LedgerRepository(session)
-            await repo.insert_user_if_missing(public_key, now)
-            balance = await repo.grant_once(public_key, self.starter_millicredits, now)
-            if balance is None:
+        async with self._sessions() as session:
+            # A plain read only to skip a write that would change nothing: the grant
+            # itself below is guarded by the database, not by this read.
+            if await LedgerRepository(session).starter_granted(public_key):
                 return False
-            await repo.append(
-                account=public_key,
-                kind=EntryKind.GRANT,
-                amount=self.starter_millicredits,
-                balance_after=balance,
-                now=now,
-            )
-            return True
+        return await self._in_transaction(lambda repo: self._grant(repo, public_key, now))
+
+    async def _grant(self, repo: LedgerRepository, public_key: str, now: datetime) -> bool:
+        await repo.insert_user_if_missing(public_key, now)
+        balance = await repo.grant_once(public_key, self.starter_millicredits, now)
+        if balance is None:
+            return False
+        await repo.append(
+            account=public_key,
+            kind=EntryKind.GRANT,
+            amount=self.starter_millicredits,
+            balance_after=balance,
+            now=now,
+        )
+        return True
 
     async def reserve(self, job: NewJob) -> None:
         """Hold the job's credits and record the job; InsufficientCredits writes nothing."""
-        async with self._sessions.begin() as session:
-            repo = LedgerRepository(session)
-            balance = await repo.debit_if_covered(job.user_public_key, job.reserved_millicredits)
-            if balance is None:
-                current = await repo.balance(job.user_public_key)
-                raise InsufficientCredits(job.reserved_millicredits, current or 0)
-            await repo.insert_job(
-                {
-                    "job_id": job.job_id,
-                    "user_public_key": job.user_public_key,
-                    "node_id": job.node_id,
-                    "model": job.model,
-                    "reserved_millicredits": job.reserved_millicredits,
-                    "created_at": job.created_at,
-                    "expires_at": job.expires_at,
-                }
-            )
-            await repo.append(
-                account=job.user_public_key,
-                kind=EntryKind.RESERVE,
-                amount=-job.reserved_millicredits,
-                balance_after=balance,
-                now=job.created_at,
-                job_id=job.job_id,
-            )
+        await self._in_transaction(lambda repo: self._reserve(repo, job))
+
+    async def _reserve(self, repo: LedgerRepository, job: NewJob) -> None:
+        balance = await repo.debit_if_covered(job.user_public_key, job.reserved_millicredits)
+        if balance is None:
+            current = await repo.balance(job.user_public_key)
+            raise InsufficientCredits(job.reserved_millicredits, current or 0)
+        await repo.insert_job(
+            {
+                "job_id": job.job_id,
+                "user_public_key": job.user_public_key,
+                "node_id": job.node_id,
+                "model": job.model,
+                "reserved_millicredits": job.reserved_millicredits,
+                "created_at": job.created_at,
+                "expires_at": job.expires_at,
+            }
+        )
+        await repo.append(
+            account=job.user_public_key,
+            kind=EntryKind.RESERVE,
+            amount=-job.reserved_millicredits,
+            balance_after=balance,
+            now=job.created_at,
+            job_id=job.job_id,
+        )
 
     async def job_node(self, job_id: str) -> str | None:
         """The node a job was given to, or None for an unknown job."""
@@ -124,43 +169,65 @@ class Ledger:
         self, job_id: str, node_id: str, outcome: Outcome, duration_ms: int, now: datetime
     ) -> Settlement:
         """Settle a job from its node's receipt, once; later calls report the first."""
-        async with self._sessions.begin() as session:
-            repo = LedgerRepository(session)
-            job = await repo.get_job(job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}")
-            if job.node_id != node_id:
-                raise PermissionDenied(f"job {job_id} was not given to node {node_id}")
-            reserved = int(job.reserved_millicredits)
-            if outcome is Outcome.FAILED:
-                status, charged, terms = JobStatus.REFUNDED, 0, None
-            else:
-                terms = await repo.node_terms(node_id)
-                observed_ms = int((now - job.created_at).total_seconds() * 1000)
-                multiplier = terms[1] if terms else 1.0
-                status = JobStatus.CHARGED
-                charged = compute_charge(
+        return await self._in_transaction(
+            lambda repo: self._settle(repo, job_id, node_id, outcome, duration_ms, now)
+        )
+
+    async def _settle(
+        self,
+        repo: LedgerRepository,
+        job_id: str,
+        node_id: str,
+        outcome: Outcome,
+        duration_ms: int,
+        now: datetime,
+    ) -> Settlement:
+        job = await repo.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.node_id != node_id:
+            raise PermissionDenied(f"job {job_id} was not given to node {node_id}")
+        reserved = int(job.reserved_millicredits)
+        if outcome is Outcome.FAILED:
+            status, charged, terms = JobStatus.REFUNDED, 0, None
+        else:
+            terms = await repo.node_terms(node_id)
+            observed_ms = int((now - job.created_at).total_seconds() * 1000)
+            status = JobStatus.CHARGED
+            # A node with no row has no owner to pay: charging it would burn credits.
+            charged = (
+                0
+                if terms is None
+                else compute_charge(
                     reserved=reserved,
                     duration_ms=duration_ms,
                     observed_ms=observed_ms,
-                    multiplier=multiplier,
+                    multiplier=terms[1],
                 )
-            if not await repo.close_job(job_id, status, charged, now):
-                return _recorded(await repo.get_job(job_id))
-            if charged and terms is not None:
-                owner = terms[0]
-                await repo.insert_user_if_missing(owner, now)
-                after = await repo.credit(owner, charged)
-                await repo.append(
-                    account=owner,
-                    kind=EntryKind.EARN,
-                    amount=charged,
-                    balance_after=after,
-                    now=now,
-                    job_id=job_id,
-                )
-            await self._return(repo, job, reserved - charged, status, now)
-            return Settlement(job_id, status, charged, reserved - charged)
+            )
+        # The claim: only one transaction, on any replica, moves the job out of
+        # `open`; a concurrent one waits on the row lock, then matches nothing.
+        if not await repo.close_job(job_id, status, charged, now):
+            return _recorded(await repo.get_job(job_id))
+        payouts: list[tuple[str, EntryKind, int]] = []
+        if charged and terms is not None:
+            await repo.insert_user_if_missing(terms[0], now)
+            payouts.append((terms[0], EntryKind.EARN, charged))
+        if reserved - charged > 0:
+            kind = EntryKind.RELEASE if status is JobStatus.CHARGED else EntryKind.REFUND
+            payouts.append((job.user_public_key, kind, reserved - charged))
+        # Lock (credit) accounts in key order: no deadlock between settlements.
+        for account, kind, amount in sorted(payouts, key=lambda p: (p[0], p[1].value)):
+            after = await repo.credit(account, amount)
+            await repo.append(
+                account=account,
+                kind=kind,
+                amount=amount,
+                balance_after=after,
+                now=now,
+                job_id=job_id,
+            )
+        return Settlement(job_id, status, charged, reserved - charged)
 
     async def expire_stale(self, now: datetime) -> list[Settlement]:
         """Return the reservations of open jobs past their expiry; safe on many replicas."""
@@ -168,15 +235,22 @@ class Ledger:
             candidates = await LedgerRepository(session).stale_job_ids(now, SWEEP_BATCH)
         expired = []
         for job_id in candidates:
-            async with self._sessions.begin() as session:
-                repo = LedgerRepository(session)
-                if not await repo.close_job(job_id, JobStatus.EXPIRED, 0, now):
-                    continue  # settled meanwhile, here or on another replica
-                job = await repo.get_job(job_id)
-                reserved = int(job.reserved_millicredits)
-                await self._return(repo, job, reserved, JobStatus.EXPIRED, now)
-                expired.append(Settlement(job_id, JobStatus.EXPIRED, 0, reserved))
+            settlement = await self._in_transaction(
+                lambda repo, j=job_id: self._expire(repo, j, now)
+            )
+            if settlement is not None:
+                expired.append(settlement)
         return expired
+
+    async def _expire(
+        self, repo: LedgerRepository, job_id: str, now: datetime
+    ) -> Settlement | None:
+        if not await repo.close_job(job_id, JobStatus.EXPIRED, 0, now):
+            return None  # settled meanwhile, here or on another replica
+        job = await repo.get_job(job_id)
+        reserved = int(job.reserved_millicredits)
+        await self._return(repo, job, reserved, JobStatus.EXPIRED, now)
+        return Settlement(job_id, JobStatus.EXPIRED, 0, reserved)
 
     @staticmethod
     async def _return(
@@ -199,11 +273,8 @@ class Ledger:
     async def balance(self, public_key: str) -> tuple[int, int]:
         """(balance, open reservations); (0, 0) for an unknown key, which stays unknown."""
         async with self._sessions() as session:
-            repo = LedgerRepository(session)
-            balance = await repo.balance(public_key)
-            if balance is None:
-                return 0, 0
-            return int(balance), await repo.reserved(public_key)
+            found = await LedgerRepository(session).balance_and_reserved(public_key)
+        return found or (0, 0)
 
     async def transactions(
         self, public_key: str, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
@@ -231,6 +302,8 @@ class Ledger:
                 jobs.c.reserved_millicredits, jobs.c.status == JobStatus.OPEN.value
             )
             rows = await repo.balances_and_entry_sums()
+            unbalanced = await repo.unbalanced_jobs()
+            twice = await repo.settled_more_than_once()
             await session.commit()
         return AuditReport(
             minted_millicredits=minted,
@@ -240,6 +313,8 @@ class Ledger:
                 str(r[0]): (int(r[1]), int(r[2])) for r in rows if int(r[1]) != int(r[2])
             },
             negative_accounts=[str(r[0]) for r in rows if int(r[1]) < 0],
+            unbalanced_jobs=unbalanced,
+            settled_twice_jobs=twice,
         )
 
 

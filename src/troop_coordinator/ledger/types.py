@@ -61,6 +61,10 @@ class AuditReport:
     open_reservations_millicredits: int
     mismatched_accounts: dict[str, tuple[int, int]] = field(default_factory=dict)
     negative_accounts: list[str] = field(default_factory=list)
+    # Jobs whose entries do not add up (open: -reserved; closed: 0).
+    unbalanced_jobs: list[str] = field(default_factory=list)
+    # Jobs with two EARNs, or two of RELEASE/REFUND: settled more than once.
+    settled_twice_jobs: list[str] = field(default_factory=list)
 
     @property
     def conserved(self) -> bool:
@@ -70,4 +74,10 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return self.conserved and not self.mismatched_accounts and not self.negative_accounts
+        return (
+            self.conserved
+            and not self.mismatched_accounts
+            and not self.negative_accounts
+            and not self.unbalanced_jobs
+            and not self.settled_twice_jobs
+        )

@@ -1,0 +1,175 @@
+"""State fixtures: coordinators as real processes, nodes that sign receipts.
+
+Shared fixtures (postgres_url, redis_url, redis_prefix, redis_client,
+database_url, eventually) come from tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from troop_common.coordinator_client import CoordinatorClient
+from troop_common.keys import Identity
+from troop_common.proto import coordinator_pb2 as pb
+from troop_common.receipts import sign_receipt
+
+MODEL = "smollm2-135m-instruct"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def ticket_key_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_data_dir(path: Path, pem: bytes) -> Path:
+    """A coordinator data dir holding the given ticket key (replicas share one)."""
+    path.mkdir(parents=True, exist_ok=True)
+    key_file = path / "ticket-key.pem"
+    if not key_file.exists():
+        key_file.write_bytes(pem)
+        os.chmod(key_file, 0o400)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def health_status(address: str, service: str = "") -> int | None:
+    """The health status a server reports for `service`, or None if it does not answer."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.status
+
+
+@dataclass
+class Process:
+    """A child process of the test, with its output in a log file."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    address: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    async def wait(self, timeout_s: float = 10) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.popen.poll() is None:
+            if loop.time() > deadline:
+                self.popen.kill()
+            await asyncio.sleep(0.05)
+        return self.popen.returncode
+
+
+def spawn(module: str, env: dict[str, str], log: Path) -> Process:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    handle = log.open("wb")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", module], env=full, cwd=REPO_ROOT, stdout=handle, stderr=handle
+    )
+    handle.close()
+    return Process(popen, log)
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[Callable[[str, dict[str, str], Path], Process]]:
+    """Start child processes; every one still running is stopped at teardown."""
+    started: list[Process] = []
+
+    def start(module: str, env: dict[str, str], log: Path) -> Process:
+        process = spawn(module, env, log)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill(signal.SIGTERM)
+    for process in started:
+        await process.wait(10)
+
+
+async def start_coordinator(
+    start: Callable[[str, dict[str, str], Path], Process],
+    env: dict[str, str],
+    log: Path,
+    timeout_s: float = 30,
+) -> Process:
+    """`python -m troop_coordinator` on a free port; returns once its health says SERVING."""
+    port = free_port()
+    process = start("troop_coordinator", {**env, "TROOP_COORDINATOR_PORT": str(port)}, log)
+    process.address = f"127.0.0.1:{port}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while await health_status(process.address) != health_pb2.HealthCheckResponse.SERVING:
+        if process.popen.poll() is not None or loop.time() > deadline:
+            pytest.fail(f"coordinator did not start:\n{process.output()}")
+        await asyncio.sleep(0.1)
+    return process
+
+
+@dataclass
+class TestNode:
+    """A node identity that heartbeats and signs receipts, like a worker would."""
+
+    __test__ = False
+
+    node_id: str
+    identity: Identity
+    owner: Identity
+
+    def heartbeat_request(self, **load: int) -> pb.HeartbeatRequest:
+        return pb.HeartbeatRequest(
+            node_id=self.node_id,
+            endpoint="127.0.0.1:50099",
+            models=[MODEL],
+            load=pb.NodeLoad(**load),
+            hardware=pb.NodeHardware(device="cpu", cpu_count=2, memory_bytes=1 << 30),
+            owner_public_key=self.owner.public_key_hex,
+        )
+
+    async def heartbeat(self, client: CoordinatorClient) -> pb.HeartbeatResponse:
+        return await client.heartbeat(self.heartbeat_request())
+
+    def receipt(
+        self, job_id: str, *, outcome: int = pb.JOB_OUTCOME_COMPLETED, duration_ms: int = 1000
+    ) -> pb.SubmitReceiptRequest:
+        receipt = pb.JobReceipt(
+            job_id=job_id, node_id=self.node_id, outcome=outcome, duration_ms=duration_ms
+        )
+        return sign_receipt(self.identity, receipt)
+
+
+def new_node(node_id: str = "node-1") -> TestNode:
+    return TestNode(node_id, Identity.generate(), Identity.generate())
