@@ -82,7 +82,7 @@ async def cmd_balance(args: argparse.Namespace) -> int:
 
 async def cmd_join(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
-        reply = await troop.join()
+        reply = await troop.join(invite_code=args.invite or "")
         if reply.already_joined:
             print(f"already joined; balance {fmt.credits(reply.balance_millicredits)} credits")
         else:
@@ -195,6 +195,27 @@ async def cmd_client(args: argparse.Namespace) -> int:
     return await run_client(args)
 
 
+async def cmd_admin(args: argparse.Namespace) -> int:
+    from troop_coordinator import admin
+    from troop_coordinator.settings import CoordinatorSettings
+
+    settings = CoordinatorSettings.from_env(os.environ)
+    changes = {
+        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
+        "database_url": args.database_url,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    if args.admin_command == "audit-ledger":
+        return await admin.audit_ledger(settings)
+    if args.admin_command == "verify-audit":
+        return await admin.verify_audit(settings)
+    if args.admin_command == "invite":
+        await admin.create_invite(settings)
+        return 0
+    await admin.rotate_ticket_key(settings)
+    return 0
+
+
 async def cmd_up(args: argparse.Namespace) -> int:
     from troop_cli.up import run_up
 
@@ -238,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url")
     p.add_argument("--http-port", type=int, help="also serve the REST/JSON API through Envoy")
 
+    p = command("admin", cmd_admin, "operator commands on the coordinator's database")
+    p.add_argument(
+        "admin_command",
+        choices=["audit-ledger", "verify-audit", "invite", "rotate-ticket-key"],
+        help="audit-ledger: check credits are conserved; verify-audit: check the audit "
+        "hash chain; invite: print a one-time admission code; rotate-ticket-key: "
+        "start signing tickets with a new key",
+    )
+    p.add_argument("--data-dir", help="the coordinator's data dir (env TROOP_DATA_DIR)")
+    p.add_argument("--database-url", help="the ledger database (env TROOP_DATABASE_URL)")
+
     p = command("worker", cmd_worker, "run a worker (gRPC, default port 50052)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -275,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("join", cmd_join, "create your account and receive the starter credits")
     _add_client_options(p)
+    p.add_argument(
+        "--invite",
+        metavar="CODE",
+        help="one-time code from the operator (TROOP_ADMISSION=invite); "
+        "proof of work, when the coordinator asks for it, is solved automatically",
+    )
 
     p = command("nodes", cmd_nodes, "the live worker nodes")
     _add_client_options(p)

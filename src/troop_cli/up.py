@@ -119,16 +119,22 @@ async def run_up(args: argparse.Namespace) -> int:
                 env,
             )
         )
+        # Health first (the model loads meanwhile), then one look at discovery: polling
+        # ListNodes would spend the discovery rate limit of this machine's IP.
+        await _wait_for("the worker", lambda: _healthy(worker), procs, logs)
         async with CoordinatorClient(coordinator) as client:
 
             async def registered() -> bool:
                 try:
                     nodes = (await client.list_nodes()).nodes
-                except Exception:
+                except Exception:  # not up yet
                     return False
-                return any(n.endpoint == worker for n in nodes)
+                if not any(n.endpoint == worker for n in nodes):
+                    await asyncio.sleep(1.0)  # the first heartbeat is on its way
+                    return False
+                return True
 
-            await _wait_for("the worker", registered, procs, logs)
+            await _wait_for("the worker's registration", registered, procs, logs)
         # The OpenAI face runs in this process: a gRPC service behind its Envoy.
         sidecar = ClientSidecar(
             dataclasses.replace(

@@ -9,6 +9,9 @@ The CLI is built on this, and so is the OpenAI face.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -16,12 +19,17 @@ import grpc
 
 from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
 from troop_client.settings import ClientSettings
+from troop_common.admission import solve_pow
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import from_rpc_error
+from troop_common.errors import TroopError, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
+
+log = logging.getLogger("troop.client")
+# How long close() waits for usage reports still in flight.
+REPORT_DRAIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class TroopClient:
             timeout_s=self.settings.request_timeout_s,
             tls=self.settings.tls,
         )
+        self._reports: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> TroopClient:
@@ -60,7 +69,26 @@ class TroopClient:
         await self.close()
 
     async def close(self) -> None:
+        await self.drain_reports(REPORT_DRAIN_S)
         await self.coordinator.close()
+
+    async def drain_reports(self, timeout_s: float) -> None:
+        """Wait for the usage reports still in flight (at most `timeout_s`)."""
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=timeout_s)
+
+    def _report_usage(self, job_id: str, completion_tokens: int, stream_ms: int) -> None:
+        """Countersign the job in the background: the stream never waits on it."""
+
+        async def send() -> None:
+            try:
+                await self.coordinator.report_usage(job_id, completion_tokens, stream_ms)
+            except TroopError as exc:
+                log.warning("usage report for job %s not accepted: %s", job_id, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     @property
     def public_key(self) -> str:
@@ -128,6 +156,12 @@ class TroopClient:
                 request, metadata=metadata, timeout=self.settings.inference_timeout_s
             )
             proven = False
+            started = time.monotonic()
+            # What this client can vouch for: the characters it received bound the
+            # tokens (a token is at least one character); the worker's own count, when
+            # it sent one, is used if lower.
+            received_chars = 0
+            shown_tokens: int | None = None
             try:
                 async for chunk in call:
                     if not proven:
@@ -137,15 +171,32 @@ class TroopClient:
                             grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
                         )
                         proven = True
+                    received_chars += len(chunk.delta)
+                    if chunk.HasField("usage"):
+                        shown_tokens = chunk.usage.completion_tokens
                     yield ChatChunk.from_pb(chunk)
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc
             finally:
                 call.cancel()
+                if proven:  # the proven node did work for this job: countersign it
+                    tokens = received_chars
+                    if shown_tokens is not None:
+                        tokens = min(tokens, shown_tokens)
+                    stream_ms = round((time.monotonic() - started) * 1000)
+                    self._report_usage(grant.job_id, tokens, stream_ms)
 
-    async def join(self) -> coordinator_pb2.JoinResponse:
-        """Create this identity's account with its starter credits (once; idempotent)."""
-        return await self.coordinator.join()
+    async def join(self, invite_code: str = "") -> coordinator_pb2.JoinResponse:
+        """Create this identity's account with its starter credits (once; idempotent).
+
+        Meets the coordinator's admission rule: `invite_code` where it admits by
+        invite; where it asks for proof of work, the puzzle is solved here (in a
+        thread; ~1 s at 20 bits) before joining."""
+        admission = await self.coordinator.get_admission()
+        nonce = ""
+        if admission.mode == coordinator_pb2.ADMISSION_MODE_POW:
+            nonce = await asyncio.to_thread(solve_pow, self.public_key, admission.pow_bits)
+        return await self.coordinator.join(invite_code=invite_code, pow_nonce=nonce)
 
     async def balance(self) -> Balance:
         reply = await self.coordinator.get_balance()

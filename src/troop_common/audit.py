@@ -75,14 +75,23 @@ class AuditLog:
         self._listener: logging.handlers.QueueListener | None = None
         self._handler: logging.Handler | None = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(
-                self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-            )
-            handler.setFormatter(_JsonLines())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handler = logging.handlers.RotatingFileHandler(
+                    self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                )
+            except OSError:
+                # An unwritable audit directory must not stop the service: say so loudly.
+                log.exception("cannot write the audit log at %s; file auditing is off", self.path)
+                self.path = None
+                return
             self._handler = handler
             events: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-            self._logger.addHandler(logging.handlers.QueueHandler(events))
+            # The queue handler turns the event into its JSON line on the caller's
+            # side (QueueHandler.prepare formats); the file handler writes it as is.
+            enqueue = logging.handlers.QueueHandler(events)
+            enqueue.setFormatter(_JsonLines())
+            self._logger.addHandler(enqueue)
             self._listener = logging.handlers.QueueListener(events, handler)
             self._listener.start()
 

@@ -91,8 +91,20 @@ class CoordinatorClient:
     async def list_models(self) -> pb.ListModelsResponse:
         return await self._call(self.stub.ListModels, pb.ListModelsRequest(), signed=False)
 
-    async def join(self) -> pb.JoinResponse:
-        return await self._call(self.stub.Join, pb.JoinRequest(), signed=True)
+    async def get_admission(self) -> pb.GetAdmissionResponse:
+        return await self._call(self.stub.GetAdmission, pb.GetAdmissionRequest(), signed=False)
+
+    async def join(self, invite_code: str = "", pow_nonce: str = "") -> pb.JoinResponse:
+        request = pb.JoinRequest(invite_code=invite_code, pow_nonce=pow_nonce)
+        return await self._call(self.stub.Join, request, signed=True)
+
+    async def report_usage(
+        self, job_id: str, completion_tokens: int, stream_ms: int
+    ) -> pb.ReportUsageResponse:
+        request = pb.ReportUsageRequest(
+            job_id=job_id, completion_tokens=completion_tokens, stream_ms=stream_ms
+        )
+        return await self._call(self.stub.ReportUsage, request, signed=True)
 
     async def authorize(self, model: str, request_id: str | None = None) -> pb.AuthorizeResponse:
         return await self._call(

@@ -1,9 +1,10 @@
 """Job tickets: RS256 JWTs the coordinator signs and workers verify.
 
 A ticket lets one user run one job on one node: audience `troop-worker`,
-`jti` = job id, `node` and `model` claims, `kid` header naming the signing
-key, a few minutes of life. `verify_ticket` is pure (no gRPC, no clock of its
-own); single use is the worker's replay set.
+`jti` = job id, `node`, `node_key` (the node's hex Ed25519 key) and `model`
+claims, `kid` header naming the signing key, a few minutes of life.
+`verify_ticket` is pure (no gRPC, no clock of its own); single use is the
+worker's replay set.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Ticket:
     model: str
     issued_at: float
     expires_at: float
+    node_key: str = ""  # hex Ed25519 public key of the node the ticket names
 
 
 def key_id(public_key: rsa.RSAPublicKey) -> str:
@@ -83,7 +85,14 @@ class TicketSigner:
         self.lifetime_s = lifetime_s
 
     def issue(
-        self, *, job_id: str, user: str, node_id: str, model: str, now: float | None = None
+        self,
+        *,
+        job_id: str,
+        user: str,
+        node_id: str,
+        model: str,
+        now: float | None = None,
+        node_key: str = "",
     ) -> tuple[str, float]:
         """The ticket and its expiry (unix seconds)."""
         issued = int(time.time() if now is None else now)
@@ -98,6 +107,8 @@ class TicketSigner:
             "iat": issued,
             "exp": expires,
         }
+        if node_key:
+            claims["node_key"] = node_key
         token = jwt.encode(claims, self._key, algorithm=TICKET_ALGORITHM, headers={"kid": self.kid})
         return token, float(expires)
 
@@ -118,8 +129,10 @@ def verify_ticket(
     node_id: str,
     now: float,
     leeway_s: float = 5.0,
+    node_key: str | None = None,
 ) -> Ticket:
-    """The verified ticket for this node; TicketInvalid for anything else."""
+    """The verified ticket for this node (and, when `node_key` is given, for exactly
+    that node key); TicketInvalid for anything else."""
     kid = ticket_kid(token)
     if kid is None or kid not in keys:
         raise TicketInvalid("ticket is signed by an unknown key")
@@ -142,6 +155,8 @@ def verify_ticket(
         raise TicketInvalid("ticket expired")
     if claims.get("node") != node_id:
         raise TicketInvalid("ticket is for another node")
+    if node_key is not None and claims.get("node_key") != node_key:
+        raise TicketInvalid("ticket is for another node key")
     model = claims.get("model")
     if not isinstance(model, str) or not model:
         raise TicketInvalid("ticket names no model")
@@ -152,4 +167,5 @@ def verify_ticket(
         model=model,
         issued_at=float(claims["iat"]),
         expires_at=float(claims["exp"]),
+        node_key=str(claims.get("node_key", "")),
     )

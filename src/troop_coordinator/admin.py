@@ -5,16 +5,27 @@ snapshot, that credits minted = balances + open reservations, that every
 cached balance equals the sum of its account's entries, that no balance is
 negative, that every job's entries add up, and that no job settled twice.
 Read-only; safe against a running network.
+
+`troop admin invite` calls `create_invite(settings)`: it prints a one-time
+admission code and stores only its SHA-256 (for TROOP_ADMISSION=invite).
+`troop admin rotate-ticket-key` calls `rotate_ticket_key(settings)`: a new
+ticket-signing key in data_dir/ticket-keys, picked up by a running
+coordinator within TROOP_TICKET_KEY_RELOAD_SECONDS (docs/adr/0016).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from datetime import UTC, datetime
 from typing import TextIO
 
+from troop_common.admission import hash_invite, new_invite_code
+from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
 from troop_coordinator.ledger import AuditReport, Ledger
 from troop_coordinator.settings import MILLICREDITS_PER_CREDIT, CoordinatorSettings
+from troop_coordinator.ticket_keys import ensure_key_dir, rotate
 
 MAX_LISTED = 20
 
@@ -62,3 +73,53 @@ async def audit_ledger(settings: CoordinatorSettings, out: TextIO | None = None)
         await engine.dispose()
     print(format_report(report), file=out or sys.stdout)
     return 0 if report.ok else 1
+
+
+async def create_invite(settings: CoordinatorSettings, out: TextIO | None = None) -> str:
+    """Make a one-time invite code, store its hash, print the code; the code."""
+    code = new_invite_code()
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await migrate.upgrade(engine)  # a fresh data dir has no schema yet
+        ledger = Ledger(session_factory(engine), starter_millicredits=settings.starter_millicredits)
+        await ledger.create_invite(hash_invite(code), datetime.now(UTC))
+    finally:
+        await engine.dispose()
+    print(code, file=out or sys.stdout)
+    return code
+
+
+async def rotate_ticket_key(settings: CoordinatorSettings, out: TextIO | None = None) -> str:
+    """Make a new ticket-signing key (retiring the current one); print and return its kid."""
+
+    def work() -> str:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_key_dir(settings.ticket_keys_dir, settings.ticket_key_path)
+        return rotate(settings.ticket_keys_dir, grace_s=settings.effective_ticket_key_grace_s)
+
+    kid = await asyncio.to_thread(work)
+    print(
+        f"new ticket key {kid}; the previous key stays in the key set for "
+        f"{settings.effective_ticket_key_grace_s:.0f} s",
+        file=out or sys.stdout,
+    )
+    return kid
+
+
+async def verify_audit(settings: CoordinatorSettings, out: TextIO | None = None) -> int:
+    """Walk the audit table's hash chain; 0 if intact, 1 naming the first broken event."""
+    from troop_coordinator.audit_store import AuditStore
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        report = await AuditStore(session_factory(engine)).verify()
+    finally:
+        await engine.dispose()
+    if report.ok:
+        print(f"audit chain OK: {report.events} events", file=out or sys.stdout)
+        return 0
+    print(
+        f"audit chain BROKEN at event {report.broken_at}: {report.reason}",
+        file=out or sys.stdout,
+    )
+    return 1

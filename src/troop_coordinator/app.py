@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 
 from grpc_health.v1 import health_pb2
 
-from troop_common.keys import load_or_create_rsa
+from troop_common.audit import AuditLog
+from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
 from troop_common.ratelimit import RateLimiter
 from troop_common.replay import ReplaySet
 from troop_common.server import TroopServer
 from troop_common.stores import RedisHealthMonitor
-from troop_common.tickets import TicketSigner
+from troop_coordinator.audit_store import AuditStore
 from troop_coordinator.auth import AuthInterceptor
 from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
@@ -36,6 +37,7 @@ from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.stores import build_stores
+from troop_coordinator.ticket_keys import TicketKeyRing
 
 log = logging.getLogger("troop.coordinator")
 
@@ -60,6 +62,7 @@ class Coordinator:
         sessions = session_factory(self.engine)
         self.ledger = Ledger(sessions, starter_millicredits=settings.starter_millicredits)
         self.nodes = NodeDirectory(sessions)
+        self.audit_events = AuditStore(sessions)
         self.stores = build_stores(settings)
         self.registry = registry or self.stores.registry
         self.replays = replays or self.stores.replays
@@ -80,9 +83,15 @@ class Coordinator:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await migrate.upgrade(self.engine)
-        signer = TicketSigner(
-            await asyncio.to_thread(load_or_create_rsa, settings.ticket_key_path),
+        # ticket-keys/ in data_dir, re-read every few seconds: `troop admin
+        # rotate-ticket-key` takes effect without a restart (ticket_keys.py).
+        signer = await asyncio.to_thread(
+            TicketKeyRing.open,
+            settings.ticket_keys_dir,
+            legacy_key=settings.ticket_key_path,
             lifetime_s=settings.ticket_ttl_s,
+            grace_s=settings.effective_ticket_key_grace_s,
+            reload_s=settings.ticket_key_reload_s,
         )
         servicer = CoordinatorServicer(
             settings=settings,
@@ -103,10 +112,24 @@ class Coordinator:
                 )
             ],
             service_names=[COORDINATOR_SERVICE],
-            # After the ErrorInterceptor TroopServer puts first: rate limits and
-            # audit slot in here, after auth.
-            interceptors=[AuthInterceptor(self.replays)],
+            # After errors, tracing and audit (TroopServer's own, outermost):
+            # who the caller is, then whether they may call this often.
+            interceptors=[
+                AuthInterceptor(self.replays),
+                RateLimitInterceptor(
+                    self.limiter,
+                    parse_rules(settings.rate_limits),
+                    COORDINATOR_SERVICE,
+                    trusted_proxies=settings.trusted_proxies,
+                ),
+            ],
+            audit=AuditLog(
+                settings.effective_audit_dir,
+                "coordinator",
+                security_sink=self.audit_events.append,
+            ),
             bind=settings.bind,
+            credentials=settings.tls.server_credentials(settings.bind),
         )
         await self.server.start()
         if self.stores.redis is not None:

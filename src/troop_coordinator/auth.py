@@ -21,6 +21,7 @@ from troop_common.errors import AssertionInvalid
 from troop_common.interceptors.wrapping import is_exempt, wrap_handler
 from troop_common.proto import COORDINATOR_SERVICE
 from troop_common.replay import ReplaySet
+from troop_common.request_context import set_principal
 
 caller: ContextVar[str | None] = ContextVar("troop_coordinator_caller", default=None)
 
@@ -30,6 +31,7 @@ IDENTIFIED_METHODS = frozenset(
     for name in (
         "Join",
         "Authorize",
+        "ReportUsage",
         "GetBalance",
         "ListTransactions",
         "Heartbeat",
@@ -74,6 +76,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         assertion = verify_assertion(_bearer(metadata), self._audience)
         if not await self._replays.add(f"assertion:{assertion.jti}", assertion.expires_at):
             raise AssertionInvalid("assertion already used")
+        set_principal(assertion.subject)
         return assertion.subject
 
     async def intercept_service(

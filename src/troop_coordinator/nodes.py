@@ -29,6 +29,12 @@ class NodeDirectory:
     async def record_heartbeat(self, node: LiveNode, owner: str, now: datetime) -> float:
         """Bind on first sight, refresh after; the node's multiplier. PermissionDenied if
         the node id is bound to another key."""
+        return (await self.record_heartbeat_terms(node, owner, now))[0]
+
+    async def record_heartbeat_terms(
+        self, node: LiveNode, owner: str, now: datetime
+    ) -> tuple[float, float]:
+        """`record_heartbeat`, answering (multiplier, reputation)."""
         values = {
             "owner_public_key": owner,
             "endpoint": node.endpoint,
@@ -50,7 +56,7 @@ class NodeDirectory:
                     **values,
                 ).on_conflict_do_nothing(index_elements=["node_id"])
             )
-            multiplier = (
+            terms = (
                 await session.execute(
                     update(nodes)
                     .where(
@@ -58,12 +64,12 @@ class NodeDirectory:
                         nodes.c.node_public_key == node.node_public_key,
                     )
                     .values(**values)
-                    .returning(nodes.c.multiplier)
+                    .returning(nodes.c.multiplier, nodes.c.reputation)
                 )
-            ).scalar_one_or_none()
-        if multiplier is None:
+            ).first()
+        if terms is None:
             raise PermissionDenied(f"node id {node.node_id} is bound to another node key")
-        return float(multiplier)
+        return float(terms[0]), float(terms[1])
 
     async def bound_key(self, node_id: str) -> str | None:
         """The node key a node id is bound to, or None if it never heartbeated."""

@@ -54,6 +54,7 @@ def _decode(doc: bytes | str, multiplier: bytes | str | None) -> LiveNode:
         hardware=NodeHardware(**data["hardware"]),
         multiplier=float(data["multiplier"]),
         last_seen=float(data["last_seen"]),
+        reputation=float(data.get("reputation", 1.0)),
     )
     if multiplier is not None:
         node = replace(node, multiplier=float(multiplier))

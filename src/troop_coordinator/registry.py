@@ -45,6 +45,7 @@ class LiveNode:
     hardware: NodeHardware = field(default_factory=NodeHardware)
     multiplier: float = 1.0
     last_seen: float = 0.0  # unix seconds
+    reputation: float = 1.0  # 1.0 = no disputes (troop_coordinator.usage)
 
 
 class NodeRegistry(Protocol):
@@ -57,7 +58,7 @@ class NodeRegistry(Protocol):
         ...
 
     async def pick(self, model: str, now: float) -> LiveNode | None:
-        """The least loaded live node serving `model` (ties broken at random), or None."""
+        """The best live node serving `model` (`choose`), or None."""
         ...
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
@@ -65,12 +66,23 @@ class NodeRegistry(Protocol):
         ...
 
 
+# How much a lost point of reputation weighs against load: a node with one dispute
+# (reputation 0.8) ranks like an equal node with 0.8 more jobs per slot in hand.
+REPUTATION_WEIGHT = 4.0
+
+
+def rank(node: LiveNode) -> float:
+    """Lower is better: load per slot, plus a penalty for lost reputation."""
+    return node.load.score + REPUTATION_WEIGHT * (1.0 - max(0.0, min(1.0, node.reputation)))
+
+
 def choose(candidates: list[LiveNode], rng: random.Random) -> LiveNode | None:
-    """The least loaded of `candidates`, ties broken at random; None if there are none."""
+    """The best-ranked of `candidates` (least loaded, most reputable), ties broken at
+    random; None if there are none."""
     if not candidates:
         return None
-    best = min(n.load.score for n in candidates)
-    return rng.choice([n for n in candidates if n.load.score == best])
+    best = min(rank(n) for n in candidates)
+    return rng.choice([n for n in candidates if rank(n) == best])
 
 
 class MemoryNodeRegistry:

@@ -15,11 +15,18 @@ from datetime import UTC, datetime
 
 import grpc
 
-from troop_common.errors import NodeUnavailable, NotFound, PermissionDenied, SignatureInvalid
+from troop_common.admission import MAX_INVITE_LENGTH, MAX_NONCE_LENGTH, hash_invite, pow_ok
+from troop_common.errors import (
+    FailedPrecondition,
+    NodeUnavailable,
+    NotFound,
+    PermissionDenied,
+    SignatureInvalid,
+)
 from troop_common.proto import common_pb2, coordinator_pb2_grpc
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.receipts import parse_receipt, verify_receipt_signature
-from troop_common.tickets import TICKET_ALGORITHM, TicketSigner, jwk, public_key_pem
+from troop_common.tickets import TICKET_ALGORITHM, jwk, public_key_pem
 from troop_coordinator import convert
 from troop_coordinator.auth import current_caller
 from troop_coordinator.ledger import Ledger, NewJob, Outcome
@@ -27,6 +34,8 @@ from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook
 from troop_coordinator.registry import LiveNode, NodeRegistry
 from troop_coordinator.settings import CoordinatorSettings
+from troop_coordinator.ticket_keys import TicketKeyRing
+from troop_coordinator.usage import UsageBook
 from troop_coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext
@@ -40,8 +49,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         ledger: Ledger,
         nodes: NodeDirectory,
         registry: NodeRegistry,
-        signer: TicketSigner,
+        signer: TicketKeyRing,
         challenges: ChallengeBook,
+        usage: UsageBook | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -49,6 +59,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.registry = registry
         self.signer = signer
         self.challenges = challenges
+        self.usage = usage or UsageBook(
+            ledger.sessions,
+            token_slack=settings.usage_token_slack,
+            time_slack_ms=settings.usage_time_slack_ms,
+        )
 
     async def GetPublicKey(self, request: pb.GetPublicKeyRequest, context: Context) -> object:
         return pb.GetPublicKeyResponse(
@@ -58,7 +73,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
 
     async def GetKeySet(self, request: pb.GetKeySetRequest, context: Context) -> object:
-        return pb.GetKeySetResponse(keys=[pb.JsonWebKey(**jwk(self.signer.public_key))])
+        # The current key plus keys retired within the grace period (ticket_keys.py).
+        keys = self.signer.published_keys()
+        return pb.GetKeySetResponse(keys=[pb.JsonWebKey(**jwk(k)) for k in keys])
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> object:
         check = Violations()
@@ -77,10 +94,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hardware=convert.hardware_from_pb(request.hardware),
             last_seen=now,
         )
-        multiplier = await self.nodes.record_heartbeat(
+        multiplier, reputation = await self.nodes.record_heartbeat_terms(
             node, request.owner_public_key, datetime.fromtimestamp(now, UTC)
         )
-        await self.registry.heartbeat(replace(node, multiplier=multiplier))
+        await self.registry.heartbeat(replace(node, multiplier=multiplier, reputation=reputation))
         return pb.HeartbeatResponse(
             interval_seconds=self.settings.heartbeat_interval_s, multiplier=multiplier
         )
@@ -99,9 +116,43 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             models=[common_pb2.ModelInfo(id=m, node_count=c) for m, c in sorted(counts.items())]
         )
 
+    async def GetAdmission(self, request: pb.GetAdmissionRequest, context: Context) -> object:
+        mode = {
+            "open": pb.ADMISSION_MODE_OPEN,
+            "invite": pb.ADMISSION_MODE_INVITE,
+            "pow": pb.ADMISSION_MODE_POW,
+        }[self.settings.admission]
+        bits = self.settings.pow_bits if self.settings.admission == "pow" else 0
+        return pb.GetAdmissionResponse(mode=mode, pow_bits=bits)
+
+    def _admission_ticket(self, user: str, request: pb.JoinRequest) -> str | None:
+        """The invite hash to spend, or None; PermissionDenied if the rule is not met."""
+        check = Violations()
+        if len(request.invite_code) > MAX_INVITE_LENGTH:
+            check.add("invite_code", f"at most {MAX_INVITE_LENGTH} characters")
+        if len(request.pow_nonce) > MAX_NONCE_LENGTH:
+            check.add("pow_nonce", f"at most {MAX_NONCE_LENGTH} characters")
+        check.raise_if_any()
+        mode = self.settings.admission
+        if mode == "invite":
+            if not request.invite_code.strip():
+                raise PermissionDenied("this coordinator admits by invite: join with invite_code")
+            return hash_invite(request.invite_code)
+        if mode == "pow" and not pow_ok(user, request.pow_nonce, self.settings.pow_bits):
+            raise PermissionDenied(
+                f"this coordinator admits by proof of work: pow_nonce must give "
+                f"{self.settings.pow_bits} leading zero bits (see GetAdmission)"
+            )
+        return None
+
     async def Join(self, request: pb.JoinRequest, context: Context) -> object:
         user = current_caller()
-        granted = await self.ledger.ensure_user_with_grant(user, datetime.now(UTC))
+        granted = False
+        if not await self.ledger.has_joined(user):
+            invite = self._admission_ticket(user, request)
+            granted = await self.ledger.ensure_user_with_grant(
+                user, datetime.now(UTC), invite_hash=invite
+            )
         balance, _ = await self.ledger.balance(user)
         return pb.JoinResponse(
             public_key=user,
@@ -117,13 +168,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         user = current_caller()
         now = time.time()
         created = datetime.fromtimestamp(now, UTC)
-        await self.ledger.ensure_user_with_grant(user, created)
+        if self.settings.admission == "open":
+            await self.ledger.ensure_user_with_grant(user, created)
+        elif not await self.ledger.has_joined(user):
+            # An implicit grant would bypass the invite or the puzzle.
+            raise FailedPrecondition(
+                f"join first: this coordinator admits by {self.settings.admission} "
+                "(see GetAdmission)"
+            )
         node = await self.registry.pick(request.model, now)
         if node is None:
             raise NodeUnavailable(f"no live node serves model {request.model}")
         job_id = uuid.uuid4().hex
         ticket, expires = self.signer.issue(
-            job_id=job_id, user=user, node_id=node.node_id, model=request.model, now=now
+            job_id=job_id,
+            user=user,
+            node_id=node.node_id,
+            node_key=node.node_public_key,
+            model=request.model,
+            now=now,
         )
         reserved = self.settings.reservation_millicredits
         await self.ledger.reserve(
@@ -170,10 +233,34 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         outcome = (
             Outcome.COMPLETED if receipt.outcome == pb.JOB_OUTCOME_COMPLETED else Outcome.FAILED
         )
+        now = datetime.now(UTC)
         settlement = await self.ledger.settle(
-            receipt.job_id, receipt.node_id, outcome, receipt.duration_ms, datetime.now(UTC)
+            receipt.job_id, receipt.node_id, outcome, receipt.duration_ms, now
+        )
+        # The node's claim, kept to be checked against the client's countersignature.
+        await self.usage.record_node_claim(
+            receipt.job_id, receipt.usage.completion_tokens, receipt.duration_ms, now
         )
         return convert.settlement_to_pb(settlement)
+
+    async def ReportUsage(self, request: pb.ReportUsageRequest, context: Context) -> object:
+        check = Violations()
+        if not request.job_id or len(request.job_id) > 64:
+            check.add("job_id", "required, at most 64 characters")
+        check.raise_if_any()
+        verdict = await self.usage.record_client_claim(
+            request.job_id,
+            current_caller(),
+            request.completion_tokens,
+            request.stream_ms,
+            datetime.now(UTC),
+        )
+        return pb.ReportUsageResponse(
+            job_id=request.job_id,
+            compared=verdict.compared,
+            disputed=verdict.disputed,
+            already_reported=verdict.already_reported,
+        )
 
     def _own_key(self, public_key: str) -> str:
         check = Violations()

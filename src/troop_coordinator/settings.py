@@ -18,6 +18,13 @@
 | TROOP_SETTLE_GRACE_SECONDS | settle_grace_s | 300 (receipts still accepted after ticket expiry) |
 | TROOP_BENCHMARK_MATRIX_SIZE | benchmark_matrix_size | 4096 |
 | TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 |
+| TROOP_ADMISSION | admission | open ("open", "invite" or "pow": who may join) |
+| TROOP_POW_BITS | pow_bits | 20 (leading zero bits of the join puzzle) |
+| TROOP_TICKET_KEY_RELOAD_SECONDS | ticket_key_reload_s | 5 (ticket-keys/ re-read) |
+| TROOP_TICKET_KEY_GRACE_SECONDS | ticket_key_grace_s | ticket TTL (retired keys kept) |
+| TROOP_TLS_CERT, TROOP_TLS_KEY | tls | none: plaintext on loopback only (troop_common.tls) |
+| TROOP_RATE_LIMITS | rate_limits | ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user |
+| TROOP_AUDIT_DIR | audit_dir | data_dir/audit (JSON lines, rotated) |
 
 Credits are kept as integer millicredits: 1 credit = 1000 millicredits = one
 second of reference compute. `benchmark_reference_ms` is how long the
@@ -32,8 +39,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from troop_common.tls import TlsSettings
+
 MILLICREDITS_PER_CREDIT = 1000
+# Discovery 100/hour per client IP; inference authorizations 20/hour per user.
+DEFAULT_RATE_LIMITS = "ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user"
 DEFAULT_DATA_DIR = Path("~/.local/share/troop/coordinator")
+ADMISSION_MODES = ("open", "invite", "pow")
 
 
 def _sqlite_url(data_dir: Path) -> str:
@@ -60,6 +72,23 @@ class CoordinatorSettings:
     benchmark_reference_ms: float = 1500.0
     challenge_ttl_s: float = 300.0
     shutdown_grace_s: float = 5.0
+    # Trust (docs/security.md): who may join, ticket key rotation, usage disputes, TLS.
+    admission: str = "open"
+    pow_bits: int = 20
+    ticket_key_reload_s: float = 5.0
+    ticket_key_grace_s: float | None = None  # None: the ticket TTL
+    usage_token_slack: int = 2  # completion tokens a node may claim beyond the client's count
+    usage_time_slack_ms: int = 2000  # and milliseconds beyond the client's stream time (+10%)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    # METHOD[+METHOD]=N/SECONDS@ip|user, comma-separated; empty: no limits.
+    rate_limits: str = DEFAULT_RATE_LIMITS
+    audit_dir: Path | None = None  # None: data_dir/audit
+    # Trust x-forwarded-for from these peers (the local Envoy) for per-IP limits.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+
+    @property
+    def effective_audit_dir(self) -> Path:
+        return self.audit_dir or self.data_dir / "audit"
 
     @property
     def bind(self) -> str:
@@ -72,7 +101,18 @@ class CoordinatorSettings:
 
     @property
     def ticket_key_path(self) -> Path:
+        """The single key file of earlier versions; migrated into ticket_keys_dir on start."""
         return self.data_dir / "ticket-key.pem"
+
+    @property
+    def ticket_keys_dir(self) -> Path:
+        return self.data_dir / "ticket-keys"
+
+    @property
+    def effective_ticket_key_grace_s(self) -> float:
+        return float(
+            self.ticket_ttl_s if self.ticket_key_grace_s is None else self.ticket_key_grace_s
+        )
 
     @property
     def starter_millicredits(self) -> int:
@@ -116,4 +156,24 @@ class CoordinatorSettings:
             settle_grace_s=float(number("TROOP_SETTLE_GRACE_SECONDS", 300, float)),
             benchmark_matrix_size=int(number("TROOP_BENCHMARK_MATRIX_SIZE", 4096)),
             benchmark_reference_ms=float(number("TROOP_BENCHMARK_REFERENCE_MS", 1500.0, float)),
+            admission=_admission(get("TROOP_ADMISSION", "open")),
+            pow_bits=int(number("TROOP_POW_BITS", 20)),
+            ticket_key_reload_s=float(number("TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0, float)),
+            ticket_key_grace_s=float(number("TROOP_TICKET_KEY_GRACE_SECONDS", 0.0, float))
+            if get("TROOP_TICKET_KEY_GRACE_SECONDS", "")
+            else None,
+            tls=TlsSettings.from_env(env),
+            rate_limits=env.get("TROOP_RATE_LIMITS", DEFAULT_RATE_LIMITS).strip(),
+            audit_dir=Path(get("TROOP_AUDIT_DIR", "")).expanduser()
+            if get("TROOP_AUDIT_DIR", "")
+            else None,
         )
+
+
+def _admission(value: str) -> str:
+    mode = value.lower()
+    if mode not in ADMISSION_MODES:
+        raise ValueError(
+            f"TROOP_ADMISSION must be one of {', '.join(ADMISSION_MODES)}, not {value!r}"
+        )
+    return mode

@@ -21,7 +21,9 @@ from functools import partial
 from troop_common.audit import AuditLog
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
+from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
+from troop_common.ratelimit import MemoryRateLimiter
 from troop_common.server import TroopServer
 from troop_worker.auth import TicketInterceptor
 from troop_worker.engine import Engine, make_engine
@@ -97,9 +99,11 @@ class Worker:
         )
         try:
             await self.engine.load()
-            self.key_cache = KeyCache(client.get_key_set)
+            self.key_cache = KeyCache(client.get_key_set, max_age_s=settings.key_refresh_s)
             await fetch_keys_until_ready(self.key_cache, settings.coordinator_wait_s)
-            verifier = TicketVerifier(self.key_cache, node_id=identity.node_id)
+            verifier = TicketVerifier(
+                self.key_cache, node_id=identity.node_id, node_key=identity.public_key_hex
+            )
             self._receipts = ReceiptSender(
                 client, identity.key, identity.node_id, backoff_s=settings.receipt_backoff_s
             )
@@ -116,7 +120,13 @@ class Worker:
                     partial(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)
                 ],
                 service_names=[INFERENCE_SERVICE],
-                interceptors=[TicketInterceptor(verifier)],
+                # After errors, tracing and audit: the ticket, then per-user limits.
+                interceptors=[
+                    TicketInterceptor(verifier),
+                    RateLimitInterceptor(
+                        MemoryRateLimiter(), parse_rules(settings.rate_limits), INFERENCE_SERVICE
+                    ),
+                ],
                 bind=f"{settings.host}:{settings.port}",
                 credentials=settings.tls.server_credentials(f"{settings.host}:{settings.port}"),
                 audit=AuditLog(settings.audit_dir or settings.data_dir / "audit", "worker"),

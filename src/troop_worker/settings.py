@@ -21,6 +21,8 @@
 | TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
 | TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
 | TROOP_WORKER_AUDIT_DIR        | audit_dir             | data_dir/audit (JSON lines)        |
+| TROOP_WORKER_RATE_LIMITS      | rate_limits           | ChatCompletion=600/3600@user       |
+| TROOP_WORKER_KEY_REFRESH_S    | key_refresh_s         | 60 (ticket key set re-fetched)     |
 | TROOP_TLS_CERT, TROOP_TLS_KEY | tls                   | none: plaintext on loopback only   |
 | TROOP_TLS_CA, TROOP_INSECURE  | tls                   | see troop_common.tls               |
 
@@ -97,7 +99,11 @@ class WorkerSettings:
     torch_threads: int | None = None
     torch_dtype: str = "bfloat16"
     audit_dir: Path | None = None
+    # METHOD=N/SECONDS@ip|user (troop_common.interceptors.ratelimit); empty: none.
+    rate_limits: str = "ChatCompletion=600/3600@user"
     tls: TlsSettings = field(default_factory=TlsSettings)
+    # How old the cached ticket key set may get before a ticket triggers a re-fetch.
+    key_refresh_s: float = 60.0
     # Not from the environment: knobs for tests and embedders.
     receipt_backoff_s: float = 1.0
     shutdown_grace_s: float = 5.0
@@ -128,6 +134,8 @@ class WorkerSettings:
             torch_threads=threads or None,
             torch_dtype=_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
             tls=TlsSettings.from_env(env),
+            rate_limits=env.get("TROOP_WORKER_RATE_LIMITS", cls.rate_limits).strip(),
+            key_refresh_s=_float(env, "TROOP_WORKER_KEY_REFRESH_S", cls.key_refresh_s),
             audit_dir=Path(audit).expanduser()
             if (audit := env.get("TROOP_WORKER_AUDIT_DIR", "").strip())
             else None,

@@ -63,7 +63,8 @@ async def test_main_runs_from_any_directory(sqlite_url: str, tmp_path: Path) -> 
                 address = found.group(1) if found else ""
         async with CoordinatorClient(address) as client:
             assert (await client.get_key_set()).keys
-        assert (tmp_path / "data" / "ticket-key.pem").stat().st_mode & 0o777 == 0o400
+        (key_file,) = (tmp_path / "data" / "ticket-keys").glob("*.pem")
+        assert key_file.stat().st_mode & 0o777 == 0o400
     finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):

@@ -17,7 +17,7 @@ from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine
 from troop_coordinator.db.models import Base
 
-TABLES = {"users", "nodes", "jobs", "ledger_entries"}
+TABLES = set(Base.metadata.tables)
 
 
 def _tables(connection: Connection) -> set[str]:

@@ -90,6 +90,13 @@ def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Pat
     models = troop("models", *at, env=env)
     assert models.returncode == 0 and "smollm2-135m-instruct" in models.stdout
 
+    # The operator's checks, on the running network's own database.
+    admin = ["--data-dir", str(tmp_path / "up" / "coordinator")]
+    audited = troop("admin", "audit-ledger", *admin, env=env)
+    assert audited.returncode == 0 and "ledger OK" in audited.stdout, audited.stdout
+    verified = troop("admin", "verify-audit", *admin, env=env)
+    assert verified.returncode == 0 and "audit chain OK" in verified.stdout, verified.stdout
+
     # `troop up` also serves the OpenAI API through Envoy, at the address it printed.
     base_url = next(w for w in banner.split() if w.startswith("http://") and w.endswith("/v1"))
     with urllib.request.urlopen(f"{base_url}/models", timeout=30) as response:

@@ -13,17 +13,24 @@ from troop_common.keys import Identity
 from troop_common.node_proof import NodeProofInvalid
 from troop_worker.app import Worker
 from troop_worker.settings import WorkerSettings
+from troop_worker.tickets import TicketVerifier
 
 MODEL = "smollm2-135m-instruct"
 
 
 async def test_an_impostor_at_the_nodes_address_gets_no_token_through(
-    network, tmp_path: Path
+    network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with CoordinatorClient(network.coordinator) as anonymous:
         (victim,) = (await anonymous.list_nodes()).nodes
     # Another process claims the victim's node id (it can verify the victim's tickets:
-    # the ticket key is public) and traffic for the victim's address reaches it.
+    # the ticket key is public) and traffic for the victim's address reaches it. A
+    # modified worker, too: it skips the ticket's node_key check (which an honest worker
+    # makes: tests/security), so the client's node proof is the line that holds.
+    monkeypatch.setattr(
+        "troop_worker.app.TicketVerifier",
+        lambda keys, *, node_id, node_key=None, **kw: TicketVerifier(keys, node_id=node_id, **kw),
+    )
     impostor_settings = dataclasses.replace(
         WorkerSettings.from_env({}),
         port=0,

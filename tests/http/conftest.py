@@ -51,12 +51,15 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
     """`async with start_mesh(engine=..., **worker_settings) as mesh:` a coordinator + worker."""
 
     @asynccontextmanager
-    async def start(engine=None, **worker_overrides: object) -> AsyncIterator[Mesh]:
+    async def start(
+        engine=None, coordinator_overrides: dict | None = None, **worker_overrides: object
+    ) -> AsyncIterator[Mesh]:
         coordinator_settings = dataclasses.replace(
             CoordinatorSettings.from_env({}),
             port=0,
             data_dir=tmp_path / "coordinator",
             database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
+            **(coordinator_overrides or {}),
         )
         async with Coordinator(coordinator_settings) as coordinator:
             worker_settings = dataclasses.replace(

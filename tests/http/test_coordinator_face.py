@@ -44,3 +44,20 @@ async def test_coordinator_rest_face(mesh, tmp_path) -> None:
             )
             assert receipt.status_code in (400, 401, 404)
             assert "code" in receipt.json()
+
+
+async def test_discovery_over_http_is_limited_with_429_and_retry_after(
+    start_mesh,
+) -> None:
+    limits = {"rate_limits": "ListNodes+ListModels=3/3600@ip"}
+    async with start_mesh(coordinator_overrides=limits) as mesh:
+        async with coordinator_http_face(mesh.coordinator) as envoy:
+            async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+                # start_mesh already spent some of this IP's discovery calls.
+                codes = [(await http.get("/v1/nodes")).status_code for _ in range(4)]
+                refused = await http.get("/v1/models")
+                health_free = await http.get("/v1/public-key")
+    assert codes[-1] == 429 and refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1000
+    assert refused.json()["code"] == 8  # RESOURCE_EXHAUSTED
+    assert health_free.status_code == 200  # the public key is never limited

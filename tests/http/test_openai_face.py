@@ -141,6 +141,22 @@ async def test_node_job_limit_is_rate_limit_error_with_retry_after(
             await client.close()
 
 
+async def test_the_coordinators_authorize_limit_is_a_rate_limit_error(
+    start_mesh, start_sidecar
+) -> None:
+    limits = {"rate_limits": "Authorize=1/3600@user"}
+    async with start_mesh(coordinator_overrides=limits) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            client = sdk(sidecar)
+            await client.chat.completions.create(model=MODEL, messages=QUESTION)
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=QUESTION)
+            await client.close()
+    assert caught.value.status_code == 429
+    assert 3500 <= int(caught.value.response.headers["retry-after"]) <= 3601
+    assert "rate limit: 1 Authorize calls per hour" in caught.value.message
+
+
 async def test_keepalives_while_waiting_for_the_first_token(start_mesh, start_sidecar) -> None:
     async with start_mesh(engine=FakeEngine([MODEL], delay_s=0.6)) as mesh:
         async with start_sidecar(mesh, keepalive_s=0.1) as sidecar:

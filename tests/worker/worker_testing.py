@@ -45,6 +45,7 @@ def make_issuer(signer: TicketSigner, worker: Worker) -> Callable[..., str]:
             node_id=node_id or worker.node_id,
             model=model,
             now=now,
+            node_key=worker.identity.public_key_hex if worker.identity else "",
         )
         return token
 

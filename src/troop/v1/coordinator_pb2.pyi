@@ -12,6 +12,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AdmissionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADMISSION_MODE_UNSPECIFIED: _ClassVar[AdmissionMode]
+    ADMISSION_MODE_OPEN: _ClassVar[AdmissionMode]
+    ADMISSION_MODE_INVITE: _ClassVar[AdmissionMode]
+    ADMISSION_MODE_POW: _ClassVar[AdmissionMode]
+
 class JobOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_OUTCOME_UNSPECIFIED: _ClassVar[JobOutcome]
@@ -33,6 +40,10 @@ class TransactionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_KIND_RELEASE: _ClassVar[TransactionKind]
     TRANSACTION_KIND_EARN: _ClassVar[TransactionKind]
     TRANSACTION_KIND_REFUND: _ClassVar[TransactionKind]
+ADMISSION_MODE_UNSPECIFIED: AdmissionMode
+ADMISSION_MODE_OPEN: AdmissionMode
+ADMISSION_MODE_INVITE: AdmissionMode
+ADMISSION_MODE_POW: AdmissionMode
 JOB_OUTCOME_UNSPECIFIED: JobOutcome
 JOB_OUTCOME_COMPLETED: JobOutcome
 JOB_OUTCOME_FAILED: JobOutcome
@@ -173,9 +184,25 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...
 
-class JoinRequest(_message.Message):
+class GetAdmissionRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetAdmissionResponse(_message.Message):
+    __slots__ = ("mode", "pow_bits")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    POW_BITS_FIELD_NUMBER: _ClassVar[int]
+    mode: AdmissionMode
+    pow_bits: int
+    def __init__(self, mode: _Optional[_Union[AdmissionMode, str]] = ..., pow_bits: _Optional[int] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("invite_code", "pow_nonce")
+    INVITE_CODE_FIELD_NUMBER: _ClassVar[int]
+    POW_NONCE_FIELD_NUMBER: _ClassVar[int]
+    invite_code: str
+    pow_nonce: str
+    def __init__(self, invite_code: _Optional[str] = ..., pow_nonce: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("public_key", "granted_millicredits", "balance_millicredits", "already_joined")
@@ -250,6 +277,28 @@ class SubmitReceiptResponse(_message.Message):
     released_millicredits: int
     already_settled: bool
     def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[SettlementKind, str]] = ..., charged_millicredits: _Optional[int] = ..., released_millicredits: _Optional[int] = ..., already_settled: _Optional[bool] = ...) -> None: ...
+
+class ReportUsageRequest(_message.Message):
+    __slots__ = ("job_id", "completion_tokens", "stream_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    completion_tokens: int
+    stream_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., stream_ms: _Optional[int] = ...) -> None: ...
+
+class ReportUsageResponse(_message.Message):
+    __slots__ = ("job_id", "compared", "disputed", "already_reported")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    DISPUTED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    compared: bool
+    disputed: bool
+    already_reported: bool
+    def __init__(self, job_id: _Optional[str] = ..., compared: _Optional[bool] = ..., disputed: _Optional[bool] = ..., already_reported: _Optional[bool] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("public_key",)

@@ -66,6 +66,11 @@ class CoordinatorServiceStub:
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetAdmission = channel.unary_unary(
+                '/troop.v1.CoordinatorService/GetAdmission',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.GetAdmissionRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.GetAdmissionResponse.FromString,
+                _registered_method=True)
         self.Join = channel.unary_unary(
                 '/troop.v1.CoordinatorService/Join',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.JoinRequest.SerializeToString,
@@ -80,6 +85,11 @@ class CoordinatorServiceStub:
                 '/troop.v1.CoordinatorService/SubmitReceipt',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.SubmitReceiptRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.SubmitReceiptResponse.FromString,
+                _registered_method=True)
+        self.ReportUsage = channel.unary_unary(
+                '/troop.v1.CoordinatorService/ReportUsage',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.FromString,
                 _registered_method=True)
         self.GetBalance = channel.unary_unary(
                 '/troop.v1.CoordinatorService/GetBalance',
@@ -151,11 +161,22 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAdmission(self, request, context):
+        """How this coordinator admits new identities (open, invite, proof of work)
+        and, for proof of work, its difficulty. Never fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Join(self, request, context):
         """Creates the asserting user's account and grants the starter credits,
-        once per identity; calling it again changes nothing. (Authorize does the
-        same on a user's first job.) UNAUTHENTICATED without a valid user
-        assertion.
+        once per identity; calling it again changes nothing. (With open
+        admission Authorize does the same on a user's first job.)
+        UNAUTHENTICATED without a valid user assertion; PERMISSION_DENIED if the
+        admission rule asks for an invite or a proof of work and the request's
+        invite_code or pow_nonce does not satisfy it (nothing is granted, and an
+        invite is spent only by a successful join).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +186,8 @@ class CoordinatorServiceServicer:
         """Reserves credits for one job, picks a live node serving the model and
         returns a ticket for it. UNAUTHENTICATED without a valid user assertion;
         FAILED_PRECONDITION if the balance cannot cover the reservation (nothing
-        is reserved); UNAVAILABLE if no live node serves the model.
+        is reserved), or "join first" when admission is not open and the user
+        never joined; UNAVAILABLE if no live node serves the model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +199,19 @@ class CoordinatorServiceServicer:
         settlement. UNAUTHENTICATED if the signature is not the node's key;
         NOT_FOUND for an unknown job; PERMISSION_DENIED if the job's ticket named
         another node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportUsage(self, request, context):
+        """The client's countersignature of a job: what it received (completion
+        tokens, stream time), signed by the user's assertion. Compared with the
+        node's receipt (whichever arrives second); a node that claimed clearly
+        more is recorded as a dispute and loses reputation. Settlement is not
+        changed. UNAUTHENTICATED without a valid user assertion; NOT_FOUND for an
+        unknown job; PERMISSION_DENIED for another user's job; a second report
+        for a job changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +279,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.ListModelsRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.ListModelsResponse.SerializeToString,
             ),
+            'GetAdmission': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdmission,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.GetAdmissionRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.GetAdmissionResponse.SerializeToString,
+            ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.JoinRequest.FromString,
@@ -258,6 +298,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.SubmitReceipt,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.SubmitReceiptRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.SubmitReceiptResponse.SerializeToString,
+            ),
+            'ReportUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUsage,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.SerializeToString,
             ),
             'GetBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalance,
@@ -433,6 +478,33 @@ class CoordinatorService:
             _registered_method=True)
 
     @staticmethod
+    def GetAdmission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/GetAdmission',
+            troop_dot_v1_dot_coordinator__pb2.GetAdmissionRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.GetAdmissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Join(request,
             target,
             options=(),
@@ -503,6 +575,33 @@ class CoordinatorService:
             '/troop.v1.CoordinatorService/SubmitReceipt',
             troop_dot_v1_dot_coordinator__pb2.SubmitReceiptRequest.SerializeToString,
             troop_dot_v1_dot_coordinator__pb2.SubmitReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/ReportUsage',
+            troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

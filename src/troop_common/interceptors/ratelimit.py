@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +57,32 @@ def parse_rules(text: str) -> dict[str, Rule]:
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, limiter: RateLimiter, rules: Mapping[str, Rule], service: str) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        rules: Mapping[str, Rule],
+        service: str,
+        *,
+        trusted_proxies: Collection[str] = (),
+    ) -> None:
         self._limiter = limiter
         self._rules = {f"/{service}/{name}": rule for name, rule in rules.items()}
+        self._trusted = frozenset(trusted_proxies)
+
+    def _client_ip(self, context: grpc.aio.ServicerContext) -> str:
+        """The peer's IP; behind a trusted proxy (the local Envoy), the address it saw."""
+        info = request_context.current.get()
+        peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
+        if peer in self._trusted:
+            for key, value in context.invocation_metadata() or ():
+                if key == "x-forwarded-for" and isinstance(value, str) and value.strip():
+                    # The last hop is the one the proxy itself appended.
+                    return value.split(",")[-1].strip()
+        return peer
 
     async def _check(self, rule: Rule, context: grpc.aio.ServicerContext) -> None:
         info = request_context.current.get()
-        peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
+        peer = self._client_ip(context)
         who = info.principal if (rule.per == "user" and info and info.principal) else f"ip:{peer}"
         try:
             decision = await self._limiter.acquire(

@@ -73,6 +73,8 @@ class Node(Base):
     hardware: Mapped[Any] = mapped_column(JsonDocument, nullable=False)
     multiplier: Mapped[float] = mapped_column(Float, nullable=False, default=1.0)
     proven: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # 1.0 = no disputes; lowered when clients' countersignatures contradict receipts.
+    reputation: Mapped[float] = mapped_column(Float, nullable=False, default=1.0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
 
@@ -99,6 +101,12 @@ class Job(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     charged_millicredits: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Both sides' claims (docs/adr/0017): the node's signed receipt and the client's report.
+    node_completion_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    node_duration_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    client_completion_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    client_stream_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    usage_reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class LedgerEntry(Base):
@@ -119,3 +127,54 @@ class LedgerEntry(Base):
     amount_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     balance_after_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Invite(Base):
+    """A one-time admission code from `troop admin invite`; only its SHA-256 is kept."""
+
+    __tablename__ = "invites"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Dispute(Base):
+    """A node claimed more than the client countersigned; at most one per job."""
+
+    __tablename__ = "disputes"
+    __table_args__ = (Index("ix_disputes_node_id", "node_id"),)
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    reason: Mapped[str] = mapped_column(String(200), nullable=False)
+    node_completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    client_completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    node_duration_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    client_stream_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class AuditHead(Base):
+    """The single row that orders the audit chain: its lock serialises appends
+    across replicas, and it remembers the last event's hash."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class AuditEvent(Base):
+    """A security-relevant event; append-only (database triggers), and each row
+    carries the hash of the one before it, so any edit breaks the chain."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    event: Mapped[dict[str, Any]] = mapped_column(JsonDocument, nullable=False)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -14,12 +14,21 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from troop_coordinator.db.models import EntryKind, Job, JobStatus, LedgerEntry, Node, User
+from troop_coordinator.db.models import (
+    EntryKind,
+    Invite,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Node,
+    User,
+)
 
 users = User.__table__
 jobs = Job.__table__
 entries = LedgerEntry.__table__
 nodes = Node.__table__
+invites = Invite.__table__
 
 
 class LedgerRepository:
@@ -53,6 +62,18 @@ class LedgerRepository:
             .returning(users.c.balance_millicredits)
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def insert_invite(self, code_hash: str, now: datetime) -> None:
+        await self.session.execute(invites.insert().values(code_hash=code_hash, created_at=now))
+
+    async def claim_invite(self, code_hash: str, public_key: str, now: datetime) -> bool:
+        """Spend an unused invite for `public_key`; False if unknown or used (nothing changed)."""
+        statement = (
+            update(invites)
+            .where(invites.c.code_hash == code_hash, invites.c.used_at.is_(None))
+            .values(used_at=now, used_by=public_key)
+        )
+        return (await self.session.execute(statement)).rowcount == 1
 
     async def debit_if_covered(self, public_key: str, amount: int) -> int | None:
         """Take `amount` if the balance covers it; the new balance, or None (nothing taken)."""

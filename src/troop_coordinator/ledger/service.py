@@ -94,6 +94,11 @@ class Ledger:
         self._sessions = sessions
         self.starter_millicredits = starter_millicredits
 
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The session factory, for stores that share the ledger's database."""
+        return self._sessions
+
     async def _in_transaction(self, work: Callable[[LedgerRepository], Awaitable[T]]) -> T:
         """Run `work` in one transaction, again (whole) after a deadlock or serialization
         failure; domain errors raised by `work` roll back and propagate."""
@@ -107,20 +112,38 @@ class Ledger:
                 log.warning("ledger transaction rolled back (%s); retrying", exc.orig)
         raise AssertionError("unreachable")
 
-    async def ensure_user_with_grant(self, public_key: str, now: datetime) -> bool:
-        """Create the user on first sight and grant starter credits once; True if granted now."""
-        async with self._sessions() as session:
+    async def ensure_user_with_grant(
+        self, public_key: str, now: datetime, *, invite_hash: str | None = None
+    ) -> bool:
+        """Create the user on first sight and grant starter credits once; True if granted now.
+
+        With `invite_hash`, the grant also spends that invite, in the same
+        transaction: PermissionDenied (nothing written) if it is unknown or used."""
+        if await self.has_joined(public_key):
             # A plain read only to skip a write that would change nothing: the grant
             # itself below is guarded by the database, not by this read.
-            if await LedgerRepository(session).starter_granted(public_key):
-                return False
-        return await self._in_transaction(lambda repo: self._grant(repo, public_key, now))
+            return False
+        return await self._in_transaction(
+            lambda repo: self._grant(repo, public_key, now, invite_hash)
+        )
 
-    async def _grant(self, repo: LedgerRepository, public_key: str, now: datetime) -> bool:
+    async def has_joined(self, public_key: str) -> bool:
+        """True once the user had its starter grant."""
+        async with self._sessions() as session:
+            return await LedgerRepository(session).starter_granted(public_key)
+
+    async def create_invite(self, code_hash: str, now: datetime) -> None:
+        await self._in_transaction(lambda repo: repo.insert_invite(code_hash, now))
+
+    async def _grant(
+        self, repo: LedgerRepository, public_key: str, now: datetime, invite_hash: str | None
+    ) -> bool:
         await repo.insert_user_if_missing(public_key, now)
         balance = await repo.grant_once(public_key, self.starter_millicredits, now)
         if balance is None:
-            return False
+            return False  # granted concurrently: the invite stays unspent
+        if invite_hash is not None and not await repo.claim_invite(invite_hash, public_key, now):
+            raise PermissionDenied("the invite code is unknown or already used")
         await repo.append(
             account=public_key,
             kind=EntryKind.GRANT,

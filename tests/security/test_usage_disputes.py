@@ -1,0 +1,112 @@
+"""The client countersigns what it received; a node that claims more gets a dispute."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from troop_client import Message, TroopClient
+from troop_common.errors import TroopError
+from troop_common.keys import Identity
+from troop_common.proto import coordinator_pb2 as pb
+from troop_common.receipts import sign_receipt
+from troop_coordinator.db.models import Job
+from troop_coordinator.usage import UsageBook
+
+MODEL = "smollm2-135m-instruct"
+
+
+def receipt(worker, grant, *, tokens: int, duration_ms: int) -> pb.SubmitReceiptRequest:
+    claim = pb.JobReceipt(
+        job_id=grant.job_id,
+        node_id=grant.node_id,
+        outcome=pb.JOB_OUTCOME_COMPLETED,
+        duration_ms=duration_ms,
+        usage={"completion_tokens": tokens, "prompt_tokens": 3, "total_tokens": tokens + 3},
+    )
+    return sign_receipt(worker.identity.key, claim)
+
+
+async def test_an_honest_job_agrees(mesh, eventually) -> None:
+    async with TroopClient(mesh.address, Identity.generate()) as troop:
+        answer = await troop.complete([Message("user", "count my words please")], model=MODEL)
+        await troop.drain_reports(5)
+    sessions = mesh.coordinator.ledger.sessions
+    book = UsageBook(sessions)
+
+    async def both_claims() -> bool:
+        async with sessions() as session:
+            row = (
+                await session.execute(select(Job).where(Job.job_id == answer.job_id))
+            ).scalar_one()
+            return row.node_duration_ms is not None and row.usage_reported_at is not None
+
+    await eventually(both_claims)
+    for worker in mesh.workers:
+        assert await book.disputes_of(worker.node_id) == []
+        assert await book.reputation(worker.node_id) == 1.0
+
+
+async def test_an_inflated_receipt_is_a_dispute_either_order(mesh) -> None:
+    user = mesh.user()
+    await user.join()
+    book = UsageBook(mesh.coordinator.ledger.sessions)
+    # Client first, then the node's inflated receipt.
+    grant = await user.authorize(MODEL)
+    worker = mesh.worker_for(grant.node_id)
+    reply = await user.report_usage(grant.job_id, completion_tokens=5, stream_ms=400)
+    assert (reply.compared, reply.disputed) == (False, False)
+    settled = await mesh.user().submit_receipt(
+        receipt(worker, grant, tokens=500, duration_ms=60_000)
+    )
+    assert settled.kind == pb.SETTLEMENT_KIND_CHARGED  # settlement stays immediate
+    disputes = await book.disputes_of(worker.node_id)
+    assert [d["job_id"] for d in disputes] == [grant.job_id]
+    assert "500 completion tokens" in disputes[0]["reason"]
+    first = await book.reputation(worker.node_id)
+    assert first is not None and first < 1.0
+
+    # The node's receipt first, then the client's report.
+    grant2 = await user.authorize(MODEL)
+    worker2 = mesh.worker_for(grant2.node_id)
+    await mesh.user().submit_receipt(receipt(worker2, grant2, tokens=9, duration_ms=90_000))
+    reply = await user.report_usage(grant2.job_id, completion_tokens=9, stream_ms=1_000)
+    assert (reply.compared, reply.disputed) == (True, True)
+    # A second report changes nothing, and nobody reports another user's job.
+    again = await user.report_usage(grant2.job_id, completion_tokens=900, stream_ms=900_000)
+    assert again.already_reported
+    with pytest.raises(TroopError) as denied:
+        await mesh.user().report_usage(grant2.job_id, completion_tokens=0, stream_ms=0)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_discovery_prefers_the_reputable_node(mesh, eventually) -> None:
+    user = mesh.user()
+    await user.join()
+    book = UsageBook(mesh.coordinator.ledger.sessions)
+    cheat = mesh.workers[0]
+    # Two disputes against the cheat (each a job given to it, claimed far beyond the report).
+    disputed = 0
+    while disputed < 2:
+        grant = await user.authorize(MODEL)
+        worker = mesh.worker_for(grant.node_id)
+        if worker is not cheat:
+            await mesh.user().submit_receipt(receipt(worker, grant, tokens=1, duration_ms=1))
+            await user.report_usage(grant.job_id, completion_tokens=1, stream_ms=10)
+            continue
+        await user.report_usage(grant.job_id, completion_tokens=1, stream_ms=10)
+        await mesh.user().submit_receipt(receipt(cheat, grant, tokens=400, duration_ms=50_000))
+        disputed += 1
+    assert (await book.reputation(cheat.node_id) or 1.0) < 0.7
+    started = time.monotonic()
+
+    async def listed_with_reputation() -> bool:
+        # The registry learns the new reputation from the cheat's next heartbeat.
+        return time.monotonic() - started > mesh.workers[0].settings.heartbeat_interval_s
+
+    await eventually(listed_with_reputation, timeout_s=20)
+    picks = [(await user.authorize(MODEL)).node_id for _ in range(6)]
+    assert cheat.node_id not in picks
