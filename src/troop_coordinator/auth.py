@@ -10,7 +10,7 @@ outer ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Collection
 from contextvars import ContextVar
 from typing import Any
 
@@ -18,7 +18,7 @@ import grpc
 
 from troop_common.assertions import COORDINATOR_AUDIENCE, verify_assertion
 from troop_common.errors import AssertionInvalid
-from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.interceptors.wrapping import CheckingInterceptor
 from troop_common.proto import COORDINATOR_SERVICE
 from troop_common.replay import ReplaySet
 from troop_common.request_context import set_principal
@@ -60,7 +60,13 @@ def _bearer(metadata: Any) -> str:
     raise AssertionInvalid("missing authorization: Bearer <assertion>")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(CheckingInterceptor):
+    """Verifies the caller's assertion before an identified method runs.
+
+    Each gRPC call runs in its own task, with its own copy of the context: the
+    `caller` set here is seen by that call's handler only, and needs no reset.
+    """
+
     def __init__(
         self,
         replays: ReplaySet,
@@ -72,44 +78,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._audience = audience
         self._methods = frozenset(methods)
 
-    async def _authenticate(self, metadata: Any) -> str:
-        assertion = verify_assertion(_bearer(metadata), self._audience)
+    def covers(self, method: str) -> bool:
+        return method in self._methods
+
+    async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        assertion = verify_assertion(_bearer(context.invocation_metadata()), self._audience)
         if not await self._replays.add(f"assertion:{assertion.jti}", assertion.expires_at):
             raise AssertionInvalid("assertion already used")
+        caller.set(assertion.subject)
         set_principal(assertion.subject)
-        return assertion.subject
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        if is_exempt(method) or method not in self._methods:
-            return handler
-        metadata = details.invocation_metadata
-
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = caller.set(await self._authenticate(metadata))
-                try:
-                    return await behaviour(request, context)
-                finally:
-                    caller.reset(token)
-
-            return call
-
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                # Each call runs in its own task (its own context copy): nothing to reset,
-                # and resetting from a generator finalised elsewhere would fail.
-                caller.set(await self._authenticate(metadata))
-                async for message in behaviour(request, context):
-                    yield message
-
-            return call
-
-        return wrap_handler(handler, unary, stream)

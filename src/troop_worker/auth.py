@@ -10,14 +10,13 @@ not burn the ticket. ListModels, health and reflection need no ticket.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
 from troop_common.errors import TicketInvalid
-from troop_common.interceptors.wrapping import wrap_handler
+from troop_common.interceptors.wrapping import CheckingInterceptor
 from troop_common.proto import INFERENCE_SERVICE
 from troop_common.request_context import set_principal
 from troop_common.tickets import Ticket
@@ -40,40 +39,16 @@ def bearer_token(metadata: Any) -> str:
     raise TicketInvalid("missing ticket: send 'authorization: Bearer <ticket>'")
 
 
-class TicketInterceptor(grpc.aio.ServerInterceptor):
+class TicketInterceptor(CheckingInterceptor):
+    """Verifies the ticket before the stream starts; the servicer reads it from a ContextVar."""
+
     def __init__(self, verifier: TicketVerifier) -> None:
         self.verifier = verifier
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if details.method not in PROTECTED_METHODS:
-            return handler
-        verifier = self.verifier
+    def covers(self, method: str) -> bool:
+        return method in PROTECTED_METHODS
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            ticket = await verifier.verify(bearer_token(context.invocation_metadata()))
-            current_ticket.set(ticket)
-            set_principal(ticket.user)
-
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await check(context)
-                return await behaviour(request, context)
-
-            return call
-
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await check(context)
-                async for message in behaviour(request, context):
-                    yield message
-
-            return call
-
-        return wrap_handler(handler, unary, stream)
+    async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        ticket = await self.verifier.verify(bearer_token(context.invocation_metadata()))
+        current_ticket.set(ticket)
+        set_principal(ticket.user)

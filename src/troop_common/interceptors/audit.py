@@ -9,7 +9,7 @@ user's account — are security events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,7 +17,7 @@ import grpc
 from troop_common import request_context
 from troop_common.audit import AuditLog
 from troop_common.errors import TroopError
-from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.interceptors.wrapping import Stream, Unary, WrappingInterceptor
 
 _SECURITY_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
@@ -27,7 +27,7 @@ def _action(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
-class AuditInterceptor(grpc.aio.ServerInterceptor):
+class AuditInterceptor(WrappingInterceptor):
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
 
@@ -63,42 +63,28 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         security = isinstance(exc, TroopError) and exc.code in _SECURITY_CODES
         self._audit.record(event, security=security)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        if is_exempt(method):
-            return handler
+    def unary(self, method: str, behaviour: Unary) -> Unary:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                result = await behaviour(request, context)
+            except BaseException as exc:
+                self._record(method, context, exc)
+                raise
+            self._record(method, context, None)
+            return result
 
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    result = await behaviour(request, context)
-                except BaseException as exc:
-                    self._record(method, context, exc)
-                    raise
-                self._record(method, context, None)
-                return result
+        return call
 
-            return call
+    def stream(self, method: str, behaviour: Stream) -> Stream:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            sent = 0
+            try:
+                async for message in behaviour(request, context):
+                    sent += 1
+                    yield message
+            except BaseException as exc:
+                self._record(method, context, exc, messages=sent)
+                raise
+            self._record(method, context, None, messages=sent)
 
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                sent = 0
-                try:
-                    async for message in behaviour(request, context):
-                        sent += 1
-                        yield message
-                except BaseException as exc:
-                    self._record(method, context, exc, messages=sent)
-                    raise
-                self._record(method, context, None, messages=sent)
-
-            return call
-
-        return wrap_handler(handler, unary, stream)
+        return call

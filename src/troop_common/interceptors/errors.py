@@ -8,14 +8,14 @@ caller). Must be the outermost interceptor so every other one is covered.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from troop_common import request_context
 from troop_common.errors import TroopError, to_status
-from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.interceptors.wrapping import Stream, Unary, WrappingInterceptor
 
 log = logging.getLogger("troop.errors")
 
@@ -45,43 +45,29 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(grpc.StatusCode.INTERNAL, "internal error", _trace_trailers())
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        if is_exempt(method):
-            return handler
+class ErrorInterceptor(WrappingInterceptor):
+    def unary(self, method: str, behaviour: Unary) -> Unary:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(request, context)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await _abort(context, exc, method)
 
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await behaviour(request, context)
-                except (TroopError, Exception) as exc:
-                    if _is_abort(exc):
-                        raise
-                    await _abort(context, exc, method)
+        return call
 
-            return call
+    def stream(self, method: str, behaviour: Stream) -> Stream:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for message in behaviour(request, context):
+                    yield message
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await _abort(context, exc, method)
 
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for message in behaviour(request, context):
-                        yield message
-                except (TroopError, Exception) as exc:
-                    if _is_abort(exc):
-                        raise
-                    await _abort(context, exc, method)
-
-            return call
-
-        return wrap_handler(handler, unary, stream)
+        return call
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
 from troop_common import request_context
 from troop_common.errors import RateLimited
-from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.interceptors.wrapping import CheckingInterceptor, is_exempt, metadata_value
 from troop_common.ratelimit import RateLimiter
 
 log = logging.getLogger("troop.ratelimit")
@@ -56,7 +55,7 @@ def parse_rules(text: str) -> dict[str, Rule]:
     return rules
 
 
-class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+class RateLimitInterceptor(CheckingInterceptor):
     def __init__(
         self,
         limiter: RateLimiter,
@@ -74,13 +73,14 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         info = request_context.current.get()
         peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
         if peer in self._trusted:
-            for key, value in context.invocation_metadata() or ():
-                if key == "x-forwarded-for" and isinstance(value, str) and value.strip():
-                    # The last hop is the one the proxy itself appended.
-                    return value.split(",")[-1].strip()
+            forwarded = metadata_value(context, "x-forwarded-for")
+            if forwarded and forwarded.strip():
+                # The last hop is the one the proxy itself appended.
+                return forwarded.split(",")[-1].strip()
         return peer
 
-    async def _check(self, rule: Rule, context: grpc.aio.ServicerContext) -> None:
+    async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        rule = self._rules[method]
         info = request_context.current.get()
         peer = self._client_ip(context)
         who = info.principal if (rule.per == "user" and info and info.principal) else f"ip:{peer}"
@@ -99,32 +99,5 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                 decision.retry_after_s,
             )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        rule = self._rules.get(method)
-        if rule is None or is_exempt(method):
-            return handler
-
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await self._check(rule, context)
-                return await behaviour(request, context)
-
-            return call
-
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self._check(rule, context)
-                async for message in behaviour(request, context):
-                    yield message
-
-            return call
-
-        return wrap_handler(handler, unary, stream)
+    def covers(self, method: str) -> bool:
+        return method in self._rules and not is_exempt(method)

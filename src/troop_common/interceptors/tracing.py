@@ -9,12 +9,12 @@ both in its trailers from the error interceptor: its response stays
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from troop_common.interceptors.wrapping import is_exempt, wrap_handler
+from troop_common.interceptors.wrapping import Stream, Unary, WrappingInterceptor, metadata_value
 from troop_common.request_context import (
     REQUEST_ID,
     RESPONSE_TIME,
@@ -24,61 +24,47 @@ from troop_common.request_context import (
 )
 
 
-def _incoming_id(metadata: Any) -> str | None:
-    for key, value in metadata or ():
-        if key == REQUEST_ID:
-            return value.decode() if isinstance(value, bytes) else value
-    return None
+class TracingInterceptor(WrappingInterceptor):
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> RequestInfo:
+        info = RequestInfo(
+            request_id=accept_request_id(metadata_value(context, REQUEST_ID)),
+            method=method,
+            peer=context.peer() or "",
+        )
+        current.set(info)
+        return info
 
+    @staticmethod
+    async def _send_headers(context: grpc.aio.ServicerContext, info: RequestInfo) -> None:
+        await context.send_initial_metadata([(REQUEST_ID, info.request_id), *info.initial_metadata])
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        if is_exempt(method):
-            return handler
-        request_id = accept_request_id(_incoming_id(details.invocation_metadata))
+    @staticmethod
+    def _set_trailers(context: grpc.aio.ServicerContext, info: RequestInfo) -> None:
+        context.set_trailing_metadata(
+            [(REQUEST_ID, info.request_id), (RESPONSE_TIME, info.response_time())]
+        )
 
-        def begin(context: grpc.aio.ServicerContext) -> RequestInfo:
-            info = RequestInfo(request_id=request_id, method=method, peer=context.peer() or "")
-            current.set(info)
-            return info
+    def unary(self, method: str, behaviour: Unary) -> Unary:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            info = self._begin(method, context)
+            result = await behaviour(request, context)
+            await self._send_headers(context, info)
+            self._set_trailers(context, info)
+            return result
 
-        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                info = begin(context)
-                result = await behaviour(request, context)
-                await context.send_initial_metadata(
-                    [(REQUEST_ID, request_id), *info.initial_metadata]
-                )
-                context.set_trailing_metadata(
-                    [(REQUEST_ID, request_id), (RESPONSE_TIME, info.response_time())]
-                )
-                return result
+        return call
 
-            return call
+    def stream(self, method: str, behaviour: Stream) -> Stream:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            info = self._begin(method, context)
+            first = True
+            async for message in behaviour(request, context):
+                if first:
+                    # Headers go with the first message, never before: a call that fails
+                    # first stays trailers-only (one HTTP status through Envoy).
+                    await self._send_headers(context, info)
+                    first = False
+                yield message
+            self._set_trailers(context, info)
 
-        def stream(
-            behaviour: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                info = begin(context)
-                first = True
-                async for message in behaviour(request, context):
-                    if first:
-                        await context.send_initial_metadata(
-                            [(REQUEST_ID, request_id), *info.initial_metadata]
-                        )
-                        first = False
-                    yield message
-                context.set_trailing_metadata(
-                    [(REQUEST_ID, request_id), (RESPONSE_TIME, info.response_time())]
-                )
-
-            return call
-
-        return wrap_handler(handler, unary, stream)
+        return call

@@ -1,8 +1,12 @@
-"""Wrap a gRPC aio handler's behaviour, for unary and server-streaming methods alike.
+"""The base of every Troop server interceptor, for unary and server-streaming methods alike.
 
-Interceptor libraries mishandle async streams (RECIPES.md), so each Troop
-interceptor is written against this: it supplies one async context function
-that runs around the whole call, including every message of a stream.
+Interceptor libraries mishandle async streams (RECIPES.md), so Troop's are
+written against this: a `WrappingInterceptor` replaces a method's behaviour
+with its own `unary(method, behaviour)` coroutine or `stream(method,
+behaviour)` async generator, which run around the whole call — every
+message of a stream included. A `CheckingInterceptor` only needs
+`check(method, context)`, run before the call starts (auth, limits).
+Health and reflection pass through all of them untouched.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ from typing import Any
 
 import grpc
 
-Around = Callable[[Any, grpc.aio.ServicerContext, Callable[[], Any]], Any]
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def is_exempt(method: str) -> bool:
+    """Health and reflection pass through every interceptor untouched."""
+    return method.startswith(EXEMPT_PREFIXES)
 
 
 def wrap_handler(
     handler: grpc.RpcMethodHandler | None,
-    unary: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
-    stream: Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]],
+    unary: Callable[[Unary], Unary],
+    stream: Callable[[Stream], Stream],
 ) -> grpc.RpcMethodHandler | None:
     """The handler with its unary-unary or unary-stream behaviour replaced."""
     if handler is None:
@@ -38,13 +50,59 @@ def wrap_handler(
     return handler  # client- and bidi-streaming: Troop defines none
 
 
-def method_name(details: grpc.HandlerCallDetails) -> str:
-    return details.method or ""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Subclasses implement `unary` and `stream`; `covers` picks the methods."""
+
+    def covers(self, method: str) -> bool:
+        return not is_exempt(method)
+
+    def unary(self, method: str, behaviour: Unary) -> Unary:
+        raise NotImplementedError
+
+    def stream(self, method: str, behaviour: Stream) -> Stream:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method or ""
+        if not self.covers(method):
+            return handler
+        return wrap_handler(
+            handler,
+            lambda behaviour: self.unary(method, behaviour),
+            lambda behaviour: self.stream(method, behaviour),
+        )
 
 
-EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+class CheckingInterceptor(WrappingInterceptor):
+    """Runs `check` before the call (before any message of a stream); it raises to refuse."""
+
+    async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        raise NotImplementedError
+
+    def unary(self, method: str, behaviour: Unary) -> Unary:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self.check(method, context)
+            return await behaviour(request, context)
+
+        return call
+
+    def stream(self, method: str, behaviour: Stream) -> Stream:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self.check(method, context)
+            async for message in behaviour(request, context):
+                yield message
+
+        return call
 
 
-def is_exempt(method: str) -> bool:
-    """Health and reflection pass through every interceptor untouched."""
-    return method.startswith(EXEMPT_PREFIXES)
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The first value of an incoming metadata key, as text."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
