@@ -192,3 +192,47 @@ async def test_client_going_away_cancels_the_worker_job(start_mesh, start_sideca
 async def _settled(troop) -> bool:
     balance = await troop.balance()
     return balance.reserved_millicredits == 0
+
+
+class BreaksMidStream(FakeEngine):
+    """A real engine that fails after its third piece (as a GPU falling over would)."""
+
+    async def stream(self, request):
+        sent = 0
+        async for chunk in super().stream(request):
+            yield chunk
+            sent += 1
+            if sent == 3:
+                raise RuntimeError("the accelerator fell over")
+
+
+async def test_a_failure_after_the_stream_started_arrives_as_an_error_event(
+    start_mesh, start_sidecar
+) -> None:
+    async with start_mesh(engine=BreaksMidStream([MODEL], delay_s=0.01)) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            body = {"model": MODEL, "messages": QUESTION, "stream": True}
+            async with httpx.AsyncClient(timeout=30) as http:
+                reply = await http.post(f"{sidecar.url}/chat/completions", json=body)
+    assert reply.status_code == 200  # the headers had gone out before the failure
+    events = [e for e in reply.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))
+    assert set(error) == {"error"} and error["error"]["message"]
+    deltas = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    text = "".join(d["choices"][0]["delta"].get("content", "") for d in deltas if d["choices"])
+    assert text == "You said: the"  # what was made before the failure, then the error
+
+
+async def test_insufficient_credits_is_a_402_with_a_readable_message(
+    start_mesh, start_sidecar
+) -> None:
+    starved = {"starter_credits": 100, "reservation_credits": 300}
+    async with start_mesh(coordinator_overrides=starved) as mesh:
+        async with start_sidecar(mesh) as sidecar:
+            client = sdk(sidecar)
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=QUESTION)
+            await client.close()
+    assert caught.value.status_code == 402
+    assert "insufficient credits" in caught.value.message
