@@ -94,6 +94,8 @@ async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[str]
         "TROOP_STARTER_CREDITS": str(10**9),
         "TROOP_RESERVATION_CREDITS": "1",
         "TROOP_NODE_TTL_SECONDS": "3600",
+        # The ledger's throughput, not the per-user limits' refusals, is what is measured.
+        "TROOP_RATE_LIMITS": "",
     }
     log = (data_dir / "coordinator.log").open("wb")
     process = _spawn(full, log)

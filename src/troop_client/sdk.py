@@ -56,6 +56,7 @@ class TroopClient:
             tls=self.settings.tls,
         )
         self._reports: set[asyncio.Task[None]] = set()
+        self._workers: dict[str, grpc.aio.Channel] = {}
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> TroopClient:
@@ -71,6 +72,16 @@ class TroopClient:
     async def close(self) -> None:
         await self.drain_reports(REPORT_DRAIN_S)
         await self.coordinator.close()
+        channels, self._workers = list(self._workers.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    def _worker_channel(self, endpoint: str) -> grpc.aio.Channel:
+        """One channel per worker endpoint, kept for the next job (no handshake per job)."""
+        channel = self._workers.get(endpoint)
+        if channel is None:
+            channel = self._workers[endpoint] = self.settings.tls.channel(endpoint)
+        return channel
 
     async def drain_reports(self, timeout_s: float) -> None:
         """Wait for the usage reports still in flight (at most `timeout_s`)."""
@@ -150,41 +161,40 @@ class TroopClient:
             (REQUEST_ID, request_id),
             (NONCE_HEADER, nonce),
         ]
-        async with self.settings.tls.channel(grant.endpoint) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            call = stub.ChatCompletion(
-                request, metadata=metadata, timeout=self.settings.inference_timeout_s
-            )
-            proven = False
-            started = time.monotonic()
-            # What this client can vouch for: the characters it received bound the
-            # tokens (a token is at least one character); the worker's own count, when
-            # it sent one, is used if lower.
-            received_chars = 0
-            shown_tokens: int | None = None
-            try:
-                async for chunk in call:
-                    if not proven:
-                        # Before any token reaches the caller: is this the ticket's node?
-                        initial = dict(await call.initial_metadata() or ())
-                        verify_node_proof(
-                            grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
-                        )
-                        proven = True
-                    received_chars += len(chunk.delta)
-                    if chunk.HasField("usage"):
-                        shown_tokens = chunk.usage.completion_tokens
-                    yield ChatChunk.from_pb(chunk)
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from exc
-            finally:
-                call.cancel()
-                if proven:  # the proven node did work for this job: countersign it
-                    tokens = received_chars
-                    if shown_tokens is not None:
-                        tokens = min(tokens, shown_tokens)
-                    stream_ms = round((time.monotonic() - started) * 1000)
-                    self._report_usage(grant.job_id, tokens, stream_ms)
+        stub = inference_pb2_grpc.InferenceServiceStub(self._worker_channel(grant.endpoint))
+        call = stub.ChatCompletion(
+            request, metadata=metadata, timeout=self.settings.inference_timeout_s
+        )
+        proven = False
+        started = time.monotonic()
+        # What this client can vouch for: the characters it received bound the
+        # tokens (a token is at least one character); the worker's own count, when
+        # it sent one, is used if lower.
+        received_chars = 0
+        shown_tokens: int | None = None
+        try:
+            async for chunk in call:
+                if not proven:
+                    # Before any token reaches the caller: is this the ticket's node?
+                    initial = dict(await call.initial_metadata() or ())
+                    verify_node_proof(
+                        grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
+                    )
+                    proven = True
+                received_chars += len(chunk.delta)
+                if chunk.HasField("usage"):
+                    shown_tokens = chunk.usage.completion_tokens
+                yield ChatChunk.from_pb(chunk)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+            if proven:  # the proven node did work for this job: countersign it
+                tokens = received_chars
+                if shown_tokens is not None:
+                    tokens = min(tokens, shown_tokens)
+                stream_ms = round((time.monotonic() - started) * 1000)
+                self._report_usage(grant.job_id, tokens, stream_ms)
 
     async def join(self, invite_code: str = "") -> coordinator_pb2.JoinResponse:
         """Create this identity's account with its starter credits (once; idempotent).
