@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +170,83 @@ def torch_engine():
     engine = TorchEngine()
     engine.load_sync()
     return engine
+
+
+@pytest.fixture(scope="session")
+def ticket_key_pem() -> bytes:
+    """One RSA ticket key for the whole session: generating one per test costs ~0.1 s each."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class Mesh:
+    coordinator: str
+    worker: Any  # troop_worker.app.Worker
+    data: Path
+
+    @property
+    def owner_key(self) -> Path:
+        """The worker owner's identity: who earns what the worker does."""
+        return self.data / "worker" / "owner.key"
+
+
+StartMesh = Callable[..., AbstractAsyncContextManager[Mesh]]
+
+
+@pytest.fixture
+def start_mesh(tmp_path: Path, eventually) -> StartMesh:
+    """`async with start_mesh(engine=..., coordinator_overrides=..., **worker_settings) as m`:
+    the real coordinator and a real worker (fake engine unless one is given), registered."""
+    import dataclasses
+
+    from troop_common.coordinator_client import CoordinatorClient
+    from troop_coordinator.app import Coordinator
+    from troop_coordinator.settings import CoordinatorSettings
+    from troop_worker.app import Worker
+    from troop_worker.engine.fake import FakeEngine
+    from troop_worker.settings import WorkerSettings
+
+    @asynccontextmanager
+    async def start(
+        engine=None, coordinator_overrides: dict | None = None, **worker_overrides: object
+    ) -> AsyncIterator[Mesh]:
+        coordinator_settings = dataclasses.replace(
+            CoordinatorSettings.from_env({}),
+            port=0,
+            data_dir=tmp_path / "coordinator",
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
+            **(coordinator_overrides or {}),
+        )
+        async with Coordinator(coordinator_settings) as coordinator:
+            worker_settings = dataclasses.replace(
+                WorkerSettings.from_env({}),
+                port=0,
+                coordinator=coordinator.address,
+                data_dir=tmp_path / "worker",
+                engine="fake",
+                heartbeat_interval_s=0.5,
+                **worker_overrides,
+            )
+            engine = engine if engine is not None else FakeEngine([MODEL], delay_s=0.01)
+            async with Worker(worker_settings, engine=engine) as worker:
+                async with CoordinatorClient(coordinator.address) as client:
+
+                    async def listed() -> bool:
+                        nodes = (await client.list_nodes()).nodes
+                        return any(n.endpoint == worker.advertise for n in nodes)
+
+                    await eventually(listed, timeout_s=20)
+                yield Mesh(coordinator.address, worker, tmp_path)
+
+    return start

@@ -14,8 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
@@ -25,17 +23,6 @@ from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
 
 MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="session")
-def ticket_key_pem() -> bytes:
-    """One RSA key for the whole session: generating one per test costs ~0.1 s each."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def make_data_dir(path: Path, pem: bytes) -> Path:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
-from troop_coordinator.app import Coordinator
-from troop_coordinator.settings import CoordinatorSettings
-from troop_worker.app import Worker
-from troop_worker.settings import WorkerSettings
 
 
 @dataclass
@@ -26,43 +20,22 @@ class Network:
     data: Path
 
 
-@contextlib.asynccontextmanager
-async def start_network(tmp_path: Path, eventually, engine=None) -> AsyncIterator[Network]:
-    coordinator_settings = dataclasses.replace(
-        CoordinatorSettings.from_env({}),
-        port=0,
-        data_dir=tmp_path / "coordinator",
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
-    )
-    async with Coordinator(coordinator_settings) as coordinator:
-        worker_settings = dataclasses.replace(
-            WorkerSettings.from_env({}),
-            port=0,
-            coordinator=coordinator.address,
-            data_dir=tmp_path / "worker",
-            engine="fake",
-        )
-        async with Worker(worker_settings, engine=engine) as worker:
-            async with CoordinatorClient(coordinator.address) as client:
-
-                async def listed() -> bool:
-                    nodes = (await client.list_nodes()).nodes
-                    return any(n.endpoint == worker.address for n in nodes)
-
-                await eventually(listed, timeout_s=20)
-            owner = Identity.load_or_create(tmp_path / "worker" / "owner.key")
-            yield Network(coordinator.address, worker.address, owner, tmp_path)
+@asynccontextmanager
+async def _network(start_mesh, engine=None) -> AsyncIterator[Network]:
+    async with start_mesh(engine=engine) as mesh:
+        owner = Identity.load_or_create(mesh.owner_key)
+        yield Network(mesh.coordinator, mesh.worker.address, owner, mesh.data)
 
 
 @pytest.fixture
-async def network(tmp_path: Path, eventually) -> AsyncIterator[Network]:
+async def network(start_mesh) -> AsyncIterator[Network]:
     """Coordinator + worker with the deterministic fake engine."""
-    async with start_network(tmp_path, eventually) as running:
+    async with _network(start_mesh) as running:
         yield running
 
 
 @pytest.fixture
-async def model_network(tmp_path: Path, eventually, torch_engine) -> AsyncIterator[Network]:
+async def model_network(start_mesh, torch_engine) -> AsyncIterator[Network]:
     """Coordinator + worker with the real SmolLM2 model."""
-    async with start_network(tmp_path, eventually, torch_engine) as running:
+    async with _network(start_mesh, torch_engine) as running:
         yield running

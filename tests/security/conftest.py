@@ -17,8 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import func, select
 
 from troop_common.coordinator_client import CoordinatorClient
@@ -31,16 +29,6 @@ from troop_worker.app import Worker
 from troop_worker.settings import WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="session")
-def ticket_key_pem() -> bytes:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def coordinator_settings(
