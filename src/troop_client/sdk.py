@@ -26,6 +26,7 @@ from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
+from troop_common.resilience import CircuitBreaker
 
 log = logging.getLogger("troop.client")
 # How long close() waits for usage reports still in flight.
@@ -54,6 +55,8 @@ class TroopClient:
             identity,
             timeout_s=self.settings.request_timeout_s,
             tls=self.settings.tls,
+            # Long-running users (the OpenAI sidecar) fail fast while the coordinator is down.
+            breaker=CircuitBreaker(f"the coordinator at {coordinator}"),
         )
         self._reports: set[asyncio.Task[None]] = set()
         self._workers: dict[str, grpc.aio.Channel] = {}

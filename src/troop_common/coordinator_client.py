@@ -1,11 +1,14 @@
 """A typed async client of the coordinator, shared by the worker and the client SDK.
 
 Each call carries a fresh assertion signed by the caller's identity (user or
-node) and maps a failed call to the matching TroopError.
+node) and maps a failed call to the matching TroopError. Idempotent calls are
+retried on transport failures (troop_common.resilience); an optional circuit
+breaker makes calls fail at once while the coordinator is known to be down.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,6 +20,7 @@ from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.proto import coordinator_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
+from troop_common.resilience import CircuitBreaker, RetryPolicy, is_transient
 from troop_common.tls import TlsSettings
 
 T = TypeVar("T")
@@ -35,7 +39,11 @@ class CoordinatorClient:
         channel: grpc.aio.Channel | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         tls: TlsSettings | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker
         self.address = address
         self.identity = identity
         self._own_channel = channel is None
@@ -53,9 +61,9 @@ class CoordinatorClient:
         if self._own_channel:
             await self.channel.close()
 
-    def _metadata(self, signed: bool, request_id: str | None) -> list[tuple[str, str]]:
+    def _metadata(self, signed: bool, request_id: str) -> list[tuple[str, str]]:
         # The request id of the call being handled (or the caller's own) travels on.
-        metadata = [(REQUEST_ID, request_id or outgoing_request_id())]
+        metadata = [(REQUEST_ID, request_id)]
         if not signed:
             return metadata
         if self.identity is None:
@@ -69,12 +77,33 @@ class CoordinatorClient:
         *,
         signed: bool,
         request_id: str | None = None,
+        idempotent: bool = True,
     ) -> T:
-        metadata = self._metadata(signed, request_id)
-        try:
-            return await rpc(request, metadata=metadata, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
+        request_id = request_id or outgoing_request_id()  # the same id on every attempt
+        delays = self.retry.delays() if idempotent else iter(())
+        while True:
+            if self.breaker is not None:
+                self.breaker.before_call()
+            try:
+                # A fresh assertion per attempt: each is accepted once.
+                metadata = self._metadata(signed, request_id)
+                result = await rpc(request, metadata=metadata, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                if not is_transient(error):
+                    if self.breaker is not None:
+                        self.breaker.record_success()  # it answered: it is up
+                    raise error from exc
+                if self.breaker is not None:
+                    self.breaker.record_failure()
+                delay = next(delays, None)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                if self.breaker is not None:
+                    self.breaker.record_success()
+                return result
 
     async def get_public_key(self) -> pb.GetPublicKeyResponse:
         return await self._call(self.stub.GetPublicKey, pb.GetPublicKeyRequest(), signed=False)
@@ -83,7 +112,8 @@ class CoordinatorClient:
         return await self._call(self.stub.GetKeySet, pb.GetKeySetRequest(), signed=False)
 
     async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
-        return await self._call(self.stub.Heartbeat, request, signed=True)
+        # Not retried: the next beat is the retry.
+        return await self._call(self.stub.Heartbeat, request, signed=True, idempotent=False)
 
     async def list_nodes(self, model: str = "") -> pb.ListNodesResponse:
         return await self._call(self.stub.ListNodes, pb.ListNodesRequest(model=model), signed=False)
@@ -112,6 +142,7 @@ class CoordinatorClient:
             pb.AuthorizeRequest(model=model),
             signed=True,
             request_id=request_id,
+            idempotent=False,  # it reserves credits: never sent twice
         )
 
     async def submit_receipt(self, request: pb.SubmitReceiptRequest) -> pb.SubmitReceiptResponse:
@@ -137,7 +168,8 @@ class CoordinatorClient:
         )
 
     async def verify_proof(self, request: pb.VerifyProofRequest) -> pb.VerifyProofResponse:
-        return await self._call(self.stub.VerifyProof, request, signed=True)
+        # A challenge is answered once: a retry could only be refused.
+        return await self._call(self.stub.VerifyProof, request, signed=True, idempotent=False)
 
     def _own_key(self) -> str:
         if self.identity is None:

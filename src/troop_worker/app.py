@@ -24,6 +24,7 @@ from troop_common.errors import TroopError, Unavailable
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
 from troop_common.ratelimit import MemoryRateLimiter
+from troop_common.resilience import NO_RETRY
 from troop_common.server import TroopServer
 from troop_worker.auth import TicketInterceptor
 from troop_worker.engine import Engine, make_engine
@@ -94,8 +95,10 @@ class Worker:
     async def start(self) -> None:
         settings = self.settings
         self.identity = identity = load_node_identity(settings)
+        # No retries inside the client: heartbeats, the key fetch and receipts each
+        # have their own loop, and retries inside them would multiply.
         self._client = client = CoordinatorClient(
-            settings.coordinator, identity.key, tls=settings.tls
+            settings.coordinator, identity.key, tls=settings.tls, retry=NO_RETRY
         )
         try:
             await self.engine.load()

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from tests.conftest import require  # noqa: F401 - re-exported for the worker tests
 from troop_common.keys import Identity
 from troop_common.proto import inference_pb2, inference_pb2_grpc
 from troop_common.tickets import TicketSigner
 from troop_worker import Worker, WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
-
-
-def _shared_conftest():
-    # tests/conftest.py, loaded by path: the name "conftest" is ambiguous on sys.path.
-    path = Path(__file__).parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("troop_tests_shared_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-require = _shared_conftest().require
 
 
 def make_issuer(signer: TicketSigner, worker: Worker) -> Callable[..., str]:
