@@ -156,7 +156,7 @@ async def run_up(args: argparse.Namespace) -> int:
             "ready: press Ctrl-C to stop",
             flush=True,
         )
-        waiters = [asyncio.create_task(p.wait()) for p in procs]
+        waiters: list[asyncio.Task[object]] = [asyncio.create_task(p.wait()) for p in procs]
         waiters.append(asyncio.create_task(sidecar.wait()))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)

@@ -19,6 +19,8 @@ def default_config_dir(env: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True)
 class ClientSettings:
+    """Where the coordinator is, where the user's identity lives, timeouts and TLS."""
+
     coordinator: str = "127.0.0.1:50051"
     config_dir: Path = field(default_factory=lambda: Path.home() / ".config" / "troop")
     model: str = DEFAULT_MODEL

@@ -30,6 +30,7 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from troop_client.openai.errors import ERROR_BODY_HEADER, HTTP_STATUS_HEADER
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
@@ -171,7 +172,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Side
         client = dataclasses.replace(client, coordinator=args.coordinator)
     if getattr(args, "model", None):
         client = dataclasses.replace(client, model=args.model)
-    changes: dict[str, object] = {"client": client}
+    changes: dict[str, Any] = {"client": client}
     if getattr(args, "host", None):
         changes["http_host"] = args.host
     if getattr(args, "port", None) is not None:

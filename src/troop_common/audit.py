@@ -28,7 +28,7 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
 
-SecuritySink = Callable[[dict[str, Any]], Awaitable[None]]
+SecuritySink = Callable[[dict[str, Any]], Awaitable[object]]
 
 
 def scrub(text: str) -> str:
@@ -109,15 +109,15 @@ class AuditLog:
             if self._listener is not None:
                 self._logger.info(line)
             if security and self._security_sink is not None:
-                task = asyncio.get_running_loop().create_task(self._sink(line))
+                task = asyncio.get_running_loop().create_task(self._sink(self._security_sink, line))
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
         except Exception:  # auditing must never fail a request
             log.exception("could not write an audit event")
 
-    async def _sink(self, event: dict[str, Any]) -> None:
+    async def _sink(self, sink: SecuritySink, event: dict[str, Any]) -> None:
         try:
-            await self._security_sink(event)  # type: ignore[misc]
+            await sink(event)
         except Exception:  # the file line is already written
             log.exception("could not store a security event")
 

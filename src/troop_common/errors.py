@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -221,12 +222,12 @@ def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> TroopError:
 
 def _rich_status(exc: grpc.RpcError) -> status_pb2.Status | None:
     try:
-        return rpc_status.from_call(exc)  # type: ignore[arg-type]
+        return rpc_status.from_call(exc)
     except (ValueError, AttributeError, TypeError):
         return None
 
 
-def _unpack(status: status_pb2.Status | None, kind: type) -> list:
+def _unpack(status: status_pb2.Status | None, kind: type[Message]) -> list:
     if status is None:
         return []
     found = []

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.errors import NotFound, PermissionDenied
+from troop_coordinator.db.engine import dialect_name
 from troop_coordinator.db.models import Node
 from troop_coordinator.registry import LiveNode
 
-nodes = Node.__table__
+# Declarative types `__table__` as FromClause; this is a Table.
+nodes = cast(Table, Node.__table__)
 
 
 class NodeDirectory:
@@ -44,7 +47,7 @@ class NodeDirectory:
             "last_seen": now,
         }
         async with self._sessions.begin() as session:
-            dialect = session.bind.dialect.name
+            dialect = dialect_name(session)
             insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(nodes)
             await session.execute(
                 insert.values(

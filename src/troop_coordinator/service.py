@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 import grpc
 
@@ -38,7 +39,7 @@ from troop_coordinator.ticket_keys import TicketKeyRing
 from troop_coordinator.usage import UsageBook
 from troop_coordinator.validation import Violations
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, update
+from sqlalchemy import CursorResult, Table, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.errors import NotFound, PermissionDenied
+from troop_coordinator.db.engine import dialect_name
 from troop_coordinator.db.models import Dispute, Job, Node
 
-jobs = Job.__table__
-nodes = Node.__table__
-disputes = Dispute.__table__
+# Declarative types `__table__` as FromClause; these are Tables.
+jobs = cast(Table, Job.__table__)
+nodes = cast(Table, Node.__table__)
+disputes = cast(Table, Dispute.__table__)
 
 DISPUTE_FACTOR = 0.8
 AGREE_STEP = 0.02
@@ -126,13 +128,13 @@ class UsageBook:
                 update(nodes)
                 .where(nodes.c.node_id == row.node_id)
                 .values(reputation=func.min(1.0, nodes.c.reputation + AGREE_STEP))
-                if session.bind.dialect.name == "sqlite"
+                if dialect_name(session) == "sqlite"
                 else update(nodes)
                 .where(nodes.c.node_id == row.node_id)
                 .values(reputation=func.least(1.0, nodes.c.reputation + AGREE_STEP))
             )
             return Verdict(compared=True, disputed=False)
-        insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+        insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
         created = await session.execute(
             insert(disputes)
             .values(
@@ -147,7 +149,7 @@ class UsageBook:
             )
             .on_conflict_do_nothing(index_elements=["job_id"])
         )
-        if created.rowcount == 1:
+        if cast(CursorResult[Any], created).rowcount == 1:
             await session.execute(
                 update(nodes)
                 .where(nodes.c.node_id == row.node_id)

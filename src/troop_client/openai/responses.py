@@ -76,6 +76,7 @@ class ResponseShape:
         return self.text_chunk(echo) if echo else b""
 
     def text_chunk(self, text: str) -> bytes:
+        choice: dict[str, object]
         if self.chat:
             choice = {"delta": {"content": text}, "logprobs": None, "finish_reason": None}
         else:
@@ -83,6 +84,7 @@ class ResponseShape:
         return sse(self._chunk(choice))
 
     def finish_chunk(self, finish_reason: str) -> bytes:
+        choice: dict[str, object]
         if self.chat:
             choice = {"delta": {}, "logprobs": None, "finish_reason": finish_reason}
         else:

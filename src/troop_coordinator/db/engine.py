@@ -50,5 +50,12 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def dialect_name(session: AsyncSession) -> str:
+    """The name of the dialect ("sqlite", "postgresql") `session` is bound to."""
+    if session.bind is None:
+        raise RuntimeError("the session is not bound to an engine")
+    return session.bind.dialect.name
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -8,12 +8,13 @@ read-then-write anywhere. The caller (`Ledger`) owns the transactions.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import CursorResult, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from troop_coordinator.db.engine import dialect_name
 from troop_coordinator.db.models import (
     EntryKind,
     Invite,
@@ -24,11 +25,12 @@ from troop_coordinator.db.models import (
     User,
 )
 
-users = User.__table__
-jobs = Job.__table__
-entries = LedgerEntry.__table__
-nodes = Node.__table__
-invites = Invite.__table__
+# Declarative types `__table__` as FromClause; these are Tables.
+users = cast(Table, User.__table__)
+jobs = cast(Table, Job.__table__)
+entries = cast(Table, LedgerEntry.__table__)
+nodes = cast(Table, Node.__table__)
+invites = cast(Table, Invite.__table__)
 
 
 class LedgerRepository:
@@ -36,7 +38,7 @@ class LedgerRepository:
         self.session = session
 
     def _insert(self, table: Any) -> Any:
-        dialect = self.session.bind.dialect.name
+        dialect = dialect_name(self.session)
         return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
     async def starter_granted(self, public_key: str) -> bool:
@@ -73,7 +75,7 @@ class LedgerRepository:
             .where(invites.c.code_hash == code_hash, invites.c.used_at.is_(None))
             .values(used_at=now, used_by=public_key)
         )
-        return (await self.session.execute(statement)).rowcount == 1
+        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
 
     async def debit_if_covered(self, public_key: str, amount: int) -> int | None:
         """Take `amount` if the balance covers it; the new balance, or None (nothing taken)."""
@@ -128,7 +130,7 @@ class LedgerRepository:
             .where(jobs.c.job_id == job_id, jobs.c.status == JobStatus.OPEN.value)
             .values(status=status.value, charged_millicredits=charged, settled_at=now)
         )
-        return (await self.session.execute(statement)).rowcount == 1
+        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
 
     async def node_terms(self, node_id: str) -> tuple[str, float] | None:
         """(owner public key, multiplier) of a node, or None."""

@@ -23,6 +23,7 @@ import binascii
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -35,6 +36,7 @@ from troop_common.errors import (
     NotFound,
     PermissionDenied,
 )
+from troop_coordinator.db.engine import dialect_name
 from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.ledger.repository import LedgerRepository, entries, jobs, users
 from troop_coordinator.ledger.types import (
@@ -258,9 +260,7 @@ class Ledger:
             candidates = await LedgerRepository(session).stale_job_ids(now, SWEEP_BATCH)
         expired = []
         for job_id in candidates:
-            settlement = await self._in_transaction(
-                lambda repo, j=job_id: self._expire(repo, j, now)
-            )
+            settlement = await self._in_transaction(partial(self._expire, job_id=job_id, now=now))
             if settlement is not None:
                 expired.append(settlement)
         return expired
@@ -314,7 +314,7 @@ class Ledger:
     async def audit(self) -> AuditReport:
         """Check conservation and every cached balance against its entries, in one snapshot."""
         async with self._sessions() as session:
-            if session.bind.dialect.name == "postgresql":
+            if dialect_name(session) == "postgresql":
                 await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             repo = LedgerRepository(session)
             minted = await repo.sum_of(

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,6 +31,10 @@ from transformers.utils import logging as hf_logging
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_worker.engine.stops import StopScanner
 from troop_worker.engine.types import FinishReason, GenerationChunk, GenerationRequest, Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase
 
 log = logging.getLogger("troop.worker.engine")
 
@@ -70,8 +75,8 @@ class TorchEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="troop-engine")
         self._waiting = 0
         self._waiting_lock = threading.Lock()
-        self._model: torch.nn.Module | None = None
-        self._tokenizer = None
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
 
     @property
     def hf_model(self) -> torch.nn.Module | None:
@@ -101,7 +106,9 @@ class TorchEngine:
         options = {"gguf_file": path.name, "local_files_only": True}
         self._tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=self.dtype, **options)
-        self._model = model.to(self.device).eval()
+        # transformers wraps `to` with functools.wraps, which typeshed types as a plain
+        # callable taking the model as its first argument.
+        self._model = model.to(self.device).eval()  # type: ignore[arg-type]
         config = self._model.config
         self._context = int(getattr(config, "max_position_embeddings", 2048))
         eos = self._model.generation_config.eos_token_id
@@ -161,10 +168,11 @@ class TorchEngine:
         model, tokenizer = self._model, self._tokenizer
         assert model is not None and tokenizer is not None
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        encoded = tokenizer.apply_chat_template(
+        # tokenize=True with return_dict=True gives a BatchEncoding (the stub returns a union).
+        encoded = cast("BatchEncoding", tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True,
             return_tensors="pt",
-        )  # fmt: skip
+        ))  # fmt: skip
         inputs = encoded["input_ids"].to(self.device)
         prompt_tokens = int(inputs.shape[1])
         if prompt_tokens >= self._context:
@@ -202,10 +210,12 @@ class TorchEngine:
         emit(GenerationChunk(rest, finish, prompt_tokens, len(generated)))
 
 
-def _decode(tokenizer: object, ids: list[int]) -> str:
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     # The whole generation each time: byte-level BPE pieces only make sense in
     # context (spaces, multi-byte characters); StopScanner emits the new suffix.
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
+    # One flat list of ids decodes to one str (the stub also allows a batch's list[str]).
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return cast(str, text)
 
 
 def _pick(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
