@@ -15,6 +15,8 @@ _FINISH = {
 
 @dataclass(frozen=True)
 class Message:
+    """One chat message: role ("system", "user" or "assistant") and its text."""
+
     role: str
     content: str
 
@@ -24,6 +26,8 @@ class Message:
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of a job, as the worker's tokenizer counted them."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -52,6 +56,8 @@ class ChatChunk:
 
 @dataclass(frozen=True)
 class ChatOptions:
+    """Sampling options; None leaves the worker's default (temperature 0 is greedy)."""
+
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None

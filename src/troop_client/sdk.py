@@ -35,6 +35,8 @@ REPORT_DRAIN_S = 5.0
 
 @dataclass(frozen=True)
 class Balance:
+    """A user's spendable credits and the credits held by open reservations."""
+
     public_key: str
     balance_millicredits: int
     reserved_millicredits: int
@@ -45,6 +47,13 @@ class Balance:
 
 
 class TroopClient:
+    """A user of the network: authorizes jobs with the coordinator, streams from workers.
+
+    Built from an identity (`Identity.load_or_create(path)`) or from settings
+    (`TroopClient.from_settings(ClientSettings.from_env(os.environ))`); use it
+    as `async with`. Failures raise `troop_common.errors.TroopError` subclasses.
+    """
+
     def __init__(
         self, coordinator: str, identity: Identity, settings: ClientSettings | None = None
     ) -> None:
