@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from troop_client.openai.errors import ERROR_BODY_HEADER, HTTP_STATUS_HEADER
+from troop_client.openai.errors import ENVOY_LOCAL_REPLY, ERROR_BODY_HEADER, HTTP_STATUS_HEADER
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
-from troop_common.envoy import EnvoyConfig, EnvoySidecar
+from troop_common.envoy import EnvoyConfig, EnvoySidecar, LocalReplyFormat
 from troop_common.keys import Identity
 from troop_common.proto import COORDINATOR_SERVICE, OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
@@ -97,6 +97,7 @@ class ClientSidecar:
                 listen_port=settings.http_port,
                 error_body_header=ERROR_BODY_HEADER,
                 error_status_header=HTTP_STATUS_HEADER,
+                local_reply=ENVOY_LOCAL_REPLY,
                 stat_prefix="troop_client",
             )
         )
@@ -137,6 +138,16 @@ class ClientSidecar:
         await self.stop()
 
 
+# Envoy's own replies as the transcoder writes a gRPC status: {"code": <gRPC code>, "message"}.
+# 400: the body is not JSON or not the request's shape (INVALID_ARGUMENT); 404: no RPC maps
+# to the path (NOT_FOUND); 5xx: the coordinator cannot be reached (UNAVAILABLE).
+_COORDINATOR_LOCAL_REPLY = LocalReplyFormat(
+    default={"code": 3, "message": "%LOCAL_REPLY_BODY%"},
+    by_status={404: {"code": 5, "message": "%LOCAL_REPLY_BODY%"}},
+    server_error={"code": 14, "message": "%LOCAL_REPLY_BODY%"},
+)
+
+
 @contextlib.asynccontextmanager
 async def coordinator_http_face(
     coordinator: str, *, host: str = "127.0.0.1", port: int = 0
@@ -147,6 +158,7 @@ async def coordinator_http_face(
         services=[COORDINATOR_SERVICE],
         listen_host=host,
         listen_port=port,
+        local_reply=_COORDINATOR_LOCAL_REPLY,
         stat_prefix="troop_coordinator",
     )
     async with EnvoySidecar(config) as envoy:

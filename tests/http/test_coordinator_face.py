@@ -46,6 +46,18 @@ async def test_coordinator_rest_face(mesh, tmp_path) -> None:
             assert "code" in receipt.json()
 
 
+async def test_envoys_own_errors_are_json_statuses(mesh) -> None:
+    async with coordinator_http_face(mesh.coordinator) as envoy:
+        async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+            garbage = await http.post("/v1/nodes/heartbeat", content=b"{not json")
+            unknown = await http.get("/v1/no-such-resource")
+    assert garbage.status_code == 400
+    assert garbage.json()["code"] == 3  # INVALID_ARGUMENT
+    assert garbage.json()["message"]
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == 5  # NOT_FOUND
+
+
 async def test_discovery_over_http_is_limited_with_429_and_retry_after(
     start_mesh,
 ) -> None:

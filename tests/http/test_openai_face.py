@@ -95,6 +95,25 @@ async def test_bad_input_is_a_400_with_an_openai_error(sidecar) -> None:
     await client.close()
 
 
+async def test_a_body_envoy_cannot_parse_is_a_400_in_openai_shape(sidecar) -> None:
+    # The transcoder refuses these before our servicer runs; Envoy's own reply still
+    # reads as an OpenAI error, not text/plain.
+    client = sdk(sidecar)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=MODEL, messages="hello")  # not a list
+    assert caught.value.body["type"] == "invalid_request_error"
+    assert "messages" in caught.value.message
+    await client.close()
+    async with httpx.AsyncClient(base_url=sidecar.url, timeout=10) as http:
+        garbage = await http.post("/chat/completions", content=b"{not json")
+        unknown = await http.get("/no-such-endpoint")
+    assert garbage.status_code == 400
+    assert garbage.headers["content-type"] == "application/json"
+    assert garbage.json()["error"]["type"] == "invalid_request_error"
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_url"
+
+
 async def test_unknown_model_is_a_503_before_the_stream(sidecar) -> None:
     client = sdk(sidecar)
     with pytest.raises(openai.InternalServerError) as caught:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from troop_common.envoy import LocalReplyFormat
 from troop_common.errors import (
     AuthError,
     FailedPrecondition,
@@ -93,6 +94,19 @@ def openai_error(error: BaseException) -> OpenAIError:
     return OpenAIError(500, "internal error", "server_error", "internal_error")
 
 
+def _envoy_reply(status: int, kind: str, code: str) -> dict[str, object]:
+    return OpenAIError(status, "%LOCAL_REPLY_BODY%", kind, code).to_dict()
+
+
+# What Envoy answers by itself (a body that is not JSON or not the request's shape, a
+# path no route serves, this sidecar's gRPC server gone) in the same shape as the rest.
+ENVOY_LOCAL_REPLY = LocalReplyFormat(
+    default=_envoy_reply(400, "invalid_request_error", "invalid_request"),
+    by_status={404: _envoy_reply(404, "invalid_request_error", "unknown_url")},
+    server_error=_envoy_reply(503, "service_unavailable", "unavailable"),
+)
+
+
 class OpenAIErrorResponse(TroopError):
     """A TroopError that also carries its OpenAI face in trailers, for the sidecar's Envoy."""
 
@@ -114,6 +128,7 @@ class OpenAIErrorResponse(TroopError):
 
 
 __all__ = [
+    "ENVOY_LOCAL_REPLY",
     "ERROR_BODY_HEADER",
     "HTTP_STATUS_HEADER",
     "OpenAIError",

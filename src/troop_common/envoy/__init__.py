@@ -8,7 +8,12 @@
 `config` the bootstrap (typed, via envoy-data-plane), `process` runs Envoy.
 """
 
-from troop_common.envoy.config import EnvoyConfig, bootstrap_json, build_bootstrap
+from troop_common.envoy.config import (
+    EnvoyConfig,
+    LocalReplyFormat,
+    bootstrap_json,
+    build_bootstrap,
+)
 from troop_common.envoy.descriptors import descriptor_set, descriptor_set_for_services
 from troop_common.envoy.process import EnvoyError, EnvoySidecar, find_envoy
 
@@ -16,6 +21,7 @@ __all__ = [
     "EnvoyConfig",
     "EnvoyError",
     "EnvoySidecar",
+    "LocalReplyFormat",
     "bootstrap_json",
     "build_bootstrap",
     "descriptor_set",

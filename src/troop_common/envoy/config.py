@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +20,12 @@ from pathlib import Path
 # (their code, not ours); tests run with warnings as errors.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
+    from envoy_data_plane.envoy.config.accesslog.v3 import (
+        AccessLogFilter,
+        ComparisonFilter,
+        ComparisonFilterOp,
+        StatusCodeFilter,
+    )
     from envoy_data_plane.envoy.config.bootstrap.v3 import (
         Admin,
         Bootstrap,
@@ -31,8 +37,10 @@ with warnings.catch_warnings():
         DataSource,
         Http2ProtocolOptions,
         Pipe,
+        RuntimeUInt32,
         SocketAddress,
         SocketAddressProtocol,
+        SubstitutionFormatString,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
@@ -58,12 +66,14 @@ with warnings.catch_warnings():
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
         HttpFilter,
+        LocalReplyConfig,
+        ResponseMapper,
     )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
-    from envoy_data_plane.google.protobuf import Any
+    from envoy_data_plane.google.protobuf import Any, Struct
 
 from troop_common.envoy.descriptors import descriptor_set_for_services
 
@@ -100,12 +110,30 @@ end
 
 
 @dataclass(frozen=True)
+class LocalReplyFormat:
+    """The JSON body of a reply Envoy makes itself, not the gRPC server: a request body
+    that is not JSON or does not fit the message, a path no RPC maps to, the upstream
+    down. Without it Envoy answers such requests in text/plain, a shape no client of the
+    face parses.
+
+    `default` applies to every local reply, and `server_error` (when given) to 5xx ones;
+    `%LOCAL_REPLY_BODY%` in a string value is Envoy's message, `%RESPONSE_CODE%` the status.
+    `by_status` overrides either for one exact HTTP status.
+    """
+
+    default: Mapping[str, object]
+    server_error: Mapping[str, object] | None = None
+    by_status: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EnvoyConfig:
     """What one sidecar serves: `listen_host:listen_port` → the gRPC server at `upstream`.
 
     `listen_port=0` lets Envoy pick a free port (`EnvoySidecar.port` reports it).
     `error_body_header`: a trailer whose value (JSON) replaces an error response's body;
     `error_status_header`: a trailer whose value replaces that response's HTTP status.
+    `local_reply`: the JSON shape of Envoy's own error replies (text/plain without it).
     """
 
     upstream: str
@@ -116,6 +144,7 @@ class EnvoyConfig:
     convert_grpc_status: bool = True
     error_body_header: str | None = None
     error_status_header: str = "x-troop-http-status"
+    local_reply: LocalReplyFormat | None = None
     stat_prefix: str = "troop"
     drain_timeout_s: float = 1.0
     extra_args: Sequence[str] = field(default_factory=tuple)
@@ -171,6 +200,37 @@ def _http_filters(config: EnvoyConfig) -> list[HttpFilter]:
     return filters
 
 
+def _json_body(template: Mapping[str, object]) -> SubstitutionFormatString:
+    return SubstitutionFormatString(
+        json_format=Struct.from_dict(dict(template)), content_type="application/json"
+    )
+
+
+def _status(op: ComparisonFilterOp, status: int) -> AccessLogFilter:
+    value = RuntimeUInt32(default_value=status, runtime_key="troop.local_reply.unused")
+    return AccessLogFilter(
+        status_code_filter=StatusCodeFilter(ComparisonFilter(op=op, value=value))
+    )
+
+
+def _local_reply_config(reply: LocalReplyFormat) -> LocalReplyConfig:
+    # Mappers are tried in order; the first whose filter matches picks the body.
+    mappers = [
+        ResponseMapper(
+            filter=_status(ComparisonFilterOp.EQ, status), body_format_override=_json_body(body)
+        )
+        for status, body in reply.by_status.items()
+    ]
+    if reply.server_error is not None:
+        mappers.append(
+            ResponseMapper(
+                filter=_status(ComparisonFilterOp.GE, 500),
+                body_format_override=_json_body(reply.server_error),
+            )
+        )
+    return LocalReplyConfig(mappers=mappers, body_format=_json_body(reply.default))
+
+
 def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
     """The whole Envoy bootstrap for `config`, admin on the Unix socket `admin_socket`."""
     cluster_name = "grpc_upstream"
@@ -194,6 +254,9 @@ def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
         ),
         http_filters=_http_filters(config),
         drain_timeout=timedelta(seconds=config.drain_timeout_s),
+        local_reply_config=(
+            _local_reply_config(config.local_reply) if config.local_reply else None
+        ),
     )
     listener = Listener(
         name="http",
@@ -245,4 +308,4 @@ def bootstrap_json(config: EnvoyConfig, admin_socket: Path) -> str:
     return json.dumps(build_bootstrap(config, admin_socket).to_dict(), indent=1)
 
 
-__all__ = ["EnvoyConfig", "bootstrap_json", "build_bootstrap"]
+__all__ = ["EnvoyConfig", "LocalReplyFormat", "bootstrap_json", "build_bootstrap"]
