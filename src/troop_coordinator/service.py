@@ -219,8 +219,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         check.node_id("receipt.node_id", receipt.node_id)
         if receipt.outcome not in (pb.JOB_OUTCOME_COMPLETED, pb.JOB_OUTCOME_FAILED):
             check.add("receipt.outcome", "COMPLETED or FAILED")
-        if len(receipt.job_id) > 64:
-            check.add("receipt.job_id", "at most 64 characters")
+        check.job_id("receipt.job_id", receipt.job_id)
         check.raise_if_any()
         job_node = await self.ledger.job_node(receipt.job_id)
         if job_node is None:
@@ -246,8 +245,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     async def ReportUsage(self, request: pb.ReportUsageRequest, context: Context) -> object:
         check = Violations()
-        if not request.job_id or len(request.job_id) > 64:
-            check.add("job_id", "required, at most 64 characters")
+        check.job_id("job_id", request.job_id)
         check.raise_if_any()
         verdict = await self.usage.record_client_claim(
             request.job_id,

@@ -12,6 +12,9 @@ from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.keys import is_public_key_hex
 
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The coordinator issues 32 hex digits; the check keeps bytes a database cannot store
+# (NUL, invalid UTF-8 surrogates) out of every query.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 MAX_MODELS = 64
@@ -31,6 +34,10 @@ class Violations:
     def node_id(self, field: str, value: str) -> None:
         if not NODE_ID.fullmatch(value):
             self.add(field, "1-64 characters of A-Z a-z 0-9 . _ -")
+
+    def job_id(self, field: str, value: str) -> None:
+        if not JOB_ID.fullmatch(value):
+            self.add(field, "a job id from Authorize: 1-64 characters of A-Z a-z 0-9 _ -")
 
     def model(self, field: str, value: str) -> None:
         if not MODEL_ID.fullmatch(value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import httpx2 as httpx  # the HTTP client the openai SDK itself ships with
 import openai
@@ -112,6 +113,34 @@ async def test_a_body_envoy_cannot_parse_is_a_400_in_openai_shape(sidecar) -> No
     assert garbage.json()["error"]["type"] == "invalid_request_error"
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "unknown_url"
+
+
+# Values of every JSON type, for fields that expect one of them.
+ODD_VALUES = [None, True, 0, -1, 2**63, 1.5, 1e308, "", "x", "\u0000", [], [1, "a"], {},
+              {"role": 7}, [{"type": "image_url"}],
+              [{"role": "user", "content": {"a": 1}}]]  # fmt: skip
+CHAT_FIELDS = ["model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+               "stop", "seed", "stream", "stream_options", "n", "user"]  # fmt: skip
+
+
+async def test_json_of_the_wrong_shape_is_always_an_openai_4xx(sidecar) -> None:
+    # Each body: a valid request with one to three fields replaced by a value of another
+    # type or range. Whoever refuses it (Envoy's parser or the servicer), the answer is
+    # an OpenAI error a client can show, never a 500 or an empty body.
+    rng = random.Random(20261127)
+    unclear = []
+    async with httpx.AsyncClient(base_url=sidecar.url, timeout=30) as http:
+        for _ in range(60):
+            body: dict[str, object] = {"model": MODEL, "messages": QUESTION, "max_tokens": 4}
+            for name in rng.sample(CHAT_FIELDS, rng.randint(1, 3)):
+                body[name] = rng.choice(ODD_VALUES)
+            reply = await http.post("/chat/completions", json=body)
+            if reply.status_code == 200:
+                continue  # a body that happens to be valid (e.g. "user": "x")
+            error = reply.json().get("error", {})
+            if not (400 <= reply.status_code < 500 and error.get("message")):
+                unclear.append(f"{reply.status_code} {reply.text[:120]} for {body!s:.200}")
+    assert unclear == []
 
 
 async def test_unknown_model_is_a_503_before_the_stream(sidecar) -> None:

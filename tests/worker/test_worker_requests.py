@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import grpc
 import pytest
-from worker_testing import bearer, chat, collect, make_issuer
+from worker_testing import MODEL, bearer, chat, collect, make_issuer
 
+from tests.malformed import malformed
 from troop_common.errors import InvalidArgument, RateLimited, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
@@ -48,6 +51,25 @@ async def test_all_violations_reported_at_once(inference, issue) -> None:
         await collect(inference, request, issue())
     error = from_rpc_error(caught.value)
     assert {v.field for v in error.violations} == {"temperature", "top_p", "max_tokens"}
+
+
+async def test_random_malformed_requests_never_get_internal(inference, issue) -> None:
+    # Half keep the ticket's model so the fields behind it are reached too.
+    rng = random.Random(20261127)
+    unclear = []
+    for i in range(60):
+        request = malformed(inference_pb2.ChatCompletionRequest, rng)
+        if i % 2:
+            request.model = MODEL
+        try:
+            chunks = await collect(inference, request, issue())
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                unclear.append(f"{error.code().name}: {request!s:.200}")
+        else:
+            assert chunks[-1].finish_reason != 0, "a stream that ended without a finish"
+    assert unclear == []
+    assert await collect(inference, chat("still serving"), issue())
 
 
 async def test_defaults_apply_when_fields_are_unset(inference, issue) -> None:
