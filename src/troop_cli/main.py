@@ -18,7 +18,7 @@ from troop_cli import format as fmt
 from troop_client.chat import ChatOptions, Message
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
-from troop_common.errors import TroopError
+from troop_common.errors import TroopError, Unreachable
 from troop_common.keys import Identity
 
 DEFAULT_QUESTION_MODEL = "smollm2-135m-instruct"
@@ -335,6 +335,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = asyncio.run(args.handler(args))
+    except Unreachable as exc:
+        print(f"troop: {exc.message}", file=sys.stderr)
+        if exc.target.startswith("the coordinator"):
+            print(
+                "  is it running? `troop up` starts one on this machine; "
+                "--coordinator HOST:PORT or TROOP_COORDINATOR points elsewhere",
+                file=sys.stderr,
+            )
+        code = 1
     except TroopError as exc:
         print(f"troop: {exc.message}", file=sys.stderr)
         code = 1

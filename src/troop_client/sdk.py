@@ -198,7 +198,7 @@ class TroopClient:
                     shown_tokens = chunk.usage.completion_tokens
                 yield ChatChunk.from_pb(chunk)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise from_rpc_error(exc, f"node {grant.node_id} at {grant.endpoint}") from exc
         finally:
             call.cancel()
             if proven:  # the proven node did work for this job: countersign it

@@ -89,7 +89,7 @@ class CoordinatorClient:
                 metadata = self._metadata(signed, request_id)
                 result = await rpc(request, metadata=metadata, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
+                error = from_rpc_error(exc, f"the coordinator at {self.address}")
                 if not is_transient(error):
                     if self.breaker is not None:
                         self.breaker.record_success()  # it answered: it is up

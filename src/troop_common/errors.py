@@ -12,8 +12,9 @@
     ├── InsufficientCredits         (FAILED_PRECONDITION, with a PreconditionFailure)
     ├── FailedPrecondition          (FAILED_PRECONDITION)
     ├── RateLimited                 (RESOURCE_EXHAUSTED, with RetryInfo)
-    ├── NodeUnavailable             (UNAVAILABLE) no live node serves the model
     └── Unavailable                 (UNAVAILABLE) a peer or backend cannot be reached
+        ├── NodeUnavailable         no live node serves the model
+        └── Unreachable             client side: no server answered (refused, unresolvable)
 
 Servers map these to a status in one interceptor (`troop_common.interceptors`);
 clients map a failed call back with `from_rpc_error`.
@@ -158,6 +159,35 @@ class NodeUnavailable(Unavailable):
     pass
 
 
+class Unreachable(Unavailable):
+    """No server answered: the connection was refused, the host did not resolve, the TLS
+    handshake failed. `target` says what was dialled ("the coordinator at host:port")."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cannot reach {target} ({reason})")
+        self.target = target
+        self.reason = reason
+
+
+# What gRPC's own transport (not a server) puts in the details of a call that never
+# reached a server, and the reason as a person would say it.
+_TRANSPORT_FAILURES = (
+    ("Connection refused", "connection refused"),
+    ("DNS resolution failed", "the host name does not resolve"),
+    ("errors resolving", "the host name does not resolve"),
+    ("andshake failed", "the TLS handshake failed"),
+    ("failed to connect to all addresses", "no address accepted a connection"),
+    ("Socket closed", "the connection closed"),
+)
+
+
+def _unreachable_reason(details: str) -> str | None:
+    for marker, reason in _TRANSPORT_FAILURES:
+        if marker in details:
+            return reason
+    return None
+
+
 @dataclass(frozen=True)
 class Status:
     """What a server aborts with: code, message and trailing metadata (rich details inside)."""
@@ -187,10 +217,18 @@ _BY_CODE: dict[grpc.StatusCode, type[TroopError]] = {
 }
 
 
-def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> TroopError:
-    """The domain error a failed call stands for (clients raise it `from exc`)."""
+def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError, target: str = "") -> TroopError:
+    """The domain error a failed call stands for (clients raise it `from exc`).
+
+    `target` names what was called ("the coordinator at host:port"): a call that never
+    reached a server becomes `Unreachable` with that name in its message.
+    """
     code = exc.code()
     message = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        reason = _unreachable_reason(message)
+        if reason is not None:
+            return Unreachable(target or "the server", reason)
     status = _rich_status(exc)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         violations = [
@@ -256,6 +294,7 @@ __all__ = [
     "TicketReused",
     "TroopError",
     "Unavailable",
+    "Unreachable",
     "from_rpc_error",
     "to_status",
 ]

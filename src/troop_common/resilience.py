@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from troop_common.errors import TroopError, Unavailable
+from troop_common.errors import NodeUnavailable, TroopError, Unavailable
 
 
 def is_transient(error: TroopError) -> bool:
     """A failure of the transport, not a decision: worth another try later."""
-    return type(error) is Unavailable
+    # NodeUnavailable is the coordinator's answer (no node serves the model), not a fault.
+    return isinstance(error, Unavailable) and not isinstance(error, NodeUnavailable)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
 
 
 def troop(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -109,7 +105,11 @@ def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Pat
 
 def test_a_client_command_without_a_coordinator_says_so(tmp_path: Path) -> None:
     env = {**os.environ, "TROOP_CONFIG_DIR": str(tmp_path / "user")}
-    result = troop("balance", "--coordinator", f"127.0.0.1:{free_port()}", env=env)
+    address = f"127.0.0.1:{free_port()}"
+    result = troop("balance", "--coordinator", address, env=env)
     assert result.returncode == 1
-    assert result.stderr.startswith("troop: ")
+    assert result.stderr.startswith(
+        f"troop: cannot reach the coordinator at {address} (connection refused)"
+    )
+    assert "troop up" in result.stderr  # and how to get one
     assert "Traceback" not in result.stderr

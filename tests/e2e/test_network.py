@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from tests.conftest import free_port
 from troop_client import ChatOptions, Message, TroopClient
-from troop_common.errors import Unavailable
+from troop_common.errors import Unavailable, Unreachable
 from troop_common.keys import Identity
 
 STARTER = 3_600_000
@@ -74,6 +75,24 @@ async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network
             await user.complete([Message("user", "hi")], model="no-such-model")
         assert (await user.balance()).reserved_millicredits == 0
         assert (await user.balance()).balance_millicredits == STARTER
+
+
+async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh) -> None:
+    # The worker advertises an address where nothing listens (a wrong --advertise).
+    dead = f"127.0.0.1:{free_port()}"
+    async with (
+        start_mesh(advertise=dead) as mesh,
+        TroopClient(mesh.coordinator, Identity.generate()) as user,
+    ):
+        await user.join()
+        with pytest.raises(Unreachable) as caught:
+            await user.complete([Message("user", "hi")])
+        assert caught.value.message == (
+            f"cannot reach node {mesh.worker.node_id} at {dead} (connection refused)"
+        )
+        balance = await user.balance()
+    # Held until the ticket expires (the sweeper returns it), never charged.
+    assert balance.balance_millicredits + balance.reserved_millicredits == STARTER
 
 
 async def run(*args: str) -> tuple[int, str, str]:
