@@ -159,7 +159,7 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.http_port is None:
         await serve(settings)
         return 0
-    from troop_client.sidecar import coordinator_http_face
+    from troop_coordinator.http_face import coordinator_http_face
 
     # The REST/JSON face: an Envoy transcoding HTTP to this coordinator's gRPC.
     async with coordinator_http_face(

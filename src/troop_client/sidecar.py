@@ -6,8 +6,7 @@
 A gRPC server (`troop.v1.OpenAIService`, on a free local port) does the work
 through `TroopClient`; an Envoy sidecar, configured and started here,
 transcodes it to HTTP/JSON and SSE. The sidecar health-checks its Envoy and
-stops it on exit. `coordinator_http_face` puts the same kind of Envoy in front
-of a coordinator (REST/JSON for operators and web clients).
+stops it on exit.
 
 | variable                  | field          | default                              |
 |---------------------------|----------------|--------------------------------------|
@@ -23,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,9 @@ from troop_client.openai.errors import ENVOY_LOCAL_REPLY, ERROR_BODY_HEADER, HTT
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
-from troop_common.envoy import EnvoyConfig, EnvoySidecar, LocalReplyFormat
+from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
-from troop_common.proto import COORDINATOR_SERVICE, OPENAI_SERVICE, openai_pb2_grpc
+from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
 
 DEFAULT_HTTP_PORT = 9000
@@ -138,33 +136,6 @@ class ClientSidecar:
         await self.stop()
 
 
-# Envoy's own replies as the transcoder writes a gRPC status: {"code": <gRPC code>, "message"}.
-# 400: the body is not JSON or not the request's shape (INVALID_ARGUMENT); 404: no RPC maps
-# to the path (NOT_FOUND); 5xx: the coordinator cannot be reached (UNAVAILABLE).
-_COORDINATOR_LOCAL_REPLY = LocalReplyFormat(
-    default={"code": 3, "message": "%LOCAL_REPLY_BODY%"},
-    by_status={404: {"code": 5, "message": "%LOCAL_REPLY_BODY%"}},
-    server_error={"code": 14, "message": "%LOCAL_REPLY_BODY%"},
-)
-
-
-@contextlib.asynccontextmanager
-async def coordinator_http_face(
-    coordinator: str, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[EnvoySidecar]:
-    """An Envoy serving the coordinator's REST/JSON API (snake_case, gRPC status → HTTP)."""
-    config = EnvoyConfig(
-        upstream=coordinator,
-        services=[COORDINATOR_SERVICE],
-        listen_host=host,
-        listen_port=port,
-        local_reply=_COORDINATOR_LOCAL_REPLY,
-        stat_prefix="troop_coordinator",
-    )
-    async with EnvoySidecar(config) as envoy:
-        yield envoy
-
-
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     """The `troop client` flags (each overrides its TROOP_* variable)."""
     parser.add_argument("--coordinator", help="coordinator host:port (env TROOP_COORDINATOR)")
@@ -230,7 +201,6 @@ __all__ = [
     "ClientSidecar",
     "SidecarSettings",
     "add_client_arguments",
-    "coordinator_http_face",
     "run_client",
     "settings_from_args",
 ]

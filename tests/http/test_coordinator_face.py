@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx2 as httpx  # the HTTP client the openai SDK itself ships with
 
 from tests.http.conftest import MODEL
-from troop_client.sidecar import coordinator_http_face
 from troop_common.assertions import create_assertion
 from troop_common.keys import Identity
+from troop_coordinator.http_face import coordinator_http_face
 
 
 async def test_coordinator_rest_face(mesh, tmp_path) -> None:
@@ -31,6 +31,7 @@ async def test_coordinator_rest_face(mesh, tmp_path) -> None:
             signed = {"authorization": f"Bearer {create_assertion(user)}"}
             balance = (await http.get(path, headers=signed)).json()
             assert int(balance["balance_millicredits"]) == 3_600_000
+            assert balance["reserved_millicredits"] == "0"  # zero is printed, not left out
             signed = {"authorization": f"Bearer {create_assertion(user)}"}
             history = await http.get(
                 f"/v1/users/{user.public_key_hex}/transactions", headers=signed

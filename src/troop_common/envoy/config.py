@@ -177,6 +177,8 @@ def _http_filters(config: EnvoyConfig) -> list[HttpFilter]:
         ),
         print_options=GrpcJsonTranscoderPrintOptions(
             preserve_proto_field_names=config.preserve_proto_field_names,
+            # A zero balance is "0", an empty node list [], not a missing key.
+            always_print_primitive_fields=True,
             stream_sse_style_delimited=True,
         ),
     )
