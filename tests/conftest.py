@@ -240,12 +240,14 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
         async with Coordinator(coordinator_settings) as coordinator:
             worker_settings = dataclasses.replace(
                 WorkerSettings.from_env({}),
-                port=0,
-                coordinator=coordinator.address,
-                data_dir=tmp_path / "worker",
-                engine="fake",
-                heartbeat_interval_s=0.5,
-                **worker_overrides,
+                **{
+                    "port": 0,
+                    "coordinator": coordinator.address,
+                    "data_dir": tmp_path / "worker",
+                    "engine": "fake",
+                    "heartbeat_interval_s": 0.5,
+                    **worker_overrides,
+                },
             )
             engine = engine if engine is not None else FakeEngine([MODEL], delay_s=0.01)
             async with Worker(worker_settings, engine=engine) as worker:

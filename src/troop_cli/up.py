@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from troop_client.settings import ClientSettings
 from troop_client.sidecar import ClientSidecar, SidecarSettings
 from troop_common.coordinator_client import CoordinatorClient
+from troop_common.health import health_problem
 
 READY_TIMEOUT_S = 180.0
 
@@ -34,13 +34,7 @@ def default_data_dir() -> Path:
 
 async def _healthy(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return await health_problem(channel) is None
 
 
 class _Failed(Exception):

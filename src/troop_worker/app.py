@@ -21,6 +21,7 @@ from functools import partial
 from troop_common.audit import AuditLog
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
+from troop_common.health import health_problem
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
 from troop_common.ratelimit import MemoryRateLimiter
@@ -74,6 +75,7 @@ class Worker:
         self._client: CoordinatorClient | None = None
         self._receipts: ReceiptSender | None = None
         self.proof: asyncio.Task[None] | None = None
+        self.reachability: asyncio.Task[str | None] | None = None
 
     @property
     def address(self) -> str:
@@ -144,6 +146,10 @@ class Worker:
         self.heartbeats.start()
         if settings.benchmark:
             self.proof = asyncio.get_running_loop().create_task(self._prove(), name="proof")
+        if settings.advertise and settings.advertise != self.address:
+            self.reachability = asyncio.get_running_loop().create_task(
+                self._check_advertised(settings.advertise), name="reachability"
+            )
         log.info(
             "worker %s serving %s on %s (advertised as %s), coordinator %s",
             identity.node_id, ", ".join(self.engine.models), self.address, self.advertise,
@@ -158,6 +164,20 @@ class Worker:
             await prove_hardware(self._client, self.node_id)
         except Exception:
             log.exception("hardware proof failed; the node keeps its current multiplier")
+
+    async def _check_advertised(self, advertise: str) -> str | None:
+        """Dial the advertised endpoint as a client would; warn when it does not reach a
+        serving worker. Only a warning: from inside a NAT the check can fail where
+        clients outside succeed. Returns the problem, or None."""
+        async with self.settings.tls.channel(advertise) as channel:
+            problem = await health_problem(channel, timeout_s=5.0)
+        if problem is not None:
+            log.warning(
+                "clients may not reach this node: the advertised endpoint %s does not answer "
+                "from here (%s); check --advertise / TROOP_WORKER_ADVERTISE",
+                advertise, problem,
+            )  # fmt: skip
+        return problem
 
     def _heartbeat_request(self) -> coordinator_pb2.HeartbeatRequest:
         assert self.identity is not None
@@ -179,9 +199,10 @@ class Worker:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         if self.server is not None:
             await self.server.set_serving(False)
-        if self.proof is not None:
-            self.proof.cancel()
-            await asyncio.gather(self.proof, return_exceptions=True)
+        for task in (self.proof, self.reachability):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.heartbeats is not None:
             await self.heartbeats.stop()
         if self.server is not None:

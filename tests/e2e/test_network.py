@@ -77,13 +77,16 @@ async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network
         assert (await user.balance()).balance_millicredits == STARTER
 
 
-async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh) -> None:
+async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh, caplog) -> None:
     # The worker advertises an address where nothing listens (a wrong --advertise).
     dead = f"127.0.0.1:{free_port()}"
     async with (
         start_mesh(advertise=dead) as mesh,
         TroopClient(mesh.coordinator, Identity.generate()) as user,
     ):
+        # The worker itself noticed, and said so where its operator looks.
+        assert await mesh.worker.reachability == "cannot reach the server (connection refused)"
+        assert f"the advertised endpoint {dead} does not answer" in caplog.text
         await user.join()
         with pytest.raises(Unreachable) as caught:
             await user.complete([Message("user", "hi")])
@@ -93,6 +96,12 @@ async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh) 
         balance = await user.balance()
     # Held until the ticket expires (the sweeper returns it), never charged.
     assert balance.balance_millicredits + balance.reserved_millicredits == STARTER
+
+
+async def test_a_reachable_advertised_endpoint_passes_the_workers_check(start_mesh) -> None:
+    port = free_port()
+    async with start_mesh(port=port, advertise=f"localhost:{port}") as mesh:
+        assert await mesh.worker.reachability is None
 
 
 async def run(*args: str) -> tuple[int, str, str]:
