@@ -79,6 +79,10 @@ async def test_models_and_legacy_completions(sidecar) -> None:
     client = sdk(sidecar)
     models = await client.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    model = await client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "troop")
+    with pytest.raises(openai.NotFoundError, match="no live node serves model 'org/other'"):
+        await client.models.retrieve("org/other")  # ids may hold a slash
     completion = await client.completions.create(model=MODEL, prompt="one two", max_tokens=3)
     assert completion.choices[0].text == "You said: one"
     assert completion.choices[0].finish_reason == "length"

@@ -70,6 +70,11 @@ class OpenAIServiceStub:
                 request_serializer=troop_dot_v1_dot_openai__pb2.OpenAIServiceListModelsRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.RetrieveModel = channel.unary_unary(
+                '/troop.v1.OpenAIService/RetrieveModel',
+                request_serializer=troop_dot_v1_dot_openai__pb2.RetrieveModelRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class OpenAIServiceServicer:
@@ -127,6 +132,17 @@ class OpenAIServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetrieveModel(self, request, context):
+        """One model, as an OpenAI model object (`GET /v1/models/{model}`; a model
+        id may contain slashes). NOT_FOUND (404) when no live node serves it;
+        otherwise fails as ListModels.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenAIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +159,11 @@ def add_OpenAIServiceServicer_to_server(servicer, server):
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=troop_dot_v1_dot_openai__pb2.OpenAIServiceListModelsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'RetrieveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrieveModel,
+                    request_deserializer=troop_dot_v1_dot_openai__pb2.RetrieveModelRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -246,6 +267,33 @@ class OpenAIService:
             target,
             '/troop.v1.OpenAIService/ListModels',
             troop_dot_v1_dot_openai__pb2.OpenAIServiceListModelsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrieveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.OpenAIService/RetrieveModel',
+            troop_dot_v1_dot_openai__pb2.RetrieveModelRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -118,13 +118,23 @@ class ResponseShape:
         return _dumps(obj).encode()
 
 
+def _model(model: str, node_count: int) -> dict[str, object]:
+    # `node_count` is Troop's own addition: how many live nodes serve the model.
+    return {
+        "id": model, "object": "model", "created": 0, "owned_by": "troop",
+        "node_count": node_count,
+    }  # fmt: skip
+
+
 def model_list(models: list[tuple[str, int]]) -> bytes:
-    """`GET /v1/models`; `node_count` is Troop's own addition."""
-    data = [
-        {"id": model, "object": "model", "created": 0, "owned_by": "troop", "node_count": count}
-        for model, count in models
-    ]
+    """`GET /v1/models`."""
+    data = [_model(model, count) for model, count in models]
     return _dumps({"object": "list", "data": data}).encode()
+
+
+def model_object(model: str, node_count: int) -> bytes:
+    """`GET /v1/models/{model}`."""
+    return _dumps(_model(model, node_count)).encode()
 
 
 __all__ = [
@@ -135,6 +145,7 @@ __all__ = [
     "ResponseShape",
     "error_event",
     "model_list",
+    "model_object",
     "sse",
     "usage_dict",
 ]

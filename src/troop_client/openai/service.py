@@ -31,9 +31,10 @@ from troop_client.openai.responses import (
     ResponseShape,
     error_event,
     model_list,
+    model_object,
 )
 from troop_client.sdk import TroopClient
-from troop_common.errors import AuthError, TroopError
+from troop_common.errors import AuthError, NotFound, TroopError
 from troop_common.proto import openai_pb2, openai_pb2_grpc
 
 log = logging.getLogger("troop.client.openai")
@@ -137,6 +138,19 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
         except TroopError as exc:
             raise OpenAIErrorResponse(exc) from exc
         return httpbody_pb2.HttpBody(content_type=JSON, data=model_list(models))
+
+    async def RetrieveModel(
+        self, request: openai_pb2.RetrieveModelRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        try:
+            self._check_key(context)
+            served = dict(await self.troop.models())
+            if request.model not in served:
+                raise NotFound(f"no live node serves model {request.model!r}")
+        except TroopError as exc:
+            raise OpenAIErrorResponse(exc) from exc
+        body = model_object(request.model, served[request.model])
+        return httpbody_pb2.HttpBody(content_type=JSON, data=body)
 
     async def _respond(
         self, job: OpenAIRequest, shape: ResponseShape

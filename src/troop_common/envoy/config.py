@@ -60,6 +60,7 @@ with warnings.catch_warnings():
         GrpcJsonTranscoder,
         GrpcJsonTranscoderPrintOptions,
         GrpcJsonTranscoderRequestValidationOptions,
+        GrpcJsonTranscoderUrlUnescapeSpec,
     )
     from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
@@ -171,6 +172,8 @@ def _http_filters(config: EnvoyConfig) -> list[HttpFilter]:
         proto_descriptor_bin=descriptor_set_for_services(config.services),
         services=list(config.services),
         convert_grpc_status=config.convert_grpc_status,
+        # Path variables arrive decoded: SDKs send "org/model" as "org%2Fmodel".
+        url_unescape_spec=GrpcJsonTranscoderUrlUnescapeSpec.ALL_CHARACTERS,
         # A path no RPC maps to is a 404 here, not a reset from the gRPC server.
         request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
             reject_unknown_method=True
