@@ -21,7 +21,7 @@ from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import TroopError, from_rpc_error
+from troop_common.errors import TroopError, Unavailable, Unreachable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
@@ -124,14 +124,38 @@ class TroopClient:
         model: str | None = None,
         options: ChatOptions | None = None,
     ) -> AsyncIterator[ChatChunk]:
-        """Stream the answer as the worker produces it. Raises TroopError subclasses."""
+        """Stream the answer as the worker produces it. Raises TroopError subclasses.
+
+        A node that cannot be reached at all is skipped for another (up to
+        `settings.node_attempts` nodes); once a token arrived, a failure is raised.
+        """
         model = model or self.settings.model
+        options = options or ChatOptions()
         request_id = outgoing_request_id()  # one id across coordinator and worker
-        grant = await self.coordinator.authorize(model, request_id=request_id)
-        async for chunk in self._stream(
-            grant, messages, model, options or ChatOptions(), request_id
-        ):
-            yield chunk
+        unreachable: list[str] = []
+        first_failure: Unreachable | None = None
+        while True:
+            try:
+                grant = await self.coordinator.authorize(
+                    model, request_id=request_id, exclude_node_ids=unreachable
+                )
+            except Unavailable as exc:
+                if first_failure is not None and not isinstance(exc, Unreachable):
+                    raise first_failure from exc  # no other node: the first failure says why
+                raise
+            streamed = False
+            try:
+                async for chunk in self._stream(grant, messages, model, options, request_id):
+                    streamed = True
+                    yield chunk
+                return
+            except Unreachable as exc:
+                if streamed or len(unreachable) + 1 >= self.settings.node_attempts:
+                    raise
+                first_failure = first_failure or exc
+                # Its reservation comes back when the ticket expires (nothing was served).
+                log.warning("%s; asking the coordinator for another node", exc.message)
+                unreachable.append(grant.node_id)
 
     async def complete(
         self,

@@ -27,6 +27,8 @@ class ClientSettings:
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
     inference_timeout_s: float = 300.0
+    # Nodes tried for one request when a node cannot be reached at all (before any token).
+    node_attempts: int = 3
     tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
@@ -41,5 +43,6 @@ class ClientSettings:
             if env.get("TROOP_CONFIG_DIR")
             else default_config_dir(env),
             model=env.get("TROOP_MODEL", cls.model),
+            node_attempts=max(1, int(env.get("TROOP_NODE_ATTEMPTS", cls.node_attempts))),
             tls=TlsSettings.from_env(env),
         )

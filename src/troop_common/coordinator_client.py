@@ -9,7 +9,7 @@ breaker makes calls fail at once while the coordinator is known to be down.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -136,10 +136,12 @@ class CoordinatorClient:
         )
         return await self._call(self.stub.ReportUsage, request, signed=True)
 
-    async def authorize(self, model: str, request_id: str | None = None) -> pb.AuthorizeResponse:
+    async def authorize(
+        self, model: str, request_id: str | None = None, exclude_node_ids: Sequence[str] = ()
+    ) -> pb.AuthorizeResponse:
         return await self._call(
             self.stub.Authorize,
-            pb.AuthorizeRequest(model=model),
+            pb.AuthorizeRequest(model=model, exclude_node_ids=list(exclude_node_ids)),
             signed=True,
             request_id=request_id,
             idempotent=False,  # it reserves credits: never sent twice

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -125,8 +126,8 @@ class RedisNodeRegistry:
                 nodes.append(node)
         return sorted(nodes, key=lambda n: n.node_id)
 
-    async def pick(self, model: str, now: float) -> LiveNode | None:
-        return choose(await self.live_nodes(now, model), self._rng)
+    async def pick(self, model: str, now: float, exclude: Collection[str] = ()) -> LiveNode | None:
+        return choose(await self.live_nodes(now, model), self._rng, exclude)
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -57,8 +58,8 @@ class NodeRegistry(Protocol):
         """Nodes seen within the TTL, serving `model` when given, by node id."""
         ...
 
-    async def pick(self, model: str, now: float) -> LiveNode | None:
-        """The best live node serving `model` (`choose`), or None."""
+    async def pick(self, model: str, now: float, exclude: Collection[str] = ()) -> LiveNode | None:
+        """The best live node serving `model` (`choose`), none of `exclude`; or None."""
         ...
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
@@ -76,9 +77,12 @@ def rank(node: LiveNode) -> float:
     return node.load.score + REPUTATION_WEIGHT * (1.0 - max(0.0, min(1.0, node.reputation)))
 
 
-def choose(candidates: list[LiveNode], rng: random.Random) -> LiveNode | None:
-    """The best-ranked of `candidates` (least loaded, most reputable), ties broken at
-    random; None if there are none."""
+def choose(
+    nodes: list[LiveNode], rng: random.Random, exclude: Collection[str] = ()
+) -> LiveNode | None:
+    """The best-ranked of `nodes` that are not in `exclude` (least loaded, most
+    reputable), ties broken at random; None if there are none."""
+    candidates = [n for n in nodes if n.node_id not in exclude]
     if not candidates:
         return None
     best = min(rank(n) for n in candidates)
@@ -106,8 +110,8 @@ class MemoryNodeRegistry:
             nodes = [n for n in self._nodes.values() if not model or model in n.models]
         return sorted(nodes, key=lambda n: n.node_id)
 
-    async def pick(self, model: str, now: float) -> LiveNode | None:
-        return choose(await self.live_nodes(now, model), self._rng)
+    async def pick(self, model: str, now: float, exclude: Collection[str] = ()) -> LiveNode | None:
+        return choose(await self.live_nodes(now, model), self._rng, exclude)
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
         async with self._lock:

@@ -41,6 +41,9 @@ from troop_coordinator.validation import Violations
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
+# How many unreachable nodes one Authorize may ask to skip.
+MAX_EXCLUDED_NODES = 8
+
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
@@ -165,6 +168,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def Authorize(self, request: pb.AuthorizeRequest, context: Context) -> object:
         check = Violations()
         check.model("model", request.model)
+        if len(request.exclude_node_ids) > MAX_EXCLUDED_NODES:
+            check.add("exclude_node_ids", f"at most {MAX_EXCLUDED_NODES} nodes")
+        for i, node_id in enumerate(request.exclude_node_ids):
+            check.node_id(f"exclude_node_ids[{i}]", node_id)
         check.raise_if_any()
         user = current_caller()
         now = time.time()
@@ -177,9 +184,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 f"join first: this coordinator admits by {self.settings.admission} "
                 "(see GetAdmission)"
             )
-        node = await self.registry.pick(request.model, now)
+        node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
         if node is None:
-            raise NodeUnavailable(f"no live node serves model {request.model}")
+            others = " other than those excluded" if request.exclude_node_ids else ""
+            raise NodeUnavailable(f"no live node{others} serves model {request.model}")
         job_id = uuid.uuid4().hex
         ticket, expires = self.signer.issue(
             job_id=job_id,

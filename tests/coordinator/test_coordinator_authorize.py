@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from troop_common.errors import InsufficientCredits, TroopError
+from troop_common.errors import InsufficientCredits, InvalidArgument, TroopError
 from troop_common.tickets import public_key_from_jwk, verify_ticket
 from troop_coordinator.app import Coordinator
 
@@ -96,3 +96,22 @@ async def test_least_loaded_node_is_picked(network: Network) -> None:
     user = network.user()
     picks = {(await user.authorize(MODEL)).node_id for _ in range(3)}
     assert picks == {idle.node_id}
+
+
+async def test_nodes_the_client_could_not_reach_are_skipped(network: Network) -> None:
+    await network.node(node_id="idle", active_jobs=0, max_concurrent_jobs=4)
+    await network.node(node_id="busy", active_jobs=3, max_concurrent_jobs=4)
+    user = network.user()
+    picks = {(await user.authorize(MODEL, exclude_node_ids=["idle"])).node_id for _ in range(3)}
+    assert picks == {"busy"}  # the better-ranked node was excluded
+
+    held = (await user.get_balance()).reserved_millicredits
+    with pytest.raises(TroopError) as caught:
+        await user.authorize(MODEL, exclude_node_ids=["idle", "busy"])
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "other than those excluded" in caught.value.message
+    assert (await user.get_balance()).reserved_millicredits == held  # nothing more reserved
+
+    with pytest.raises(InvalidArgument) as refused:
+        await user.authorize(MODEL, exclude_node_ids=["x"] * 9)
+    assert [v.field for v in refused.value.violations] == ["exclude_node_ids"]

@@ -9,10 +9,14 @@ import pytest
 
 from tests.conftest import free_port
 from troop_client import ChatOptions, Message, TroopClient
+from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import Unavailable, Unreachable
 from troop_common.keys import Identity
+from troop_common.proto import coordinator_pb2 as pb
+from troop_worker.engine.fake import FakeEngine
 
 STARTER = 3_600_000
+MODEL = "smollm2-135m-instruct"
 
 
 async def settled(client: TroopClient, eventually) -> None:
@@ -96,6 +100,46 @@ async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh, 
         balance = await user.balance()
     # Held until the ticket expires (the sweeper returns it), never charged.
     assert balance.balance_millicredits + balance.reserved_millicredits == STARTER
+
+
+async def test_an_unreachable_node_is_skipped_for_another(start_mesh, eventually, caplog) -> None:
+    async with (
+        start_mesh(engine=FakeEngine([MODEL], delay_s=0.05)) as mesh,
+        TroopClient(mesh.coordinator, Identity.generate()) as busy,
+        TroopClient(mesh.coordinator, Identity.generate()) as user,
+        CoordinatorClient(mesh.coordinator) as discovery,
+    ):
+        # The real worker gets one long job, so it ranks below an idle node...
+        long_job = busy.chat([Message("user", "word " * 200)])
+        await anext(long_job)
+
+        async def worker_reports_the_job() -> bool:
+            nodes = (await discovery.list_nodes()).nodes
+            return [n.load.active_jobs for n in nodes] == [1]
+
+        await eventually(worker_reports_the_job, timeout_s=10)
+        # ... and a ghost that heartbeats but cannot be reached ranks first.
+        ghost, dead = Identity.generate(), f"127.0.0.1:{free_port()}"
+        async with CoordinatorClient(mesh.coordinator, ghost) as ghost_client:
+            await ghost_client.heartbeat(
+                pb.HeartbeatRequest(
+                    node_id="ghost", endpoint=dead, models=[MODEL],
+                    load=pb.NodeLoad(max_concurrent_jobs=4),
+                    owner_public_key=ghost.public_key_hex,
+                )
+            )  # fmt: skip
+
+        answer = await user.complete([Message("user", "are you there")])
+
+        assert answer.text == "You said: are you there"  # served by the real worker
+        assert f"cannot reach node ghost at {dead}" in caplog.text
+        await long_job.aclose()
+
+        async def only_the_ghost_job_is_open() -> bool:
+            return (await user.balance()).reserved_millicredits == 300_000
+
+        # The ghost's reservation is held until its ticket expires; nothing was charged for it.
+        await eventually(only_the_ghost_job_is_open, timeout_s=20)
 
 
 async def test_a_reachable_advertised_endpoint_passes_the_workers_check(start_mesh) -> None:

@@ -217,10 +217,12 @@ class JoinResponse(_message.Message):
     def __init__(self, public_key: _Optional[str] = ..., granted_millicredits: _Optional[int] = ..., balance_millicredits: _Optional[int] = ..., already_joined: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "exclude_node_ids")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    exclude_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key")

@@ -187,7 +187,8 @@ class CoordinatorServiceServicer:
         returns a ticket for it. UNAUTHENTICATED without a valid user assertion;
         FAILED_PRECONDITION if the balance cannot cover the reservation (nothing
         is reserved), or "join first" when admission is not open and the user
-        never joined; UNAVAILABLE if no live node serves the model.
+        never joined; UNAVAILABLE if no live node serves the model (other than
+        those excluded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
