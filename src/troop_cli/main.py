@@ -18,6 +18,7 @@ from troop_cli import format as fmt
 from troop_client.chat import ChatOptions, Message
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
+from troop_common.assertions import create_assertion
 from troop_common.errors import TroopError, Unreachable
 from troop_common.keys import Identity
 
@@ -141,6 +142,13 @@ async def cmd_history(args: argparse.Namespace) -> int:
 async def cmd_whoami(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
         print(troop.public_key)
+    return 0
+
+
+async def cmd_auth_header(args: argparse.Namespace) -> int:
+    # For grpcurl and curl: `grpcurl -H "$(troop auth-header)" ...`. Good for one call.
+    async with _client(args) as troop:
+        print(f"authorization: Bearer {create_assertion(troop.identity)}")
     return 0
 
 
@@ -327,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-token")
 
     p = command("whoami", cmd_whoami, "your public key (your identity on the network)")
+    _add_client_options(p)
+
+    p = command(
+        "auth-header",
+        cmd_auth_header,
+        "print a one-call `authorization: Bearer <assertion>` header for grpcurl or curl",
+    )
     _add_client_options(p)
     return parser
 

@@ -58,7 +58,9 @@ def troop_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             sock.bind(("127.0.0.1", port))
 
 
-def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Path) -> None:
+def test_troop_up_then_chat_balance_history_nodes_models(
+    troop_up, tmp_path: Path, grpcurl: str
+) -> None:
     coordinator, env, banner = troop_up
     at = ["--coordinator", coordinator]
 
@@ -80,6 +82,19 @@ def test_troop_up_then_chat_balance_history_nodes_models(troop_up, tmp_path: Pat
     assert history.returncode == 0, history.stderr
     for kind in ("grant", "reserve", "release"):
         assert kind in history.stdout
+
+    # An operator's signed call with grpcurl, the header from `troop auth-header`.
+    header = troop("auth-header", *at, env=env)
+    assert header.returncode == 0 and header.stdout.startswith("authorization: Bearer ")
+    whoami = troop("whoami", *at, env=env).stdout.strip()
+    body = json.dumps({"public_key": whoami})
+    read = subprocess.run(
+        [grpcurl, "-plaintext", "-H", header.stdout.strip(), "-d", body, coordinator,
+         "troop.v1.CoordinatorService/GetBalance"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["publicKey"] == whoami
 
     nodes = troop("nodes", *at, env=env)
     assert nodes.returncode == 0 and "smollm2-135m-instruct" in nodes.stdout
