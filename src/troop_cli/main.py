@@ -19,6 +19,7 @@ from troop_client.chat import ChatOptions, Message
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.assertions import create_assertion
+from troop_common.config import ConfigError
 from troop_common.errors import TroopError, Unreachable
 from troop_common.keys import Identity
 
@@ -191,6 +192,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         "engine": args.engine,
         "model": args.model,
         "advertise": args.advertise,
+        "upstream_url": args.upstream,
+        "upstream_model": args.upstream_model,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
     await serve(settings)
@@ -253,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("up", cmd_up, "run a coordinator and one worker on this machine (embedded default)")
-    p.add_argument("--engine", choices=["torch", "fake"], default="torch")
+    p.add_argument("--engine", choices=["torch", "openai", "fake"], default="torch")
     p.add_argument("--model", default=DEFAULT_QUESTION_MODEL)
+    p.add_argument("--upstream", metavar="URL", help="engine openai: the OpenAI-compatible server")
+    p.add_argument("--upstream-model", help="the model's name upstream (default: --model)")
     p.add_argument("--coordinator-port", type=int, default=50051)
     p.add_argument("--worker-port", type=int, default=50052)
     p.add_argument("--data-dir", help="where state lives (default ~/.local/share/troop/up)")
@@ -284,9 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator")
     p.add_argument("--data-dir")
     p.add_argument("--node-id")
-    p.add_argument("--engine", choices=["torch", "fake"])
-    p.add_argument("--model")
+    p.add_argument("--engine", choices=["torch", "openai", "fake"])
+    p.add_argument("--model", help="the model id on the network")
     p.add_argument("--advertise", help="host:port clients should dial")
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="engine openai: an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 "
+        "(env TROOP_WORKER_UPSTREAM_URL; its key: TROOP_WORKER_UPSTREAM_API_KEY)",
+    )
+    p.add_argument("--upstream-model", help="the model's name upstream (default: --model)")
 
     from troop_client.sidecar import add_client_arguments
 
@@ -350,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = asyncio.run(args.handler(args))
+    except ConfigError as exc:
+        print(f"troop: {exc}", file=sys.stderr)
+        code = 2
     except Unreachable as exc:
         print(f"troop: {exc.message}", file=sys.stderr)
         if exc.target.startswith("the coordinator"):

@@ -108,6 +108,8 @@ async def run_up(args: argparse.Namespace) -> int:
                     args.engine,
                     "--model",
                     args.model,
+                    *(["--upstream", args.upstream] if args.upstream else []),
+                    *(["--upstream-model", args.upstream_model] if args.upstream_model else []),
                 ],
                 logs[1],
                 env,

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from troop_common.config import ConfigError
 from troop_common.errors import SignatureInvalid
 
 PRIVATE_KEY_MODE = 0o400
@@ -87,7 +88,7 @@ class Identity:
                 return cls(key)
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
+            raise ConfigError(f"{path} does not hold an Ed25519 private key")
         return cls(loaded)
 
 
@@ -116,5 +117,5 @@ def load_or_create_rsa(path: Path, bits: int = 2048) -> rsa.RSAPrivateKey:
             return key
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} does not hold an RSA private key")
+        raise ConfigError(f"{path} does not hold an RSA private key")
     return loaded

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from troop_common.config import ConfigError
 from troop_common.tls import TlsSettings
 
 MILLICREDITS_PER_CREDIT = 1000
@@ -96,8 +97,23 @@ class CoordinatorSettings:
 
     @property
     def effective_database_url(self) -> str:
-        """The configured database, or the embedded SQLite file in data_dir."""
-        return self.database_url or _sqlite_url(self.data_dir)
+        """The configured database, or the embedded SQLite file in data_dir.
+
+        A plain `postgresql://` (or `postgres://`) URL is taken to mean asyncpg;
+        ConfigError for a database Troop does not speak.
+        """
+        url = self.database_url
+        if not url:
+            return _sqlite_url(self.data_dir)
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+asyncpg://" + url[len(plain) :]
+        if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            return url
+        raise ConfigError(
+            "TROOP_DATABASE_URL must be postgresql://… (asyncpg) or sqlite+aiosqlite:///…, "
+            f"not {url.split('://')[0]!r}"
+        )
 
     @property
     def ticket_key_path(self) -> Path:
@@ -135,7 +151,7 @@ class CoordinatorSettings:
             try:
                 return kind(text)
             except ValueError as exc:
-                raise ValueError(f"{name} must be a number, not {text!r}") from exc
+                raise ConfigError(f"{name} must be a number, not {text!r}") from exc
 
         data_dir = Path(get("TROOP_DATA_DIR", str(DEFAULT_DATA_DIR))).expanduser()
         interval = int(number("TROOP_HEARTBEAT_INTERVAL_SECONDS", 5))
@@ -173,7 +189,7 @@ class CoordinatorSettings:
 def _admission(value: str) -> str:
     mode = value.lower()
     if mode not in ADMISSION_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"TROOP_ADMISSION must be one of {', '.join(ADMISSION_MODES)}, not {value!r}"
         )
     return mode

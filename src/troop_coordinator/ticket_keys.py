@@ -33,6 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from troop_common.config import ConfigError
 from troop_common.keys import PRIVATE_KEY_MODE, _write_private
 from troop_common.tickets import TicketSigner, key_id
 
@@ -60,7 +61,7 @@ def _pem(key: rsa.RSAPrivateKey) -> bytes:
 def _load_pem(path: Path) -> rsa.RSAPrivateKey:
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} does not hold an RSA private key")
+        raise ConfigError(f"{path} does not hold an RSA private key")
     return loaded
 
 

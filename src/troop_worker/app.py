@@ -19,6 +19,7 @@ import time
 from functools import partial
 
 from troop_common.audit import AuditLog
+from troop_common.config import ConfigError
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
 from troop_common.health import health_problem
@@ -67,6 +68,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, *, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine if engine is not None else make_engine(settings)
+        self._owns_engine = engine is None  # an engine handed in is the caller's to close
         self.identity: NodeIdentity | None = None
         self.server: TroopServer | None = None
         self.heartbeats: Heartbeater | None = None
@@ -139,6 +141,8 @@ class Worker:
             await self.server.start()
         except BaseException:
             await client.close()
+            if self._owns_engine:
+                await self.engine.close()
             raise
         self.heartbeats = Heartbeater(
             client, self._heartbeat_request, settings.heartbeat_interval_s
@@ -211,6 +215,8 @@ class Worker:
             await self._receipts.drain(grace)
         if self._client is not None:
             await self._client.close()
+        if self._owns_engine:
+            await self.engine.close()
         log.info("worker stopped")
 
     async def __aenter__(self) -> Worker:
@@ -253,10 +259,9 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never download
-    settings = WorkerSettings.from_env(os.environ)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(WorkerSettings.from_env(os.environ)))
     except KeyboardInterrupt:
         pass
-    except TroopError as exc:
+    except (ConfigError, TroopError) as exc:
         raise SystemExit(f"troop worker: {exc}") from None

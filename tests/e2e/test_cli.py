@@ -128,3 +128,25 @@ def test_a_client_command_without_a_coordinator_says_so(tmp_path: Path) -> None:
     )
     assert "troop up" in result.stderr  # and how to get one
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "said"),
+    [
+        (["worker", "--engine", "openai"], {}, "engine openai needs TROOP_WORKER_UPSTREAM_URL"),
+        (["worker"], {"TROOP_WORKER_PORT": "fifty"}, "TROOP_WORKER_PORT must be an integer"),
+        (["coordinator", "--port", "0", "--database-url", "mysql://db/troop"], {},
+         "TROOP_DATABASE_URL must be postgresql://"),
+        (["coordinator", "--port", "0"], {"TROOP_RATE_LIMITS": "ListNodes=lots"},
+         "bad rate-limit rule"),
+    ],
+)  # fmt: skip
+def test_a_setting_that_cannot_be_used_is_named_in_one_line(
+    tmp_path: Path, args: list[str], env_extra: dict[str, str], said: str
+) -> None:
+    env = {**os.environ, "TROOP_DATA_DIR": str(tmp_path / "c"),
+           "TROOP_WORKER_DATA_DIR": str(tmp_path / "w"), **env_extra}  # fmt: skip
+    result = troop(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("troop: ") and said in result.stderr
+    assert "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from troop_common import request_context
+from troop_common.config import ConfigError
 from troop_common.errors import RateLimited
 from troop_common.interceptors.wrapping import CheckingInterceptor, is_exempt, metadata_value
 from troop_common.ratelimit import RateLimiter
@@ -44,12 +45,12 @@ def parse_rules(text: str) -> dict[str, Rule]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _RULE.match(part)
         if not match:
-            raise ValueError(
+            raise ConfigError(
                 f"bad rate-limit rule {part!r}: expected METHOD[+METHOD]=N/SECONDS@ip|user"
             )
         names, limit, period, per = match.groups()
         if int(limit) < 1:
-            raise ValueError(f"bad rate-limit rule {part!r}: the limit must be at least 1")
+            raise ConfigError(f"bad rate-limit rule {part!r}: the limit must be at least 1")
         for name in names.split("+"):
             rules[name] = Rule(bucket=names, limit=int(limit), period_s=float(period), per=per)
     return rules

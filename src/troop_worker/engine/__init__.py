@@ -1,11 +1,13 @@
 """Engines: what turns a chat request into a stream of text.
 
 `Engine` is the protocol; `FakeEngine` a deterministic one; `TorchEngine`
-(imported lazily, it pulls in PyTorch) runs SmolLM2 with transformers.
+(imported lazily, it pulls in PyTorch) runs SmolLM2 with transformers;
+`OpenAIUpstreamEngine` relays to an OpenAI-compatible server (Ollama, vLLM, ...).
 """
 
 from __future__ import annotations
 
+from troop_common.config import ConfigError
 from troop_worker.engine.fake import FakeEngine
 from troop_worker.engine.types import (
     Engine,
@@ -21,6 +23,17 @@ def make_engine(settings: WorkerSettings) -> Engine:
     """The engine the settings name (not loaded yet)."""
     if settings.engine == "fake":
         return FakeEngine([settings.model])
+    if settings.engine == "openai":
+        from troop_worker.engine.openai_upstream import OpenAIUpstreamEngine
+
+        if not settings.upstream_url:
+            raise ConfigError("engine openai needs TROOP_WORKER_UPSTREAM_URL (or --upstream)")
+        return OpenAIUpstreamEngine(
+            settings.upstream_url,
+            served=settings.model,
+            upstream_model=settings.upstream_model,
+            api_key=settings.upstream_api_key,
+        )
     from troop_worker.engine.torch_engine import TorchEngine
 
     return TorchEngine(

@@ -28,6 +28,9 @@ class FakeEngine:
     async def load(self) -> None:
         self.loaded = True
 
+    async def close(self) -> None:
+        self.loaded = False
+
     @staticmethod
     def answer(request: GenerationRequest) -> list[str]:
         """The words the engine will say, each with its leading space."""

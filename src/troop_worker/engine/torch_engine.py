@@ -95,6 +95,10 @@ class TorchEngine:
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load_sync)
 
+    async def close(self) -> None:
+        """Take no more jobs; a job still running finishes in its thread."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
     def load_sync(self) -> None:
         """Load tokenizer and model (blocking; idempotent)."""
         if self._model is not None:

@@ -91,8 +91,9 @@ def usage_pb(prompt_tokens: int, completion_tokens: int) -> common_pb2.Usage:
 class Engine(Protocol):
     """A text generator the worker serves.
 
-    `load` runs once at start. `stream` yields chunks as they are produced;
-    closing the iterator early (the client went away) must stop the work.
+    `load` runs once at start, `close` once at the end (it frees what `load` took).
+    `stream` yields chunks as they are produced; closing the iterator early (the
+    client went away) must stop the work.
     Errors raised before the first chunk reach the caller as a status
     (a `TroopError` keeps its code).
     """
@@ -100,5 +101,7 @@ class Engine(Protocol):
     models: list[str]
 
     async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...

@@ -1,0 +1,183 @@
+"""An engine that relays to an OpenAI-compatible server the donor already runs.
+
+Ollama (`http://127.0.0.1:11434/v1`), vLLM, llama.cpp's server, LM Studio and any
+other server of `POST /v1/chat/completions` with `stream: true` can back a worker:
+
+    engine = OpenAIUpstreamEngine("http://127.0.0.1:11434/v1", served="llama3.2-3b",
+                                  upstream_model="llama3.2:3b")
+
+The worker keeps everything Troop does (tickets, limits, receipts, node proof); the
+upstream only generates. Tokens are passed on as the upstream's SSE chunks arrive;
+closing the stream early closes the HTTP response, which stops the upstream.
+
+Upstream failures become Troop errors the client can act on: a request the upstream
+refuses as malformed is INVALID_ARGUMENT, its rate limit RESOURCE_EXHAUSTED (with its
+Retry-After), anything else about the upstream (down, wrong key, unknown model, 5xx)
+UNAVAILABLE, never INTERNAL. The upstream's API key is sent only to the upstream and
+never logged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+
+from troop_common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    RateLimited,
+    TroopError,
+    Unavailable,
+)
+from troop_worker.engine.types import FinishReason, GenerationChunk, GenerationRequest
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class OpenAIUpstreamEngine:
+    """Serves `served` (the model id on the network) with `upstream_model` upstream."""
+
+    device_name = "openai-upstream"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        served: str,
+        upstream_model: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.models = [served]
+        self.upstream_model = upstream_model or served
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # Read timeout: the longest gap between two chunks (prompt processing included).
+        timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    async def load(self) -> None:
+        """Check that the upstream answers and serves the model; a clear error if not."""
+        try:
+            reply = await self._http.get("/models")
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        if reply.status_code != 200:
+            raise _refusal(reply.status_code, _error_message(reply), reply.headers)
+        served = [m.get("id") for m in _json(reply).get("data", []) if isinstance(m, dict)]
+        if self.upstream_model not in served:
+            raise Unavailable(
+                f"the upstream at {self.base_url} does not serve model "
+                f"{self.upstream_model!r}; it serves: {', '.join(map(str, served)) or 'nothing'}"
+            )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        try:
+            async with self._http.stream("POST", "/chat/completions", json=body) as reply:
+                if reply.status_code != 200:
+                    await reply.aread()
+                    raise _refusal(reply.status_code, _error_message(reply), reply.headers)
+                async for chunk in _chunks(reply, request):
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: httpx.HTTPError) -> TroopError:
+        reason = type(exc).__name__ if not str(exc) else str(exc)
+        return Unavailable(f"the upstream at {self.base_url} failed: {reason}")
+
+
+async def _chunks(
+    reply: httpx.Response, request: GenerationRequest
+) -> AsyncIterator[GenerationChunk]:
+    """The upstream's SSE events as chunks; the last carries the finish reason and usage."""
+    finish: FinishReason | None = None
+    prompt_tokens = completion_tokens = 0
+    counted_usage = False
+    async for line in reply.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, `: keep-alive` comments, event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise Unavailable(
+                f"the upstream sent an event that is not JSON: {data[:80]!r}"
+            ) from None
+        if not isinstance(event, dict):
+            continue
+        if "error" in event:
+            message = (event.get("error") or {}).get("message") or "the upstream failed"
+            raise Unavailable(f"upstream: {message}")
+        usage = event.get("usage")
+        if usage:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+            counted_usage = True
+        for choice in event.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text and not counted_usage:
+                completion_tokens += 1  # one event ≈ one token until the upstream counts
+            if choice.get("finish_reason"):
+                finish = FinishReason.LENGTH if choice["finish_reason"] == "length" else (
+                    FinishReason.STOP
+                )  # fmt: skip
+            if text:
+                yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
+    if finish is None:
+        # The upstream closed without saying why: the answer may be cut short.
+        raise Unavailable("the upstream ended the stream without a finish reason")
+    if not counted_usage:
+        prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+    yield GenerationChunk("", finish, prompt_tokens, completion_tokens)
+
+
+def _refusal(status: int, message: str, headers: httpx.Headers) -> TroopError:
+    if status in (400, 422):
+        return InvalidArgument([FieldViolation("request", f"the upstream refused it: {message}")])
+    if status == 429:
+        retry = headers.get("retry-after", "")
+        after = float(retry) if retry.isdigit() else 1.0
+        return RateLimited(f"the upstream is busy: {message}", after)
+    return Unavailable(f"the upstream answered {status}: {message}")
+
+
+def _json(reply: httpx.Response) -> dict[str, Any]:
+    try:
+        value = reply.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_message(reply: httpx.Response) -> str:
+    error = _json(reply).get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return reply.text[:200] or reply.reason_phrase
+
+
+__all__ = ["OpenAIUpstreamEngine"]
