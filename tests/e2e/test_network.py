@@ -104,7 +104,8 @@ async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh, 
 
 async def test_an_unreachable_node_is_skipped_for_another(start_mesh, eventually, caplog) -> None:
     async with (
-        start_mesh(engine=FakeEngine([MODEL], delay_s=0.05)) as mesh,
+        # 0.2 s a word: the long job (256 words) outlasts the test by far.
+        start_mesh(engine=FakeEngine([MODEL], delay_s=0.2)) as mesh,
         TroopClient(mesh.coordinator, Identity.generate()) as busy,
         TroopClient(mesh.coordinator, Identity.generate()) as user,
         CoordinatorClient(mesh.coordinator) as discovery,
