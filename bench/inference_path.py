@@ -7,7 +7,9 @@ machine. The same greedy request goes, in turn,
   1. straight to the engine (the baseline),
   2. through the Python SDK: Authorize at the coordinator, then the worker's
      server-streaming RPC (ticket check, node proof, receipt),
-  3. through the official `openai` SDK → Envoy → client sidecar → worker.
+  3. through the official `openai` SDK → Envoy → client sidecar → worker,
+  4. through the SDK to a second worker whose engine relays to an OpenAI-compatible
+     upstream (`--engine openai`), here path 3's own face: what relaying costs.
 For each path: time to first token and tokens per second (medians), and their
 ratio to the baseline measured in the same run. With `--engine fake` (no
 model, no delay) what is left is the protocol's own per-request cost.
@@ -40,9 +42,11 @@ from troop_worker.app import Worker
 from troop_worker.engine import GenerationRequest
 from troop_worker.engine import Message as EngineMessage
 from troop_worker.engine.fake import FakeEngine
+from troop_worker.engine.openai_upstream import OpenAIUpstreamEngine
 from troop_worker.settings import WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
+RELAYED = "relayed"  # the relay worker's id for MODEL
 QUESTION = "Explain in a few sentences why the sky is blue."
 
 
@@ -130,7 +134,18 @@ async def main() -> None:
                     ClientSidecar(sidecar_settings) as sidecar,
                     TroopClient(coordinator.address, Identity.generate()) as troop,
                 ):
-                    rows = await _measure(engine, troop, sidecar.url, args)
+                    upstream = OpenAIUpstreamEngine(
+                        sidecar.url, served=RELAYED, upstream_model=MODEL
+                    )
+                    relay_settings = dataclasses.replace(
+                        worker_settings, data_dir=data / "relay", engine="openai", model=RELAYED
+                    )
+                    async with Worker(relay_settings, engine=upstream):
+                        async with CoordinatorClient(coordinator.address) as probe:
+                            while len((await probe.list_nodes()).nodes) < 2:
+                                await asyncio.sleep(0.1)
+                        rows = await _measure(engine, troop, sidecar.url, args)
+                    await upstream.close()
                 _ = worker
     print(
         f"\nengine={args.engine} runs={args.runs} max_tokens={args.max_tokens} greedy; "
@@ -174,10 +189,17 @@ async def _measure(engine, troop: TroopClient, base_url: str, args) -> list[tupl
             text = chunk.choices[0].delta.content if chunk.choices else ""
             yield text or "", chunk.usage.completion_tokens if chunk.usage else None
 
+    async def relayed() -> AsyncIterator[tuple[str, int | None]]:
+        options = ChatOptions(temperature=0, max_tokens=args.max_tokens)
+        chat = troop.chat([Message("user", QUESTION)], model=RELAYED, options=options)
+        async for chunk in chat:
+            yield chunk.text, chunk.usage.completion_tokens if chunk.usage else None
+
     paths = [
         ("engine (baseline)", direct),
         ("SDK → gRPC worker", sdk),
         ("openai SDK → Envoy → sidecar → worker", via_openai),
+        ("SDK → relay worker → (3)", relayed),
     ]
     results: dict[str, list[Run]] = {name: [] for name, _ in paths}
     for _name, path in paths:  # warm each path once
