@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -358,8 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Long-running commands log what they do (INFO); the others only what went wrong.
+SERVER_COMMANDS = {"up", "coordinator", "worker", "client"}
+
+
+def _configure_logging(command: str) -> None:
+    default = "INFO" if command in SERVER_COMMANDS else "WARNING"
+    level = os.environ.get("TROOP_LOG_LEVEL", default).upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else default,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up noise
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.command)
     try:
         code = asyncio.run(args.handler(args))
     except ConfigError as exc:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from troop_common.config import ConfigError
+from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.tls import TlsSettings
 
 MILLICREDITS_PER_CREDIT = 1000
@@ -137,6 +138,13 @@ class CoordinatorSettings:
     @property
     def reservation_millicredits(self) -> int:
         return self.reservation_credits * MILLICREDITS_PER_CREDIT
+
+    def __post_init__(self) -> None:
+        # A malformed rule is refused here, before anything starts or is written.
+        try:
+            parse_rules(self.rate_limits)
+        except ConfigError as exc:
+            raise ConfigError(f"TROOP_RATE_LIMITS: {exc}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> CoordinatorSettings:

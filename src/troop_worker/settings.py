@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from troop_common.config import ConfigError
+from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.tls import TlsSettings
 
 ENGINES = ("torch", "openai", "fake")
@@ -115,6 +116,13 @@ class WorkerSettings:
     # Not from the environment: knobs for tests and embedders.
     receipt_backoff_s: float = 1.0
     shutdown_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        # A malformed rule is refused here, before anything starts or is written.
+        try:
+            parse_rules(self.rate_limits)
+        except ConfigError as exc:
+            raise ConfigError(f"TROOP_WORKER_RATE_LIMITS: {exc}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
