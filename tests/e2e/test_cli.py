@@ -101,6 +101,11 @@ def test_troop_up_then_chat_balance_history_nodes_models(
     models = troop("models", *at, env=env)
     assert models.returncode == 0 and "smollm2-135m-instruct" in models.stdout
 
+    # Each process logs what it does where `troop up` said its logs are.
+    worker_log = (tmp_path / "up" / "worker.log").read_text()
+    assert "serving smollm2-135m-instruct" in worker_log and " finished: " in worker_log
+    assert "INFO" in (tmp_path / "up" / "coordinator.log").read_text()
+
     # The operator's checks, on the running network's own database.
     admin = ["--data-dir", str(tmp_path / "up" / "coordinator")]
     audited = troop("admin", "audit-ledger", *admin, env=env)
