@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx2 as httpx
 
+from troop_common.config import ConfigError
 from troop_common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -50,14 +51,21 @@ class OpenAIUpstreamEngine:
         upstream_model: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 300.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"the upstream URL must start with http:// or https://, not {base_url!r}"
+            )
         self.base_url = base_url.rstrip("/")
         self.models = [served]
         self.upstream_model = upstream_model or served
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # Read timeout: the longest gap between two chunks (prompt processing included).
         timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     async def load(self) -> None:
         """Check that the upstream answers and serves the model; a clear error if not."""
@@ -119,30 +127,27 @@ async def _chunks(
         data = line[5:].strip()
         if data == "[DONE]":
             break
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise Unavailable(
-                f"the upstream sent an event that is not JSON: {data[:80]!r}"
-            ) from None
-        if not isinstance(event, dict):
-            continue
-        if "error" in event:
-            message = (event.get("error") or {}).get("message") or "the upstream failed"
-            raise Unavailable(f"upstream: {message}")
+        event = _event(data)
         usage = event.get("usage")
-        if usage:
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
+        if isinstance(usage, dict):
+            prompt_tokens = _count(usage.get("prompt_tokens"))
+            completion_tokens = _count(usage.get("completion_tokens"))
             counted_usage = True
-        for choice in event.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") or ""
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+            text = text if isinstance(text, str) else ""
             if text and not counted_usage:
                 completion_tokens += 1  # one event ≈ one token until the upstream counts
             if choice.get("finish_reason"):
-                finish = FinishReason.LENGTH if choice["finish_reason"] == "length" else (
-                    FinishReason.STOP
-                )  # fmt: skip
+                finish = (
+                    FinishReason.LENGTH
+                    if choice["finish_reason"] == "length"
+                    else FinishReason.STOP
+                )
             if text:
                 yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
     if finish is None:
@@ -151,6 +156,25 @@ async def _chunks(
     if not counted_usage:
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
     yield GenerationChunk("", finish, prompt_tokens, completion_tokens)
+
+
+def _event(data: str) -> dict[str, Any]:
+    """One SSE `data:` payload; Unavailable for one that is not an event or is an error."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise Unavailable(f"the upstream sent an event that is not JSON: {data[:80]!r}") from None
+    if not isinstance(event, dict):
+        raise Unavailable(f"the upstream sent an event that is not an object: {data[:80]!r}")
+    if "error" in event:
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise Unavailable(f"upstream: {message or 'the upstream failed'}")
+    return event
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _refusal(status: int, message: str, headers: httpx.Headers) -> TroopError:
