@@ -38,10 +38,8 @@ def _client(args: argparse.Namespace) -> TroopClient:
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    messages = []
-    if args.system:
-        messages.append(Message("system", args.system))
-    messages.append(Message("user", " ".join(args.prompt)))
+    """One question (the arguments, or stdin when piped), or a conversation (a terminal, or
+    `--interactive`): each line a turn, earlier turns sent along as context."""
     options = ChatOptions(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -49,16 +47,57 @@ async def cmd_chat(args: argparse.Namespace) -> int:
         stop=args.stop or [],
         seed=args.seed,
     )
+    history = [Message("system", args.system)] if args.system else []
     async with _client(args) as troop:
-        usage = None
-        async for chunk in troop.chat(messages, model=args.model, options=options):
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
-            usage = chunk.usage or usage
-        sys.stdout.write("\n")
-        if usage and args.verbose:
-            print(f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]")
+        if args.prompt or not (args.interactive or sys.stdin.isatty()):
+            question = " ".join(args.prompt) or (await asyncio.to_thread(sys.stdin.read)).strip()
+            if not question:
+                raise ConfigError("nothing to ask: give a question, or pipe one in")
+            await _answer(troop, [*history, Message("user", question)], args, options)
+            return 0
+        await _conversation(troop, history, args, options)
     return 0
+
+
+async def _answer(
+    troop: TroopClient, messages: list[Message], args: argparse.Namespace, options: ChatOptions
+) -> str:
+    """Stream one answer to stdout as it arrives; return its text."""
+    parts, usage = [], None
+    async for chunk in troop.chat(messages, model=args.model, options=options):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        parts.append(chunk.text)
+        usage = chunk.usage or usage
+    sys.stdout.write("\n")
+    if usage and args.verbose:
+        print(f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]")
+    return "".join(parts)
+
+
+async def _conversation(
+    troop: TroopClient, history: list[Message], args: argparse.Namespace, options: ChatOptions
+) -> None:
+    terminal = sys.stdin.isatty()
+    if terminal:
+        print("a conversation: one line per turn; Ctrl-D or /exit to leave", file=sys.stderr)
+    while True:
+        if terminal:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line or line.strip() in ("/exit", "/quit"):
+            return
+        if not line.strip():
+            continue
+        turn = Message("user", line.strip())
+        try:
+            answer = await _answer(troop, [*history, turn], args, options)
+        except TroopError as exc:
+            # The conversation goes on; the failed turn is not part of it.
+            print(f"troop: {exc.message}", file=sys.stderr)
+            continue
+        history += [turn, Message("assistant", answer)]
 
 
 async def _wait_settled(troop: TroopClient, timeout_s: float) -> None:
@@ -308,9 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(p)
 
-    p = command("chat", cmd_chat, "ask a question; prints the answer as it arrives")
+    p = command(
+        "chat",
+        cmd_chat,
+        "ask a question (or pipe one in), or talk: no question on a terminal starts a "
+        "conversation; prints answers as they arrive",
+    )
     _add_client_options(p)
-    p.add_argument("prompt", nargs="+")
+    p.add_argument("prompt", nargs="*")
+    p.add_argument(
+        "-i", "--interactive", action="store_true", help="a conversation, even from a pipe"
+    )
     p.add_argument("--model")
     p.add_argument("--system")
     p.add_argument("--temperature", type=float)

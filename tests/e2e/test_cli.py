@@ -18,13 +18,17 @@ import pytest
 from tests.conftest import free_port
 
 
-def troop(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+def troop(
+    *args: str, env: dict[str, str], timeout: float = 60, stdin: str = ""
+) -> subprocess.CompletedProcess:
+    """`troop ARGS` as a subprocess; `stdin` is what is piped in (never a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "troop_cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        input=stdin,
     )
 
 
@@ -82,6 +86,18 @@ def test_troop_up_then_chat_balance_history_nodes_models(
     assert history.returncode == 0, history.stderr
     for kind in ("grant", "reserve", "release"):
         assert kind in history.stdout
+
+    # A question piped in; then a conversation, where each turn carries the earlier ones.
+    piped = troop("chat", *at, env=env, stdin="what is piped in\n")
+    assert piped.returncode == 0 and piped.stdout == "You said: what is piped in\n", piped.stderr
+    talk = troop("chat", *at, "-i", "-v", env=env, stdin="first question\n\nsecond one\n/exit\n")
+    assert talk.returncode == 0, talk.stderr
+    lines = talk.stdout.splitlines()
+    assert lines[0] == "You said: first question" and lines[2] == "You said: second one"
+    first_prompt, second_prompt = (int(line[1:].split()[0]) for line in (lines[1], lines[3]))
+    assert second_prompt > first_prompt + 2  # the first turn and its answer went along
+    nothing = troop("chat", *at, env=env, stdin="")
+    assert nothing.returncode == 2 and "nothing to ask" in nothing.stderr
 
     # An operator's signed call with grpcurl, the header from `troop auth-header`.
     header = troop("auth-header", *at, env=env)
