@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.assertions import create_assertion
 from troop_common.config import ConfigError
+from troop_common.entrypoint import configure_logging
 from troop_common.errors import TroopError, Unreachable
 from troop_common.keys import Identity
 
@@ -410,20 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 SERVER_COMMANDS = {"up", "coordinator", "worker", "client"}
 
 
-def _configure_logging(command: str) -> None:
-    default = "INFO" if command in SERVER_COMMANDS else "WARNING"
-    level = os.environ.get("TROOP_LOG_LEVEL", default).upper()
-    logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else default,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up noise
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.command)
+    configure_logging("INFO" if args.command in SERVER_COMMANDS else "WARNING")
     try:
         code = asyncio.run(args.handler(args))
     except ConfigError as exc:

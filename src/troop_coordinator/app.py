@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from grpc_health.v1 import health_pb2
 
 from troop_common.audit import AuditLog
-from troop_common.config import ConfigError
-from troop_common.errors import TroopError
+from troop_common.entrypoint import run_until_done
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
 from troop_common.ratelimit import RateLimiter
@@ -223,10 +222,4 @@ async def serve(settings: CoordinatorSettings, *, ready: asyncio.Event | None = 
 
 def main() -> None:
     """Console entry: settings from the environment, logs to stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        asyncio.run(serve(CoordinatorSettings.from_env(os.environ)))
-    except KeyboardInterrupt:
-        pass
-    except (ConfigError, TroopError) as exc:
-        raise SystemExit(f"troop coordinator: {exc}") from None
+    run_until_done("troop coordinator", lambda: serve(CoordinatorSettings.from_env(os.environ)))

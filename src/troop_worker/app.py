@@ -19,8 +19,8 @@ import time
 from functools import partial
 
 from troop_common.audit import AuditLog
-from troop_common.config import ConfigError
 from troop_common.coordinator_client import CoordinatorClient
+from troop_common.entrypoint import run_until_done
 from troop_common.errors import TroopError, Unavailable
 from troop_common.health import health_problem
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
@@ -254,14 +254,5 @@ async def serve(
 
 def main() -> None:
     """Entry point: settings from the environment, logs to stderr, run until signalled."""
-    logging.basicConfig(
-        level=os.environ.get("TROOP_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never download
-    try:
-        asyncio.run(serve(WorkerSettings.from_env(os.environ)))
-    except KeyboardInterrupt:
-        pass
-    except (ConfigError, TroopError) as exc:
-        raise SystemExit(f"troop worker: {exc}") from None
+    run_until_done("troop worker", lambda: serve(WorkerSettings.from_env(os.environ)))
