@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from tests.conftest import free_port, require
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError
 from troop_common.keys import Identity
@@ -53,9 +54,9 @@ class OwnRedis:
 
 @pytest.fixture
 def own_redis(redis_url: str):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not on PATH")
-    server = OwnRedis(state.free_port())
+    # With CI=true a missing binary fails the test instead of skipping it.
+    require("Redis", shutil.which("redis-server") is not None, "redis-server is not on PATH")
+    server = OwnRedis(free_port())
     server.start()
     yield server
     server.stop()
@@ -111,7 +112,7 @@ async def test_discovery_down_is_unavailable_and_reserves_nothing(
     database_url: str, tmp_path: Path, ticket_key_pem: bytes
 ) -> None:
     # Replays kept in-process, so the registry is the part that fails here.
-    dead = f"redis://127.0.0.1:{state.free_port()}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
     settings = _settings(tmp_path, ticket_key_pem, database_url, dead)
     async with Coordinator(settings, replays=MemoryReplaySet()) as coordinator:
         user = CoordinatorClient(coordinator.address, Identity.generate())
