@@ -1,4 +1,4 @@
-"""Key files: Ed25519 identities (users, nodes) and the coordinator's RSA ticket key.
+"""Key files: Ed25519 identities (users, nodes), and the helpers every private key file uses.
 
 Private keys are created on first use, written owner-read-only (0400) through a
 file descriptor opened with that mode (so no moment exists when another user
@@ -22,11 +22,41 @@ from troop_common.errors import SignatureInvalid
 PRIVATE_KEY_MODE = 0o400
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Create `path` owner-read-only with `data`; FileExistsError if it exists."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_KEY_MODE)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+def private_pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> bytes:
+    """The key as an unencrypted PKCS#8 PEM (the file is protected by its mode)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _read_pem(path: Path) -> object:
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
+def load_ed25519_private(path: Path) -> ed25519.Ed25519PrivateKey:
+    """The Ed25519 private key in `path`; ConfigError if it holds another kind of key."""
+    key = _read_pem(path)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError(f"{path} does not hold an Ed25519 private key")
+    return key
+
+
+def load_rsa_private(path: Path) -> rsa.RSAPrivateKey:
+    """The RSA private key in `path`; ConfigError if it holds another kind of key."""
+    key = _read_pem(path)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"{path} does not hold an RSA private key")
+    return key
 
 
 def public_key_hex(key: ed25519.Ed25519PublicKey) -> str:
@@ -75,21 +105,13 @@ class Identity:
         """The identity kept at `path`, created (mode 0400) on first use."""
         if not path.exists():
             key = ed25519.Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
             try:
-                _write_private(path, pem)
+                write_private(path, private_pem(key))
             except FileExistsError:
                 pass  # created concurrently by another process: load theirs
             else:
                 return cls(key)
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-            raise ConfigError(f"{path} does not hold an Ed25519 private key")
-        return cls(loaded)
+        return cls(load_ed25519_private(path))
 
 
 def verify_ed25519(public_key_hex_: str, signature: bytes, data: bytes) -> None:
@@ -98,24 +120,3 @@ def verify_ed25519(public_key_hex_: str, signature: bytes, data: bytes) -> None:
         parse_public_key_hex(public_key_hex_).verify(signature, data)
     except (InvalidSignature, ValueError) as exc:
         raise SignatureInvalid("signature does not verify with the node's key") from exc
-
-
-def load_or_create_rsa(path: Path, bits: int = 2048) -> rsa.RSAPrivateKey:
-    """The coordinator's ticket-signing key, created (mode 0400) on first start."""
-    if not path.exists():
-        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        try:
-            _write_private(path, pem)
-        except FileExistsError:
-            pass
-        else:
-            return key
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, rsa.RSAPrivateKey):
-        raise ConfigError(f"{path} does not hold an RSA private key")
-    return loaded

@@ -30,11 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from troop_common.config import ConfigError
-from troop_common.keys import PRIVATE_KEY_MODE, _write_private
+from troop_common.keys import PRIVATE_KEY_MODE, load_rsa_private, private_pem, write_private
 from troop_common.tickets import TicketSigner, key_id
 
 log = logging.getLogger("troop.coordinator.ticket_keys")
@@ -48,21 +46,6 @@ class KeyRecord:
     kid: str
     created_at: float
     retired_at: float | None = None
-
-
-def _pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _load_pem(path: Path) -> rsa.RSAPrivateKey:
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, rsa.RSAPrivateKey):
-        raise ConfigError(f"{path} does not hold an RSA private key")
-    return loaded
 
 
 def read_metadata(directory: Path) -> dict[str, KeyRecord]:
@@ -93,7 +76,7 @@ def write_metadata(directory: Path, records: dict[str, KeyRecord]) -> None:
 def _add_key(directory: Path, key: rsa.RSAPrivateKey, now: float, retire_others: bool) -> str:
     kid = key_id(key.public_key())
     with contextlib.suppress(FileExistsError):
-        _write_private(directory / f"{kid}.pem", _pem(key))
+        write_private(directory / f"{kid}.pem", private_pem(key))
     records = read_metadata(directory)
     if retire_others:
         records = {
@@ -128,7 +111,7 @@ def ensure_key_dir(directory: Path, legacy_key: Path | None = None) -> None:
 def _first_key(directory: Path, legacy_key: Path | None) -> None:
     now = time.time()
     if legacy_key is not None and legacy_key.exists():
-        kid = _add_key(directory, _load_pem(legacy_key), now, retire_others=False)
+        kid = _add_key(directory, load_rsa_private(legacy_key), now, retire_others=False)
         legacy_key.unlink(missing_ok=True)  # one copy of a secret: the directory's
         log.info("moved %s into %s as key %s", legacy_key.name, directory, kid)
         return
@@ -214,7 +197,7 @@ class TicketKeyRing:
         records = read_metadata(self.directory)
         for kid in records:
             if kid not in self._loaded and (self.directory / f"{kid}.pem").exists():
-                self._loaded[kid] = _load_pem(self.directory / f"{kid}.pem")
+                self._loaded[kid] = load_rsa_private(self.directory / f"{kid}.pem")
         self._records = {k: r for k, r in records.items() if k in self._loaded}
         active = [r for r in self._records.values() if r.retired_at is None]
         if not active:
