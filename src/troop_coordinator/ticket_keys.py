@@ -48,6 +48,10 @@ class KeyRecord:
     retired_at: float | None = None
 
 
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
 def read_metadata(directory: Path) -> dict[str, KeyRecord]:
     path = directory / METADATA_FILE
     if not path.exists():
@@ -115,9 +119,7 @@ def _first_key(directory: Path, legacy_key: Path | None) -> None:
         legacy_key.unlink(missing_ok=True)  # one copy of a secret: the directory's
         log.info("moved %s into %s as key %s", legacy_key.name, directory, kid)
         return
-    kid = _add_key(
-        directory, rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS), now, False
-    )
+    kid = _add_key(directory, _new_key(), now, retire_others=False)
     log.info("created ticket key %s", kid)
 
 
@@ -128,7 +130,7 @@ def rotate(directory: Path, *, grace_s: float, now: float | None = None) -> str:
     no longer verify anything, so they need not exist)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = time.time() if now is None else now
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    key = _new_key()
     with _locked(directory):
         return _rotate(directory, key, now, grace_s)
 
