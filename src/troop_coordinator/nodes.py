@@ -10,19 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.errors import NotFound, PermissionDenied
-from troop_coordinator.db.engine import dialect_name
-from troop_coordinator.db.models import Node
+from troop_coordinator.db.engine import dialect_insert
+from troop_coordinator.db.models import nodes_table as nodes
 from troop_coordinator.registry import LiveNode
-
-# Declarative types `__table__` as FromClause; this is a Table.
-nodes = cast(Table, Node.__table__)
 
 
 class NodeDirectory:
@@ -47,17 +42,17 @@ class NodeDirectory:
             "last_seen": now,
         }
         async with self._sessions.begin() as session:
-            dialect = dialect_name(session)
-            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(nodes)
             await session.execute(
-                insert.values(
+                dialect_insert(session, nodes)
+                .values(
                     node_id=node.node_id,
                     node_public_key=node.node_public_key,
                     multiplier=1.0,
                     proven=False,
                     created_at=now,
                     **values,
-                ).on_conflict_do_nothing(index_elements=["node_id"])
+                )
+                .on_conflict_do_nothing(index_elements=["node_id"])
             )
             terms = (
                 await session.execute(

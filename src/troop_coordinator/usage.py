@@ -20,18 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, func, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.errors import NotFound, PermissionDenied
-from troop_coordinator.db.engine import dialect_name
-from troop_coordinator.db.models import Dispute, Job, Node
-
-# Declarative types `__table__` as FromClause; these are Tables.
-jobs = cast(Table, Job.__table__)
-nodes = cast(Table, Node.__table__)
-disputes = cast(Table, Dispute.__table__)
+from troop_coordinator.db.engine import dialect_insert, dialect_name
+from troop_coordinator.db.models import disputes_table as disputes
+from troop_coordinator.db.models import jobs_table as jobs
+from troop_coordinator.db.models import nodes_table as nodes
 
 DISPUTE_FACTOR = 0.8
 AGREE_STEP = 0.02
@@ -124,19 +120,16 @@ class UsageBook:
     async def _judge(self, session: AsyncSession, row: Any, now: datetime) -> Verdict:
         reason = dispute_reason(row, token_slack=self.token_slack, time_slack_ms=self.time_slack_ms)
         if reason is None:
+            # The smaller of two values: MIN(a, b) in SQLite, LEAST(a, b) in PostgreSQL.
+            smaller = func.min if dialect_name(session) == "sqlite" else func.least
             await session.execute(
                 update(nodes)
                 .where(nodes.c.node_id == row.node_id)
-                .values(reputation=func.min(1.0, nodes.c.reputation + AGREE_STEP))
-                if dialect_name(session) == "sqlite"
-                else update(nodes)
-                .where(nodes.c.node_id == row.node_id)
-                .values(reputation=func.least(1.0, nodes.c.reputation + AGREE_STEP))
+                .values(reputation=smaller(1.0, nodes.c.reputation + AGREE_STEP))
             )
             return Verdict(compared=True, disputed=False)
-        insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
         created = await session.execute(
-            insert(disputes)
+            dialect_insert(session, disputes)
             .values(
                 job_id=row.job_id,
                 node_id=row.node_id,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -55,6 +56,13 @@ def dialect_name(session: AsyncSession) -> str:
     if session.bind is None:
         raise RuntimeError("the session is not bound to an engine")
     return session.bind.dialect.name
+
+
+def dialect_insert(session: AsyncSession, table: Table) -> Any:
+    """`INSERT INTO table` in the session's dialect, so `.on_conflict_do_nothing()` works
+    on PostgreSQL and SQLite alike."""
+    insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
+    return insert(table)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

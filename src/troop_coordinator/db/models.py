@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     String,
+    Table,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -178,3 +179,13 @@ class AuditEvent(Base):
     event: Mapped[dict[str, Any]] = mapped_column(JsonDocument, nullable=False)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+# The Core tables, for statements built with `update()`/`insert()` (declarative types
+# `__table__` as a FromClause; these are Tables).
+users_table = cast(Table, User.__table__)
+nodes_table = cast(Table, Node.__table__)
+jobs_table = cast(Table, Job.__table__)
+entries_table = cast(Table, LedgerEntry.__table__)
+invites_table = cast(Table, Invite.__table__)
+disputes_table = cast(Table, Dispute.__table__)

@@ -11,35 +11,23 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from troop_coordinator.db.engine import dialect_name
-from troop_coordinator.db.models import (
-    EntryKind,
-    Invite,
-    Job,
-    JobStatus,
-    LedgerEntry,
-    Node,
-    User,
-)
-
-# Declarative types `__table__` as FromClause; these are Tables.
-users = cast(Table, User.__table__)
-jobs = cast(Table, Job.__table__)
-entries = cast(Table, LedgerEntry.__table__)
-nodes = cast(Table, Node.__table__)
-invites = cast(Table, Invite.__table__)
+from troop_coordinator.db.engine import dialect_insert
+from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.db.models import entries_table as entries
+from troop_coordinator.db.models import invites_table as invites
+from troop_coordinator.db.models import jobs_table as jobs
+from troop_coordinator.db.models import nodes_table as nodes
+from troop_coordinator.db.models import users_table as users
 
 
 class LedgerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    def _insert(self, table: Any) -> Any:
-        dialect = dialect_name(self.session)
-        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    def _insert(self, table: Table) -> Any:
+        return dialect_insert(self.session, table)
 
     async def starter_granted(self, public_key: str) -> bool:
         """True if the user exists and had its starter grant (a read; never a decision to pay)."""
