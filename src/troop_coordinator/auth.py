@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from contextvars import ContextVar
-from typing import Any
 
 import grpc
 
 from troop_common.assertions import COORDINATOR_AUDIENCE, verify_assertion
 from troop_common.errors import AssertionInvalid
-from troop_common.interceptors.wrapping import CheckingInterceptor
+from troop_common.interceptors.wrapping import CheckingInterceptor, bearer_token
 from troop_common.proto import COORDINATOR_SERVICE
 from troop_common.replay import ReplaySet
 from troop_common.request_context import set_principal
@@ -49,17 +48,6 @@ def current_caller() -> str:
     return subject
 
 
-def _bearer(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            break
-    raise AssertionInvalid("missing authorization: Bearer <assertion>")
-
-
 class AuthInterceptor(CheckingInterceptor):
     """Verifies the caller's assertion before an identified method runs.
 
@@ -82,7 +70,10 @@ class AuthInterceptor(CheckingInterceptor):
         return method in self._methods
 
     async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        assertion = verify_assertion(_bearer(context.invocation_metadata()), self._audience)
+        token = bearer_token(context)
+        if token is None:
+            raise AssertionInvalid("missing authorization: Bearer <assertion>")
+        assertion = verify_assertion(token, self._audience)
         if not await self._replays.add(f"assertion:{assertion.jti}", assertion.expires_at):
             raise AssertionInvalid("assertion already used")
         caller.set(assertion.subject)

@@ -11,12 +11,11 @@ not burn the ticket. ListModels, health and reflection need no ticket.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
 
 import grpc
 
 from troop_common.errors import TicketInvalid
-from troop_common.interceptors.wrapping import CheckingInterceptor
+from troop_common.interceptors.wrapping import CheckingInterceptor, bearer_token
 from troop_common.proto import INFERENCE_SERVICE
 from troop_common.request_context import set_principal
 from troop_common.tickets import Ticket
@@ -25,18 +24,6 @@ from troop_worker.tickets import TicketVerifier
 PROTECTED_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ChatCompletion"})
 
 current_ticket: ContextVar[Ticket | None] = ContextVar("troop_worker_ticket", default=None)
-
-
-def bearer_token(metadata: Any) -> str:
-    """The token in `authorization: Bearer …`; TicketInvalid if absent or malformed."""
-    for key, value in metadata or ():
-        if key.lower() == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            raise TicketInvalid("authorization metadata must be 'Bearer <ticket>'")
-    raise TicketInvalid("missing ticket: send 'authorization: Bearer <ticket>'")
 
 
 class TicketInterceptor(CheckingInterceptor):
@@ -49,6 +36,9 @@ class TicketInterceptor(CheckingInterceptor):
         return method in PROTECTED_METHODS
 
     async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        ticket = await self.verifier.verify(bearer_token(context.invocation_metadata()))
+        token = bearer_token(context)
+        if token is None:
+            raise TicketInvalid("missing ticket: send 'authorization: Bearer <ticket>'")
+        ticket = await self.verifier.verify(token)
         current_ticket.set(ticket)
         set_principal(ticket.user)

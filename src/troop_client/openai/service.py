@@ -35,6 +35,7 @@ from troop_client.openai.responses import (
 )
 from troop_client.sdk import TroopClient
 from troop_common.errors import AuthError, NotFound, TroopError
+from troop_common.interceptors.wrapping import bearer_token
 from troop_common.proto import openai_pb2, openai_pb2_grpc
 
 log = logging.getLogger("troop.client.openai")
@@ -93,10 +94,9 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
     def _check_key(self, context: grpc.aio.ServicerContext) -> None:
         if not self.api_keys:
             return
-        header = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, key = str(header).partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys
+        key = bearer_token(context)
+        if key is None or not any(
+            hmac.compare_digest(key.encode(), k.encode()) for k in self.api_keys
         ):
             raise AuthError(
                 "Incorrect API key provided: this Troop sidecar accepts only the keys in "

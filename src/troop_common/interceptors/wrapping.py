@@ -106,3 +106,12 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
         if name == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The token of `authorization: Bearer <token>`; None if absent or of another scheme."""
+    header = metadata_value(context, "authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
