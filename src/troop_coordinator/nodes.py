@@ -24,15 +24,11 @@ class NodeDirectory:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def record_heartbeat(self, node: LiveNode, owner: str, now: datetime) -> float:
-        """Bind on first sight, refresh after; the node's multiplier. PermissionDenied if
-        the node id is bound to another key."""
-        return (await self.record_heartbeat_terms(node, owner, now))[0]
-
-    async def record_heartbeat_terms(
+    async def record_heartbeat(
         self, node: LiveNode, owner: str, now: datetime
     ) -> tuple[float, float]:
-        """`record_heartbeat`, answering (multiplier, reputation)."""
+        """Bind on first sight, refresh after; the node's (multiplier, reputation).
+        PermissionDenied if the node id is bound to another key."""
         values = {
             "owner_public_key": owner,
             "endpoint": node.endpoint,

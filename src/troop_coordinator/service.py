@@ -41,9 +41,6 @@ from troop_coordinator.validation import Violations
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
-# How many unreachable nodes one Authorize may ask to skip.
-MAX_EXCLUDED_NODES = 8
-
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
@@ -98,7 +95,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hardware=convert.hardware_from_pb(request.hardware),
             last_seen=now,
         )
-        multiplier, reputation = await self.nodes.record_heartbeat_terms(
+        multiplier, reputation = await self.nodes.record_heartbeat(
             node, request.owner_public_key, datetime.fromtimestamp(now, UTC)
         )
         await self.registry.heartbeat(replace(node, multiplier=multiplier, reputation=reputation))
@@ -168,10 +165,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def Authorize(self, request: pb.AuthorizeRequest, context: Context) -> object:
         check = Violations()
         check.model("model", request.model)
-        if len(request.exclude_node_ids) > MAX_EXCLUDED_NODES:
-            check.add("exclude_node_ids", f"at most {MAX_EXCLUDED_NODES} nodes")
-        for i, node_id in enumerate(request.exclude_node_ids):
-            check.node_id(f"exclude_node_ids[{i}]", node_id)
+        check.excluded_nodes("exclude_node_ids", list(request.exclude_node_ids))
         check.raise_if_any()
         user = current_caller()
         now = time.time()

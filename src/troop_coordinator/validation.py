@@ -18,6 +18,8 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 MAX_MODELS = 64
+# How many unreachable nodes one Authorize may ask to skip.
+MAX_EXCLUDED_NODES = 8
 
 
 class Violations:
@@ -61,3 +63,9 @@ class Violations:
             self.model(f"{field}[{i}]", value)
         if len(set(values)) != len(values):
             self.add(field, "no duplicates")
+
+    def excluded_nodes(self, field: str, values: list[str]) -> None:
+        if len(values) > MAX_EXCLUDED_NODES:
+            self.add(field, f"at most {MAX_EXCLUDED_NODES} nodes")
+        for i, value in enumerate(values):
+            self.node_id(f"{field}[{i}]", value)
