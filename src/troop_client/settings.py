@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from troop_common.config import env_int
 from troop_common.tls import TlsSettings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -43,6 +44,6 @@ class ClientSettings:
             if env.get("TROOP_CONFIG_DIR")
             else default_config_dir(env),
             model=env.get("TROOP_MODEL", cls.model),
-            node_attempts=max(1, int(env.get("TROOP_NODE_ATTEMPTS", cls.node_attempts))),
+            node_attempts=env_int(env, "TROOP_NODE_ATTEMPTS", cls.node_attempts, minimum=1),
             tls=TlsSettings.from_env(env),
         )

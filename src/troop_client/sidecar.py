@@ -34,6 +34,7 @@ from troop_client.openai.errors import ENVOY_LOCAL_REPLY, ERROR_BODY_HEADER, HTT
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
+from troop_common.config import env_float, env_int, env_text
 from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
 from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
@@ -59,11 +60,11 @@ class SidecarSettings:
         keys = tuple(k.strip() for k in raw_keys if k.strip())
         return cls(
             client=ClientSettings.from_env(env),
-            http_host=env.get("TROOP_CLIENT_HTTP_HOST", "").strip() or cls.http_host,
-            http_port=int(env.get("TROOP_CLIENT_HTTP_PORT", "").strip() or cls.http_port),
-            grpc_port=int(env.get("TROOP_CLIENT_GRPC_PORT", "").strip() or cls.grpc_port),
+            http_host=env_text(env, "TROOP_CLIENT_HTTP_HOST", cls.http_host),
+            http_port=env_int(env, "TROOP_CLIENT_HTTP_PORT", cls.http_port),
+            grpc_port=env_int(env, "TROOP_CLIENT_GRPC_PORT", cls.grpc_port),
             api_keys=keys,
-            keepalive_s=float(env.get("TROOP_CLIENT_KEEPALIVE_S", "").strip() or cls.keepalive_s),
+            keepalive_s=env_float(env, "TROOP_CLIENT_KEEPALIVE_S", cls.keepalive_s, positive=True),
         )
 
 

@@ -1,14 +1,69 @@
-"""What every component raises for a setting it cannot use.
+"""What every component's settings share: reading `TROOP_*` variables, and the error
+for a setting it cannot use.
 
 A `ConfigError` names the setting (environment variable or flag) and says what it must
-be; the `troop` command prints it in one line instead of a traceback.
+be; the `troop` command prints it in one line instead of a traceback. The `env_*`
+readers return the default for an unset or empty variable.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used: the message names it and what it must be."""
 
 
-__all__ = ["ConfigError"]
+def env_text(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, "").strip() or default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env_text(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(
+    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
+) -> float:
+    """A number, at least 0 (`positive`: more than 0)."""
+    raw = env_text(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def env_choice(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    choices: tuple[str, ...],
+    *,
+    casefold: bool = False,
+) -> str:
+    value = env_text(env, name, default)
+    if casefold:
+        value = value.lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+__all__ = ["ConfigError", "env_choice", "env_float", "env_int", "env_text"]

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from troop_common.config import ConfigError
+from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
 from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.tls import TlsSettings
 
@@ -148,56 +148,36 @@ class CoordinatorSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> CoordinatorSettings:
-        """Settings from `TROOP_*` variables; ValueError names a malformed one."""
-
-        def get(name: str, default: str) -> str:
-            value = env.get(name, "").strip()
-            return value or default
-
-        def number(name: str, default: float, kind: type = int) -> float:
-            text = get(name, str(default))
-            try:
-                return kind(text)
-            except ValueError as exc:
-                raise ConfigError(f"{name} must be a number, not {text!r}") from exc
-
-        data_dir = Path(get("TROOP_DATA_DIR", str(DEFAULT_DATA_DIR))).expanduser()
-        interval = int(number("TROOP_HEARTBEAT_INTERVAL_SECONDS", 5))
+        """Settings from `TROOP_*` variables; ConfigError names a malformed one."""
+        data_dir = Path(env_text(env, "TROOP_DATA_DIR", str(DEFAULT_DATA_DIR))).expanduser()
+        interval = env_int(env, "TROOP_HEARTBEAT_INTERVAL_SECONDS", 5)
         return cls(
-            host=get("TROOP_COORDINATOR_HOST", "127.0.0.1"),
-            port=int(number("TROOP_COORDINATOR_PORT", 50051)),
+            host=env_text(env, "TROOP_COORDINATOR_HOST", "127.0.0.1"),
+            port=env_int(env, "TROOP_COORDINATOR_PORT", 50051),
             data_dir=data_dir,
-            database_url=get("TROOP_DATABASE_URL", ""),
-            redis_url=get("TROOP_REDIS_URL", ""),
-            redis_prefix=get("TROOP_REDIS_PREFIX", "troop:"),
-            redis_check_interval_s=float(number("TROOP_REDIS_CHECK_SECONDS", 2.0, float)),
-            starter_credits=int(number("TROOP_STARTER_CREDITS", 3600)),
-            reservation_credits=int(number("TROOP_RESERVATION_CREDITS", 300)),
-            ticket_ttl_s=int(number("TROOP_TICKET_TTL_SECONDS", 300)),
+            database_url=env_text(env, "TROOP_DATABASE_URL", ""),
+            redis_url=env_text(env, "TROOP_REDIS_URL", ""),
+            redis_prefix=env_text(env, "TROOP_REDIS_PREFIX", "troop:"),
+            redis_check_interval_s=env_float(env, "TROOP_REDIS_CHECK_SECONDS", 2.0),
+            starter_credits=env_int(env, "TROOP_STARTER_CREDITS", 3600),
+            reservation_credits=env_int(env, "TROOP_RESERVATION_CREDITS", 300),
+            ticket_ttl_s=env_int(env, "TROOP_TICKET_TTL_SECONDS", 300),
             heartbeat_interval_s=interval,
-            node_ttl_s=float(number("TROOP_NODE_TTL_SECONDS", 3 * interval, float)),
-            sweep_interval_s=float(number("TROOP_SWEEP_INTERVAL_SECONDS", 30, float)),
-            settle_grace_s=float(number("TROOP_SETTLE_GRACE_SECONDS", 300, float)),
-            benchmark_matrix_size=int(number("TROOP_BENCHMARK_MATRIX_SIZE", 4096)),
-            benchmark_reference_ms=float(number("TROOP_BENCHMARK_REFERENCE_MS", 1500.0, float)),
-            admission=_admission(get("TROOP_ADMISSION", "open")),
-            pow_bits=int(number("TROOP_POW_BITS", 20)),
-            ticket_key_reload_s=float(number("TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0, float)),
-            ticket_key_grace_s=float(number("TROOP_TICKET_KEY_GRACE_SECONDS", 0.0, float))
-            if get("TROOP_TICKET_KEY_GRACE_SECONDS", "")
+            node_ttl_s=env_float(env, "TROOP_NODE_TTL_SECONDS", 3 * interval),
+            sweep_interval_s=env_float(env, "TROOP_SWEEP_INTERVAL_SECONDS", 30),
+            settle_grace_s=env_float(env, "TROOP_SETTLE_GRACE_SECONDS", 300),
+            benchmark_matrix_size=env_int(env, "TROOP_BENCHMARK_MATRIX_SIZE", 4096),
+            benchmark_reference_ms=env_float(env, "TROOP_BENCHMARK_REFERENCE_MS", 1500.0),
+            admission=env_choice(env, "TROOP_ADMISSION", "open", ADMISSION_MODES, casefold=True),
+            pow_bits=env_int(env, "TROOP_POW_BITS", 20),
+            ticket_key_reload_s=env_float(env, "TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0),
+            ticket_key_grace_s=env_float(env, "TROOP_TICKET_KEY_GRACE_SECONDS", 0.0)
+            if env_text(env, "TROOP_TICKET_KEY_GRACE_SECONDS", "")
             else None,
             tls=TlsSettings.from_env(env),
+            # Set but empty means no limits, so not env_text (which reads empty as unset).
             rate_limits=env.get("TROOP_RATE_LIMITS", DEFAULT_RATE_LIMITS).strip(),
-            audit_dir=Path(get("TROOP_AUDIT_DIR", "")).expanduser()
-            if get("TROOP_AUDIT_DIR", "")
+            audit_dir=Path(env_text(env, "TROOP_AUDIT_DIR", "")).expanduser()
+            if env_text(env, "TROOP_AUDIT_DIR", "")
             else None,
         )
-
-
-def _admission(value: str) -> str:
-    mode = value.lower()
-    if mode not in ADMISSION_MODES:
-        raise ConfigError(
-            f"TROOP_ADMISSION must be one of {', '.join(ADMISSION_MODES)}, not {value!r}"
-        )
-    return mode

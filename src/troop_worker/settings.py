@@ -39,46 +39,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from troop_common.config import ConfigError
+from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
 from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.tls import TlsSettings
 
 ENGINES = ("torch", "openai", "fake")
 DTYPES = ("bfloat16", "float32", "float16")
 DEFAULT_DATA_DIR = Path("~/.local/share/troop/worker").expanduser()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip() or default
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -126,36 +93,44 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        """Settings from `TROOP_*` variables (see the module table); ValueError if malformed."""
-        data_dir = env.get("TROOP_WORKER_DATA_DIR", "").strip()
-        model_path = env.get("TROOP_WORKER_MODEL_PATH", "").strip()
-        threads = _int(env, "TROOP_TORCH_THREADS", 0)
+        """Settings from `TROOP_*` variables (see the module table); ConfigError if malformed."""
+        data_dir = env_text(env, "TROOP_WORKER_DATA_DIR")
+        model_path = env_text(env, "TROOP_WORKER_MODEL_PATH")
+        threads = env_int(env, "TROOP_TORCH_THREADS", 0)
         return cls(
-            host=env.get("TROOP_WORKER_HOST", "").strip() or cls.host,
-            port=_int(env, "TROOP_WORKER_PORT", cls.port),
-            advertise=env.get("TROOP_WORKER_ADVERTISE", "").strip() or None,
-            coordinator=env.get("TROOP_COORDINATOR", "").strip() or cls.coordinator,
+            host=env_text(env, "TROOP_WORKER_HOST", cls.host),
+            port=env_int(env, "TROOP_WORKER_PORT", cls.port),
+            advertise=env_text(env, "TROOP_WORKER_ADVERTISE") or None,
+            coordinator=env_text(env, "TROOP_COORDINATOR", cls.coordinator),
             data_dir=Path(data_dir).expanduser() if data_dir else cls.data_dir,
-            node_id=env.get("TROOP_NODE_ID", "").strip() or None,
-            owner_public_key=env.get("TROOP_WORKER_OWNER", "").strip() or None,
-            engine=_choice(env, "TROOP_WORKER_ENGINE", cls.engine, ENGINES),
-            model=env.get("TROOP_WORKER_MODEL", "").strip() or cls.model,
+            node_id=env_text(env, "TROOP_NODE_ID") or None,
+            owner_public_key=env_text(env, "TROOP_WORKER_OWNER") or None,
+            engine=env_choice(env, "TROOP_WORKER_ENGINE", cls.engine, ENGINES),
+            model=env_text(env, "TROOP_WORKER_MODEL", cls.model),
             model_path=Path(model_path).expanduser() if model_path else None,
-            upstream_url=env.get("TROOP_WORKER_UPSTREAM_URL", "").strip() or None,
-            upstream_model=env.get("TROOP_WORKER_UPSTREAM_MODEL", "").strip() or None,
-            upstream_api_key=env.get("TROOP_WORKER_UPSTREAM_API_KEY", "").strip() or None,
-            max_concurrent_jobs=_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
-            max_jobs_per_user=_int(env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1),
-            max_new_tokens=_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),
-            heartbeat_interval_s=_float(env, "TROOP_WORKER_HEARTBEAT_S", cls.heartbeat_interval_s),
-            coordinator_wait_s=_float(env, "TROOP_WORKER_COORDINATOR_WAIT", cls.coordinator_wait_s),
-            benchmark=env.get("TROOP_WORKER_BENCHMARK", "").strip().lower() in ("1", "true", "yes"),
+            upstream_url=env_text(env, "TROOP_WORKER_UPSTREAM_URL") or None,
+            upstream_model=env_text(env, "TROOP_WORKER_UPSTREAM_MODEL") or None,
+            upstream_api_key=env_text(env, "TROOP_WORKER_UPSTREAM_API_KEY") or None,
+            max_concurrent_jobs=env_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
+            max_jobs_per_user=env_int(
+                env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1
+            ),
+            max_new_tokens=env_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),
+            heartbeat_interval_s=env_float(
+                env, "TROOP_WORKER_HEARTBEAT_S", cls.heartbeat_interval_s, positive=True
+            ),
+            coordinator_wait_s=env_float(
+                env, "TROOP_WORKER_COORDINATOR_WAIT", cls.coordinator_wait_s, positive=True
+            ),
+            benchmark=env_text(env, "TROOP_WORKER_BENCHMARK").lower() in ("1", "true", "yes"),
             torch_threads=threads or None,
-            torch_dtype=_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
+            torch_dtype=env_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
             tls=TlsSettings.from_env(env),
             rate_limits=env.get("TROOP_WORKER_RATE_LIMITS", cls.rate_limits).strip(),
-            key_refresh_s=_float(env, "TROOP_WORKER_KEY_REFRESH_S", cls.key_refresh_s),
+            key_refresh_s=env_float(
+                env, "TROOP_WORKER_KEY_REFRESH_S", cls.key_refresh_s, positive=True
+            ),
             audit_dir=Path(audit).expanduser()
-            if (audit := env.get("TROOP_WORKER_AUDIT_DIR", "").strip())
+            if (audit := env_text(env, "TROOP_WORKER_AUDIT_DIR"))
             else None,
         )
