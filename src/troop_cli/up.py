@@ -42,7 +42,11 @@ class _Failed(Exception):
 
 
 async def _wait_for(
-    what: str, check, procs: list[asyncio.subprocess.Process], logs: list[Path]
+    what: str,
+    check,
+    procs: list[asyncio.subprocess.Process],
+    logs: list[Path],
+    interval_s: float = 0.25,
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_S
@@ -53,7 +57,7 @@ async def _wait_for(
                 raise _Failed(f"{what} did not start; the end of {log}:\n" + "\n".join(tail))
         if loop.time() > deadline:
             raise _Failed(f"{what} not ready after {READY_TIMEOUT_S:.0f} s; see {logs[-1]}")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(interval_s)
 
 
 async def _spawn(args: list[str], log: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -125,12 +129,11 @@ async def run_up(args: argparse.Namespace) -> int:
                     nodes = (await client.list_nodes()).nodes
                 except Exception:  # not up yet
                     return False
-                if not any(n.endpoint == worker for n in nodes):
-                    await asyncio.sleep(1.0)  # the first heartbeat is on its way
-                    return False
-                return True
+                return any(n.endpoint == worker for n in nodes)
 
-            await _wait_for("the worker's registration", registered, procs, logs)
+            # Once a second: the first heartbeat is on its way, and each look is a
+            # discovery call counted against this machine's IP.
+            await _wait_for("the worker's registration", registered, procs, logs, interval_s=1.0)
         # The OpenAI face runs in this process: a gRPC service behind its Envoy.
         sidecar = ClientSidecar(
             dataclasses.replace(
