@@ -29,6 +29,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def local_worker_settings(coordinator: str, data_dir: Path, **overrides: object) -> Any:
+    """WorkerSettings for a worker of the fake engine on a free port (overrides win)."""
+    import dataclasses
+
+    from troop_worker.settings import WorkerSettings
+
+    base = {"port": 0, "coordinator": coordinator, "data_dir": data_dir, "engine": "fake"}
+    return dataclasses.replace(WorkerSettings.from_env({}), **{**base, **overrides})
+
+
 def require(part: str, available: bool, why: str = "") -> None:
     """Skip (or, with CI=true, fail) when a real part the test needs is missing."""
     if available:
@@ -224,7 +234,6 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
     from troop_coordinator.settings import CoordinatorSettings
     from troop_worker.app import Worker
     from troop_worker.engine.fake import FakeEngine
-    from troop_worker.settings import WorkerSettings
 
     @asynccontextmanager
     async def start(
@@ -238,16 +247,10 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
             **(coordinator_overrides or {}),
         )
         async with Coordinator(coordinator_settings) as coordinator:
-            worker_settings = dataclasses.replace(
-                WorkerSettings.from_env({}),
-                **{
-                    "port": 0,
-                    "coordinator": coordinator.address,
-                    "data_dir": tmp_path / "worker",
-                    "engine": "fake",
-                    "heartbeat_interval_s": 0.5,
-                    **worker_overrides,
-                },
+            worker_settings = local_worker_settings(
+                coordinator.address,
+                tmp_path / "worker",
+                **{"heartbeat_interval_s": 0.5, **worker_overrides},
             )
             engine = engine if engine is not None else FakeEngine([MODEL], delay_s=0.01)
             async with Worker(worker_settings, engine=engine) as worker:

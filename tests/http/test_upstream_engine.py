@@ -8,7 +8,6 @@ own worker.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import Mesh, free_port
+from tests.conftest import Mesh, free_port, local_worker_settings
 from tests.http.conftest import MODEL
 from troop_client import ChatOptions, Message, TroopClient
 from troop_common.coordinator_client import CoordinatorClient
@@ -25,7 +24,6 @@ from troop_common.keys import Identity
 from troop_worker.app import Worker
 from troop_worker.engine.fake import FakeEngine
 from troop_worker.engine.openai_upstream import OpenAIUpstreamEngine
-from troop_worker.settings import WorkerSettings
 
 RELAYED = "relayed-model"
 QUESTION = [Message("user", "the quick brown fox jumps over the lazy dog")]
@@ -35,15 +33,10 @@ QUESTION = [Message("user", "the quick brown fox jumps over the lazy dog")]
 async def relay(mesh: Mesh, upstream_url: str, tmp_path: Path, eventually) -> AsyncIterator[None]:
     """A second worker on the same coordinator, serving RELAYED from `upstream_url`."""
     engine = OpenAIUpstreamEngine(upstream_url, served=RELAYED, upstream_model=MODEL)
-    settings = dataclasses.replace(
-        WorkerSettings.from_env({}),
-        port=0,
-        coordinator=mesh.coordinator,
-        data_dir=tmp_path / "relay",
-        engine="openai",
-        model=RELAYED,
+    settings = local_worker_settings(
+        mesh.coordinator, tmp_path / "relay", engine="openai", model=RELAYED,
         heartbeat_interval_s=0.5,
-    )
+    )  # fmt: skip
     try:
         async with Worker(settings, engine=engine), CoordinatorClient(mesh.coordinator) as c:
 

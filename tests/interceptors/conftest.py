@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import local_worker_settings
 from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
 
@@ -43,19 +44,12 @@ async def start_worker(tmp_path: Path, eventually) -> AsyncIterator[Callable[...
     """`await start_worker(coordinator, **overrides)`: a real worker (fake engine), registered."""
     from troop_common.coordinator_client import CoordinatorClient
     from troop_worker.app import Worker
-    from troop_worker.settings import WorkerSettings
 
     async with AsyncExitStack() as stack:
 
         async def start(coordinator: Coordinator, **overrides: object) -> Worker:
-            settings = dataclasses.replace(
-                WorkerSettings.from_env({}),
-                port=0,
-                coordinator=coordinator.address,
-                data_dir=tmp_path / "worker",
-                engine="fake",
-                shutdown_grace_s=0.5,
-                **overrides,
+            settings = local_worker_settings(
+                coordinator.address, tmp_path / "worker", **{"shutdown_grace_s": 0.5, **overrides}
             )
             worker = await stack.enter_async_context(Worker(settings))
             async with CoordinatorClient(coordinator.address) as client:

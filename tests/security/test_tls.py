@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.conftest import local_worker_settings
 from troop_client import Message, TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.coordinator_client import CoordinatorClient
@@ -22,7 +23,6 @@ from troop_common.tls import TlsSettings
 from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
 from troop_worker.app import Worker
-from troop_worker.settings import WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
 
@@ -102,12 +102,9 @@ async def test_chat_over_tls_and_no_silent_downgrade(
         tls=server_tls,
     )
     async with Coordinator(coordinator_settings) as coordinator:
-        worker_settings = dataclasses.replace(
-            WorkerSettings.from_env({}),
-            port=0,
-            coordinator=coordinator.address,
-            data_dir=tmp_path / "worker",
-            engine="fake",
+        worker_settings = local_worker_settings(
+            coordinator.address,
+            tmp_path / "worker",
             shutdown_grace_s=0.5,
             # Serves TLS with the same certificate; dials the coordinator trusting the CA.
             tls=dataclasses.replace(server_tls, ca_file=pki["ca"]),
