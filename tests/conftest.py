@@ -264,3 +264,55 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
                 yield Mesh(coordinator.address, worker, tmp_path)
 
     return start
+
+
+def ticket_metadata(ticket: str, user: Any, job_id: str, node_id: str) -> list[tuple[str, str]]:
+    """What a real client sends with a ticket: the ticket, a fresh nonce, and `user`'s
+    (an Identity) signed presentation of the job to the node."""
+    from troop_common.node_proof import NONCE_HEADER, new_nonce
+    from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
+
+    nonce = new_nonce()
+    return [
+        ("authorization", f"Bearer {ticket}"),
+        (NONCE_HEADER, nonce),
+        (PRESENTATION_HEADER, sign_presentation(user, job_id, node_id, nonce)),
+    ]
+
+
+def signed_receipt(
+    node: Any,
+    job_id: str,
+    node_id: str,
+    user: Any | None,
+    *,
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    outcome: int | None = None,
+    duration_ms: int = 1000,
+) -> Any:
+    """A receipt as a worker sends it, signed by `node` (an Identity), carrying `user`'s
+    (an Identity; None: no presentation) signed presentation of the job."""
+    from troop_common.node_proof import new_nonce
+    from troop_common.presentation import sign_presentation
+    from troop_common.proto import coordinator_pb2 as pb
+    from troop_common.receipts import sign_receipt
+
+    nonce = new_nonce()
+    presentation = b""
+    if user is not None:
+        presentation = bytes.fromhex(sign_presentation(user, job_id, node_id, nonce))
+    receipt = pb.JobReceipt(
+        job_id=job_id,
+        node_id=node_id,
+        outcome=pb.JOB_OUTCOME_COMPLETED if outcome is None else outcome,
+        duration_ms=duration_ms,
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        presentation=presentation,
+        client_nonce=nonce,
+    )
+    return sign_receipt(node, receipt)

@@ -23,6 +23,9 @@ from troop_common.config import ConfigError
 from troop_common.entrypoint import configure_logging
 from troop_common.errors import TroopError, Unreachable
 from troop_common.keys import Identity
+from troop_common.node_proof import NONCE_HEADER, new_nonce
+from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
+from troop_common.tickets import unverified_ticket_claims
 
 DEFAULT_QUESTION_MODEL = "smollm2-135m-instruct"
 
@@ -155,8 +158,17 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
 async def cmd_models(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
         models = await troop.models()
-    rows = [[model, str(count)] for model, count in models]
-    print(fmt.table(["MODEL", "NODES"], rows) if rows else "no models served right now")
+    rows = [
+        [
+            m.id,
+            str(m.node_count),
+            fmt.credits(m.prompt_millicredits_per_1k),
+            fmt.credits(m.completion_millicredits_per_1k),
+        ]
+        for m in models
+    ]
+    headers = ["MODEL", "NODES", "PROMPT /1K TOKENS", "COMPLETION /1K TOKENS"]
+    print(fmt.table(headers, rows) if rows else "no models served right now")
     return 0
 
 
@@ -193,6 +205,21 @@ async def cmd_auth_header(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_ticket_headers(args: argparse.Namespace) -> int:
+    # For grpcurl against a worker: the ticket, a fresh nonce and this identity's signed
+    # presentation of the job to its node (docs/protocol.md), one header a line.
+    claims = unverified_ticket_claims(args.ticket)
+    if claims is None:
+        raise ConfigError('not a ticket from Authorize (its "ticket" field)')
+    job_id, node_id = claims
+    async with _client(args) as troop:
+        nonce = new_nonce()
+        print(f"authorization: Bearer {args.ticket}")
+        print(f"{NONCE_HEADER}: {nonce}")
+        print(f"{PRESENTATION_HEADER}: {sign_presentation(troop.identity, job_id, node_id, nonce)}")
+    return 0
+
+
 async def cmd_coordinator(args: argparse.Namespace) -> int:
     from troop_coordinator.app import serve
     from troop_coordinator.settings import CoordinatorSettings
@@ -219,6 +246,16 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    if args.action == "benchmark":
+        from troop_worker.benchmark import report, run_benchmark
+
+        try:
+            result = await asyncio.to_thread(run_benchmark, args.seconds, args.device)
+        except ValueError as exc:  # --device cuda without one
+            print(f"troop: {exc}", file=sys.stderr)
+            return 2
+        print(report(result))
+        return 0
     from troop_worker.app import serve
     from troop_worker.settings import WorkerSettings
 
@@ -324,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="the ledger database (env TROOP_DATABASE_URL)")
 
     p = command("worker", cmd_worker, "run a worker (gRPC, default port 50052)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["benchmark"],
+        help="benchmark: measure this machine as a proof of hardware would, no coordinator",
+    )
+    p.add_argument("--seconds", type=float, default=2.0, help="benchmark: how long to run")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--coordinator")
@@ -402,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_auth_header,
         "print a one-call `authorization: Bearer <assertion>` header for grpcurl or curl",
     )
+    _add_client_options(p)
+    p = command(
+        "ticket-headers",
+        cmd_ticket_headers,
+        "print the three headers that present a ticket to its worker (for grpcurl)",
+    )
+    p.add_argument("ticket", help='the "ticket" field of an Authorize response')
     _add_client_options(p)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from troop_common.proto import common_pb2, inference_pb2
@@ -54,6 +55,36 @@ class ChatChunk:
         return cls(job_id=chunk.id, text=chunk.delta, finish_reason=reason, usage=usage)
 
 
+# The default completion bound when a request names none (the coordinator's too).
+DEFAULT_MAX_TOKENS = 256
+# A chat template's tokens around each message, and around the whole conversation
+# (role markers, a default system prompt): generous, since the unused part returns.
+MESSAGE_OVERHEAD_TOKENS = 8
+PROMPT_OVERHEAD_TOKENS = 64
+
+
+def prompt_token_bound(messages: Sequence[Message]) -> int:
+    """Prompt tokens these messages can take at most, without a tokenizer: a byte-level
+    tokenizer makes no more tokens than UTF-8 bytes, plus the template's own."""
+    return PROMPT_OVERHEAD_TOKENS + sum(
+        len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in messages
+    )
+
+
+def vouched_tokens(
+    received_bytes: int, shown: int | None, finish_reason: str | None, stop: Sequence[str]
+) -> int:
+    """The completion tokens a client can vouch it received (its countersignature).
+
+    The worker's own count when it showed one, but never more than a byte-level
+    tokenizer can have made of the bytes received: a token is at least one byte, the
+    end-of-sequence token none, and a stop sequence's tokens are not sent."""
+    bound = received_bytes + 1
+    if finish_reason == "stop" and stop:
+        bound += max(len(s.encode()) for s in stop)
+    return bound if shown is None else min(shown, bound)
+
+
 @dataclass(frozen=True)
 class ChatOptions:
     """Sampling options; None leaves the worker's default (temperature 0 is greedy)."""
@@ -74,3 +105,24 @@ class Completion:
     finish_reason: str | None
     usage: Usage
     node_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    """A model live nodes serve, with what a job on it costs (the coordinator's catalog)."""
+
+    id: str
+    node_count: int
+    prompt_millicredits_per_1k: int = 0
+    completion_millicredits_per_1k: int = 0
+    parameters: int = 0
+
+    @classmethod
+    def from_pb(cls, model: common_pb2.ModelInfo) -> ModelOffer:
+        return cls(
+            id=model.id,
+            node_count=model.node_count,
+            prompt_millicredits_per_1k=model.price.prompt_millicredits_per_1k_tokens,
+            completion_millicredits_per_1k=model.price.completion_millicredits_per_1k_tokens,
+            parameters=model.price.parameters,
+        )

@@ -17,13 +17,24 @@ from dataclasses import dataclass
 
 import grpc
 
-from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
+from troop_client.chat import (
+    DEFAULT_MAX_TOKENS,
+    ChatChunk,
+    ChatOptions,
+    Completion,
+    Message,
+    ModelOffer,
+    Usage,
+    prompt_token_bound,
+    vouched_tokens,
+)
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable, Unreachable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
+from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
 from troop_common.resilience import CircuitBreaker
@@ -137,7 +148,11 @@ class TroopClient:
         while True:
             try:
                 grant = await self.coordinator.authorize(
-                    model, request_id=request_id, exclude_node_ids=unreachable
+                    model,
+                    request_id=request_id,
+                    exclude_node_ids=unreachable,
+                    max_tokens=options.max_tokens or DEFAULT_MAX_TOKENS,
+                    max_prompt_tokens=prompt_token_bound(messages),
                 )
             except Unavailable as exc:
                 if first_failure is not None and not isinstance(exc, Unreachable):
@@ -196,6 +211,11 @@ class TroopClient:
             ("authorization", f"Bearer {grant.ticket}"),
             (REQUEST_ID, request_id),
             (NONCE_HEADER, nonce),
+            # What the node's receipt must carry to be paid: this user started the job.
+            (
+                PRESENTATION_HEADER,
+                sign_presentation(self.identity, grant.job_id, grant.node_id, nonce),
+            ),
         ]
         stub = inference_pb2_grpc.InferenceServiceStub(self._worker_channel(grant.endpoint))
         call = stub.ChatCompletion(
@@ -203,11 +223,9 @@ class TroopClient:
         )
         proven = False
         started = time.monotonic()
-        # What this client can vouch for: the characters it received bound the
-        # tokens (a token is at least one character); the worker's own count, when
-        # it sent one, is used if lower.
-        received_chars = 0
+        received_bytes = 0
         shown_tokens: int | None = None
+        finish_reason: str | None = None
         try:
             async for chunk in call:
                 if not proven:
@@ -217,20 +235,24 @@ class TroopClient:
                         grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
                     )
                     proven = True
-                received_chars += len(chunk.delta)
+                received_bytes += len(chunk.delta.encode())
+                piece = ChatChunk.from_pb(chunk)
                 if chunk.HasField("usage"):
                     shown_tokens = chunk.usage.completion_tokens
-                yield ChatChunk.from_pb(chunk)
+                    finish_reason = piece.finish_reason
+                yield piece
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, f"node {grant.node_id} at {grant.endpoint}") from exc
         finally:
             call.cancel()
-            if proven:  # the proven node did work for this job: countersign it
-                tokens = received_chars
-                if shown_tokens is not None:
-                    tokens = min(tokens, shown_tokens)
-                stream_ms = round((time.monotonic() - started) * 1000)
-                self._report_usage(grant.job_id, tokens, stream_ms)
+            # Countersign every job this client presented, even one that brought nothing
+            # (0): the node is paid the lower of its receipt and this, so a node that
+            # aborts, or is not the ticket's node, is paid for nothing it did not deliver.
+            tokens = 0
+            if proven:
+                tokens = vouched_tokens(received_bytes, shown_tokens, finish_reason, options.stop)
+            stream_ms = round((time.monotonic() - started) * 1000)
+            self._report_usage(grant.job_id, tokens, stream_ms)
 
     async def join(self, invite_code: str = "") -> coordinator_pb2.JoinResponse:
         """Create this identity's account with its starter credits (once; idempotent).
@@ -256,9 +278,19 @@ class TroopClient:
     async def nodes(self, model: str = "") -> list[coordinator_pb2.NodeInfo]:
         return list((await self.coordinator.list_nodes(model)).nodes)
 
-    async def models(self) -> list[tuple[str, int]]:
+    async def models(self) -> list[ModelOffer]:
+        """The models live nodes serve, with their node counts and prices."""
         reply = await self.coordinator.list_models()
-        return [(m.id, m.node_count) for m in reply.models]
+        return [ModelOffer.from_pb(m) for m in reply.models]
 
 
-__all__ = ["Balance", "ChatChunk", "ChatOptions", "Completion", "Message", "TroopClient", "Usage"]
+__all__ = [
+    "Balance",
+    "ChatChunk",
+    "ChatOptions",
+    "Completion",
+    "Message",
+    "ModelOffer",
+    "TroopClient",
+    "Usage",
+]

@@ -137,11 +137,24 @@ class CoordinatorClient:
         return await self._call(self.stub.ReportUsage, request, signed=True)
 
     async def authorize(
-        self, model: str, request_id: str | None = None, exclude_node_ids: Sequence[str] = ()
+        self,
+        model: str,
+        request_id: str | None = None,
+        exclude_node_ids: Sequence[str] = (),
+        *,
+        max_tokens: int = 0,
+        max_prompt_tokens: int = 0,
     ) -> pb.AuthorizeResponse:
+        """A ticket for one job of at most these tokens (0: the coordinator's defaults)."""
+        request = pb.AuthorizeRequest(
+            model=model,
+            exclude_node_ids=list(exclude_node_ids),
+            max_tokens=max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+        )
         return await self._call(
             self.stub.Authorize,
-            pb.AuthorizeRequest(model=model, exclude_node_ids=list(exclude_node_ids)),
+            request,
             signed=True,
             request_id=request_id,
             idempotent=False,  # it reserves credits: never sent twice
@@ -169,8 +182,15 @@ class CoordinatorClient:
             self.stub.GetChallenge, pb.GetChallengeRequest(node_id=node_id), signed=True
         )
 
+    async def start_challenge(self, node_id: str, challenge_id: str) -> pb.StartChallengeResponse:
+        # Each proof step is taken once: a retry could only be refused.
+        request = pb.StartChallengeRequest(node_id=node_id, challenge_id=challenge_id)
+        return await self._call(self.stub.StartChallenge, request, signed=True, idempotent=False)
+
+    async def commit_proof(self, request: pb.CommitProofRequest) -> pb.CommitProofResponse:
+        return await self._call(self.stub.CommitProof, request, signed=True, idempotent=False)
+
     async def verify_proof(self, request: pb.VerifyProofRequest) -> pb.VerifyProofResponse:
-        # A challenge is answered once: a retry could only be refused.
         return await self._call(self.stub.VerifyProof, request, signed=True, idempotent=False)
 
     def _own_key(self) -> str:

@@ -113,8 +113,9 @@ class InsufficientCredits(FailedPrecondition):
         self.needed = needed_millicredits
         self.balance = balance_millicredits
         super().__init__(
-            f"insufficient credits: a job reserves {needed_millicredits / 1000:.3f}, "
-            f"the balance is {balance_millicredits / 1000:.3f}"
+            f"insufficient credits: this job reserves {needed_millicredits / 1000:.3f} "
+            f"(its prompt and max_tokens at the model's price; ask for fewer max_tokens "
+            f"to reserve less), the balance is {balance_millicredits / 1000:.3f}"
         )
 
     def details(self) -> list[object]:

@@ -2,7 +2,9 @@
 
 A ticket lets one user run one job on one node: audience `troop-worker`,
 `jti` = job id, `node`, `node_key` (the node's hex Ed25519 key) and `model`
-claims, `kid` header naming the signing key, a few minutes of life.
+claims, the job's bounds `max_tokens` (completion tokens) and
+`max_prompt_tokens` (the job was priced and reserved for at most these), `kid`
+header naming the signing key, a few minutes of life.
 `verify_ticket` is pure (no gRPC, no clock of its own); single use is the
 worker's replay set.
 """
@@ -35,6 +37,8 @@ class Ticket:
     issued_at: float
     expires_at: float
     node_key: str = ""  # hex Ed25519 public key of the node the ticket names
+    max_tokens: int = 0  # completion tokens the job was reserved for
+    max_prompt_tokens: int = 0  # prompt tokens the job was reserved for
 
 
 def key_id(public_key: rsa.RSAPublicKey) -> str:
@@ -93,6 +97,8 @@ class TicketSigner:
         model: str,
         now: float | None = None,
         node_key: str = "",
+        max_tokens: int,
+        max_prompt_tokens: int,
     ) -> tuple[str, float]:
         """The ticket and its expiry (unix seconds)."""
         issued = int(time.time() if now is None else now)
@@ -106,6 +112,8 @@ class TicketSigner:
             "model": model,
             "iat": issued,
             "exp": expires,
+            "max_tokens": max_tokens,
+            "max_prompt_tokens": max_prompt_tokens,
         }
         if node_key:
             claims["node_key"] = node_key
@@ -120,6 +128,19 @@ def ticket_kid(token: str) -> str | None:
     except jwt.PyJWTError:
         return None
     return kid if isinstance(kid, str) else None
+
+
+def unverified_ticket_claims(token: str) -> tuple[str, str] | None:
+    """(job id, node id) a ticket names, unverified (a client presenting it needs them);
+    None if unreadable."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    job_id, node_id = claims.get("jti"), claims.get("node")
+    if not isinstance(job_id, str) or not isinstance(node_id, str):
+        return None
+    return job_id, node_id
 
 
 def verify_ticket(
@@ -160,6 +181,9 @@ def verify_ticket(
     model = claims.get("model")
     if not isinstance(model, str) or not model:
         raise TicketInvalid("ticket names no model")
+    bounds = [claims.get("max_tokens"), claims.get("max_prompt_tokens")]
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bounds):
+        raise TicketInvalid("ticket carries no token bounds")
     return Ticket(
         job_id=str(claims["jti"]),
         user=str(claims["sub"]),
@@ -168,4 +192,6 @@ def verify_ticket(
         issued_at=float(claims["iat"]),
         expires_at=float(claims["exp"]),
         node_key=str(claims.get("node_key", "")),
+        max_tokens=int(claims["max_tokens"]),
+        max_prompt_tokens=int(claims["max_prompt_tokens"]),
     )

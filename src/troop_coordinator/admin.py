@@ -3,8 +3,9 @@
 `troop admin audit-ledger` calls `audit_ledger(settings)`: it checks, in one
 snapshot, that credits minted = balances + open reservations, that every
 cached balance equals the sum of its account's entries, that no balance is
-negative, that every job's entries add up, and that no job settled twice.
-Read-only; safe against a running network.
+negative, that every job's entries add up, that no job settled twice, and
+fairness: no job charged more than its counted work or without a receipt; it
+also names the nodes and users that lead the disputes. Read-only; safe against a running network.
 
 `troop admin invite` calls `create_invite(settings)`: it prints a one-time
 admission code and stores only its SHA-256 (for TROOP_ADMISSION=invite).
@@ -52,6 +53,8 @@ def format_report(report: AuditReport) -> str:
         ("negative balances", report.negative_accounts),
         ("jobs whose entries do not add up", report.unbalanced_jobs),
         ("jobs settled more than once", report.settled_twice_jobs),
+        ("jobs charged more than their counted work", report.overcharged_jobs),
+        ("jobs charged without a receipt", report.unreceipted_charges),
     ]
     for title, items in problems:
         if items:
@@ -59,6 +62,13 @@ def format_report(report: AuditReport) -> str:
             lines.extend(f"  {item}" for item in items[:MAX_LISTED])
             if len(items) > MAX_LISTED:
                 lines.append(f"  … and {len(items) - MAX_LISTED} more")
+    for title, leaders in (
+        ("nodes with the most disputes", report.node_dispute_leaders),
+        ("users with the most disputes", report.user_dispute_leaders),
+    ):
+        if leaders:
+            lines.append(f"{title}:")
+            lines.extend(f"  {party}  {count}" for party, count in leaders)
     lines.append("ledger OK" if report.ok else "ledger INVARIANT VIOLATED")
     return "\n".join(lines)
 
@@ -67,7 +77,11 @@ async def audit_ledger(settings: CoordinatorSettings, out: TextIO | None = None)
     """Print the audit of the configured database; 0 if the invariant holds, 1 if not."""
     engine = create_engine(settings.effective_database_url)
     try:
-        ledger = Ledger(session_factory(engine), starter_millicredits=settings.starter_millicredits)
+        ledger = Ledger(
+            session_factory(engine),
+            starter_millicredits=settings.starter_millicredits,
+            token_slack=settings.usage_token_slack,
+        )
         report = await ledger.audit()
     finally:
         await engine.dispose()
@@ -81,7 +95,11 @@ async def create_invite(settings: CoordinatorSettings, out: TextIO | None = None
     engine = create_engine(settings.effective_database_url)
     try:
         await migrate.upgrade(engine)  # a fresh data dir has no schema yet
-        ledger = Ledger(session_factory(engine), starter_millicredits=settings.starter_millicredits)
+        ledger = Ledger(
+            session_factory(engine),
+            starter_millicredits=settings.starter_millicredits,
+            token_slack=settings.usage_token_slack,
+        )
         await ledger.create_invite(hash_invite(code), datetime.now(UTC))
     finally:
         await engine.dispose()

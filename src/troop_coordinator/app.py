@@ -33,7 +33,7 @@ from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
 from troop_coordinator.ledger import Ledger
 from troop_coordinator.nodes import NodeDirectory
-from troop_coordinator.proof import ChallengeBook
+from troop_coordinator.proof import ChallengeBook, ProofShape
 from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
@@ -61,7 +61,12 @@ class Coordinator:
         self.settings = settings
         self.engine = create_engine(settings.effective_database_url)
         sessions = session_factory(self.engine)
-        self.ledger = Ledger(sessions, starter_millicredits=settings.starter_millicredits)
+        self.ledger = Ledger(
+            sessions,
+            starter_millicredits=settings.starter_millicredits,
+            token_slack=settings.usage_token_slack,
+            countersign_s=settings.countersign_s,
+        )
         self.nodes = NodeDirectory(sessions)
         self.audit_events = AuditStore(sessions)
         self.stores = build_stores(settings)
@@ -101,9 +106,18 @@ class Coordinator:
             registry=self.registry,
             signer=signer,
             challenges=ChallengeBook(
-                matrix_size=settings.benchmark_matrix_size,
+                self.stores.challenges,
+                shape=ProofShape(
+                    rows=settings.proof_rows,
+                    cols=settings.proof_cols,
+                    calibration_inner=settings.proof_calibration_inner,
+                    min_inner=settings.proof_min_inner,
+                    max_inner=settings.proof_max_inner,
+                    target_s=settings.proof_target_s,
+                ),
                 reference_ms=settings.benchmark_reference_ms,
                 ttl_s=settings.challenge_ttl_s,
+                interval_s=settings.challenge_interval_s,
             ),
         )
         self.server = TroopServer(
@@ -159,11 +173,16 @@ class Coordinator:
         await self.server.health.set(REDIS_HEALTH_SERVICE, status)
 
     async def sweep_once(self) -> int:
-        """Return expired reservations now; how many jobs expired."""
-        expired = await self.ledger.expire_stale(datetime.now(UTC))
+        """Settle receipts whose client did not countersign in time, and return expired
+        reservations; how many jobs were settled or expired."""
+        now = datetime.now(UTC)
+        overdue = await self.ledger.settle_overdue(now)
+        if overdue:
+            log.info("settled %d receipts without a countersignature", len(overdue))
+        expired = await self.ledger.expire_stale(now)
         if expired:
             log.info("expired %d unsettled reservations", len(expired))
-        return len(expired)
+        return len(overdue) + len(expired)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -35,6 +35,8 @@ IDENTIFIED_METHODS = frozenset(
         "ListTransactions",
         "Heartbeat",
         "GetChallenge",
+        "StartChallenge",
+        "CommitProof",
         "VerifyProof",
     )
 )

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from troop_common.proto import common_pb2
 from troop_common.proto import coordinator_pb2 as pb
 from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.ledger import Entry, Settlement
+from troop_coordinator.pricing import ModelPrice
 from troop_coordinator.registry import LiveNode, NodeHardware, NodeLoad
 
 _KINDS = {
@@ -22,6 +24,7 @@ _SETTLEMENTS = {
     JobStatus.CHARGED: pb.SETTLEMENT_KIND_CHARGED,
     JobStatus.REFUNDED: pb.SETTLEMENT_KIND_REFUNDED,
     JobStatus.EXPIRED: pb.SETTLEMENT_KIND_EXPIRED,
+    JobStatus.OPEN: pb.SETTLEMENT_KIND_PENDING,
 }
 
 
@@ -81,4 +84,14 @@ def settlement_to_pb(settlement: Settlement) -> pb.SubmitReceiptResponse:
         charged_millicredits=settlement.charged_millicredits,
         released_millicredits=settlement.released_millicredits,
         already_settled=settlement.already_settled,
+    )
+
+
+def price_to_pb(price: ModelPrice) -> common_pb2.ModelPrice:
+    return common_pb2.ModelPrice(
+        prompt_millicredits_per_1k_tokens=price.prompt_per_1k,
+        completion_millicredits_per_1k_tokens=price.completion_per_1k,
+        parameters=price.parameters,
+        max_prompt_tokens=price.max_prompt_tokens,
+        max_completion_tokens=price.max_completion_tokens,
     )

@@ -72,16 +72,18 @@ class NodeRegistry(Protocol):
 REPUTATION_WEIGHT = 4.0
 
 
-def rank(node: LiveNode) -> float:
-    """Lower is better: load per slot, plus a penalty for lost reputation."""
-    return node.load.score + REPUTATION_WEIGHT * (1.0 - max(0.0, min(1.0, node.reputation)))
+def rank(node: LiveNode) -> tuple[float, float]:
+    """Lower is better: load per slot plus a penalty for lost reputation; among nodes
+    equal on that, the faster proven one (a higher multiplier) first."""
+    penalty = REPUTATION_WEIGHT * (1.0 - max(0.0, min(1.0, node.reputation)))
+    return node.load.score + penalty, -node.multiplier
 
 
 def choose(
     nodes: list[LiveNode], rng: random.Random, exclude: Collection[str] = ()
 ) -> LiveNode | None:
     """The best-ranked of `nodes` that are not in `exclude` (least loaded, most
-    reputable), ties broken at random; None if there are none."""
+    reputable, fastest proven), ties broken at random; None if there are none."""
     candidates = [n for n in nodes if n.node_id not in exclude]
     if not candidates:
         return None

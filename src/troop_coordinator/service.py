@@ -24,20 +24,27 @@ from troop_common.errors import (
     PermissionDenied,
     SignatureInvalid,
 )
+from troop_common.presentation import verify_presentation
 from troop_common.proto import common_pb2, coordinator_pb2_grpc
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.receipts import parse_receipt, verify_receipt_signature
 from troop_common.tickets import TICKET_ALGORITHM, jwk, public_key_pem
-from troop_coordinator import convert
+from troop_coordinator import convert, proof_requests
 from troop_coordinator.auth import current_caller
-from troop_coordinator.ledger import Ledger, NewJob, Outcome
+from troop_coordinator.db.models import JobStatus
+from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
 from troop_coordinator.nodes import NodeDirectory
+from troop_coordinator.pricing import DEFAULT_MAX_TOKENS
 from troop_coordinator.proof import ChallengeBook
 from troop_coordinator.registry import LiveNode, NodeRegistry
 from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.ticket_keys import TicketKeyRing
-from troop_coordinator.usage import UsageBook
-from troop_coordinator.validation import Violations
+from troop_coordinator.validation import (
+    MAX_DURATION_MS,
+    MAX_REPORTED_TOKENS,
+    Violations,
+    check_receipt_usage,
+)
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -52,7 +59,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         registry: NodeRegistry,
         signer: TicketKeyRing,
         challenges: ChallengeBook,
-        usage: UsageBook | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -60,11 +66,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.registry = registry
         self.signer = signer
         self.challenges = challenges
-        self.usage = usage or UsageBook(
-            ledger.sessions,
-            token_slack=settings.usage_token_slack,
-            time_slack_ms=settings.usage_time_slack_ms,
-        )
+        self.catalog = settings.catalog()
 
     async def GetPublicKey(self, request: pb.GetPublicKeyRequest, context: Context) -> object:
         return pb.GetPublicKeyResponse(
@@ -114,7 +116,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> object:
         counts = Counter(m for n in await self.registry.live_nodes(time.time()) for m in n.models)
         return pb.ListModelsResponse(
-            models=[common_pb2.ModelInfo(id=m, node_count=c) for m, c in sorted(counts.items())]
+            models=[
+                common_pb2.ModelInfo(
+                    id=m, node_count=c, price=convert.price_to_pb(self.catalog.price(m))
+                )
+                for m, c in sorted(counts.items())
+            ]
         )
 
     async def GetAdmission(self, request: pb.GetAdmissionRequest, context: Context) -> object:
@@ -166,7 +173,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         check = Violations()
         check.model("model", request.model)
         check.excluded_nodes("exclude_node_ids", list(request.exclude_node_ids))
+        price = self.catalog.price(request.model) if not check.found else None
+        if price is not None:
+            check.at_most("max_tokens", request.max_tokens, price.max_completion_tokens)
         check.raise_if_any()
+        assert price is not None
+        max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
+        # A client's prompt bound is an estimate from above (bytes, without a
+        # tokenizer): beyond the model's own bound it means that bound.
+        max_prompt_tokens = min(
+            request.max_prompt_tokens or price.max_prompt_tokens, price.max_prompt_tokens
+        )
         user = current_caller()
         now = time.time()
         created = datetime.fromtimestamp(now, UTC)
@@ -190,8 +207,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             node_key=node.node_public_key,
             model=request.model,
             now=now,
+            max_tokens=max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
         )
-        reserved = self.settings.reservation_millicredits
+        # What the job can cost at most: the rest is released at settlement.
+        reserved = price.charge(max_prompt_tokens, max_tokens)
         await self.ledger.reserve(
             NewJob(
                 job_id=job_id,
@@ -203,6 +223,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 # A job may still be running when its ticket expires: its receipt is
                 # accepted for a grace period before the sweeper returns the credits.
                 expires_at=datetime.fromtimestamp(expires + self.settings.settle_grace_s, UTC),
+                max_prompt_tokens=max_prompt_tokens,
+                max_tokens=max_tokens,
+                prompt_price_per_1k=price.prompt_per_1k,
+                completion_price_per_1k=price.completion_per_1k,
             )
         )
         return pb.AuthorizeResponse(
@@ -213,6 +237,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             expires_at=convert.timestamp(expires),
             reserved_millicredits=reserved,
             node_public_key=node.node_public_key,
+            max_tokens=max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            price=convert.price_to_pb(price),
         )
 
     async def SubmitReceipt(self, request: pb.SubmitReceiptRequest, context: Context) -> object:
@@ -222,45 +249,66 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if receipt.outcome not in (pb.JOB_OUTCOME_COMPLETED, pb.JOB_OUTCOME_FAILED):
             check.add("receipt.outcome", "COMPLETED or FAILED")
         check.job_id("receipt.job_id", receipt.job_id)
+        check.at_most("receipt.duration_ms", receipt.duration_ms, MAX_DURATION_MS)
         check.raise_if_any()
-        job_node = await self.ledger.job_node(receipt.job_id)
-        if job_node is None:
+        job = await self.ledger.job_bounds(receipt.job_id)
+        if job is None:
             raise NotFound(f"no job {receipt.job_id}")
-        if job_node != receipt.node_id:
+        if job.node_id != receipt.node_id:
             raise PermissionDenied(f"job {receipt.job_id} was given to another node")
         key = await self.nodes.bound_key(receipt.node_id)
         if key is None:
             raise SignatureInvalid("the receipt's node has no key on record")
         verify_receipt_signature(request, key)
+        # Signed by the node: now its numbers are worth checking against the ticket.
+        check_receipt_usage(check, receipt.usage, job)
+        check.raise_if_any()
+        verify_presentation(
+            job.user_public_key,
+            receipt.job_id,
+            receipt.node_id,
+            receipt.client_nonce,
+            receipt.presentation,
+        )
         outcome = (
             Outcome.COMPLETED if receipt.outcome == pb.JOB_OUTCOME_COMPLETED else Outcome.FAILED
         )
-        now = datetime.now(UTC)
-        settlement = await self.ledger.settle(
-            receipt.job_id, receipt.node_id, outcome, receipt.duration_ms, now
-        )
-        # The node's claim, kept to be checked against the client's countersignature.
-        await self.usage.record_node_claim(
-            receipt.job_id, receipt.usage.completion_tokens, receipt.duration_ms, now
+        settlement = await self.ledger.record_receipt(
+            NodeClaim(
+                job_id=receipt.job_id,
+                node_id=receipt.node_id,
+                outcome=outcome,
+                prompt_tokens=receipt.usage.prompt_tokens,
+                completion_tokens=receipt.usage.completion_tokens,
+                duration_ms=receipt.duration_ms,
+            ),
+            datetime.now(UTC),
         )
         return convert.settlement_to_pb(settlement)
 
     async def ReportUsage(self, request: pb.ReportUsageRequest, context: Context) -> object:
         check = Violations()
         check.job_id("job_id", request.job_id)
+        check.at_most("completion_tokens", request.completion_tokens, MAX_REPORTED_TOKENS)
+        check.at_most("stream_ms", request.stream_ms, MAX_DURATION_MS)
         check.raise_if_any()
-        verdict = await self.usage.record_client_claim(
-            request.job_id,
-            current_caller(),
-            request.completion_tokens,
-            request.stream_ms,
+        settlement, new = await self.ledger.record_countersignature(
+            ClientClaim(
+                job_id=request.job_id,
+                user_public_key=current_caller(),
+                completion_tokens=request.completion_tokens,
+                stream_ms=request.stream_ms,
+            ),
             datetime.now(UTC),
         )
+        settled = convert.settlement_to_pb(settlement)
         return pb.ReportUsageResponse(
             job_id=request.job_id,
-            compared=verdict.compared,
-            disputed=verdict.disputed,
-            already_reported=verdict.already_reported,
+            compared=new and settlement.status is not JobStatus.OPEN,
+            disputed=settlement.disputed,
+            already_reported=not new,
+            kind=settled.kind,
+            charged_millicredits=settlement.charged_millicredits,
         )
 
     def _own_key(self, public_key: str) -> str:
@@ -293,32 +341,51 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         check.node_id("node_id", request.node_id)
         check.raise_if_any()
         await self.nodes.require_bound_to(request.node_id, current_caller())
-        challenge = self.challenges.issue(request.node_id)
+        challenge = await self.challenges.offer(request.node_id)
         return pb.GetChallengeResponse(
             challenge_id=challenge.challenge_id,
-            seed=challenge.seed,
-            matrix_size=challenge.matrix_size,
-            sample_indices=list(challenge.sample_indices),
+            rows=challenge.rows,
+            inner=challenge.inner,
+            cols=challenge.cols,
             expires_at=convert.timestamp(challenge.expires_at),
         )
 
-    async def VerifyProof(self, request: pb.VerifyProofRequest, context: Context) -> object:
+    async def StartChallenge(self, request: pb.StartChallengeRequest, context: Context) -> object:
         check = Violations()
-        check.node_id("node_id", request.node_id)
-        if not request.challenge_id or len(request.challenge_id) > 64:
-            check.add("challenge_id", "required, from GetChallenge")
-        if not request.samples:
-            check.add("samples", "required")
-        if request.elapsed_ms == 0:
-            check.add("elapsed_ms", "must be positive")
+        proof_requests.check_ids(check, request.node_id, request.challenge_id)
         check.raise_if_any()
         await self.nodes.require_bound_to(request.node_id, current_caller())
-        multiplier = await self.challenges.verify(
-            challenge_id=request.challenge_id,
-            node_id=request.node_id,
-            samples=list(request.samples),
-            elapsed_ms=request.elapsed_ms,
+        seed = await self.challenges.start(request.node_id, request.challenge_id)
+        return pb.StartChallengeResponse(seed=seed)
+
+    async def CommitProof(self, request: pb.CommitProofRequest, context: Context) -> object:
+        proof_requests.check_commit(request)
+        await self.nodes.require_bound_to(request.node_id, current_caller())
+        challenge = await self.challenges.commit(
+            request.node_id,
+            request.challenge_id,
+            request.merkle_root,
+            request.precision,
+            request.reported_ms,
         )
-        await self.nodes.set_multiplier(request.node_id, multiplier)
-        await self.registry.set_multiplier(request.node_id, multiplier)
-        return pb.VerifyProofResponse(multiplier=multiplier)
+        return pb.CommitProofResponse(
+            rows=list(challenge.open_rows), cols=list(challenge.open_cols)
+        )
+
+    async def VerifyProof(self, request: pb.VerifyProofRequest, context: Context) -> object:
+        proof_requests.check_verify(request)
+        await self.nodes.require_bound_to(request.node_id, current_caller())
+        found = await self.challenges.peek(request.challenge_id)
+        if found is not None and found.node_id == request.node_id:
+            proof_requests.check_openings_shape(request, found)
+        result = await self.challenges.verify(
+            request.node_id, request.challenge_id, list(request.openings)
+        )
+        await self.nodes.set_multiplier(request.node_id, result.multiplier)
+        await self.registry.set_multiplier(request.node_id, result.multiplier)
+        return pb.VerifyProofResponse(
+            multiplier=result.multiplier,
+            tflops=result.tflops,
+            tier=result.tier,
+            measured_ms=result.measured_ms,
+        )

@@ -10,14 +10,22 @@
 | TROOP_REDIS_PREFIX | redis_prefix | troop: (every Redis key starts with it) |
 | TROOP_REDIS_CHECK_SECONDS | redis_check_interval_s | 2 (how often Redis health is probed) |
 | TROOP_STARTER_CREDITS | starter_credits | 3600 (credits granted once to a new user) |
-| TROOP_RESERVATION_CREDITS | reservation_credits | 300 (credits held per job) |
+| TROOP_MODEL_CATALOG | model_catalog | empty (model=SIZE,…: sizes that price models) |
+| TROOP_DEFAULT_MODEL_PARAMETERS | default_model_parameters | 1b (a model no one sized) |
+| TROOP_MAX_PROMPT_TOKENS | max_prompt_tokens | 8192 (prompt tokens one job may carry) |
+| TROOP_COUNTERSIGN_SECONDS | countersign_s | 60 (a receipt waits this long for the client) |
+| TROOP_USAGE_TOKEN_SLACK | usage_token_slack | 2 (token counts may differ this much) |
 | TROOP_TICKET_TTL_SECONDS | ticket_ttl_s | 300 |
 | TROOP_HEARTBEAT_INTERVAL_SECONDS | heartbeat_interval_s | 5 |
 | TROOP_NODE_TTL_SECONDS | node_ttl_s | 3 × heartbeat interval |
 | TROOP_SWEEP_INTERVAL_SECONDS | sweep_interval_s | 30 (how often expired reservations return) |
 | TROOP_SETTLE_GRACE_SECONDS | settle_grace_s | 300 (receipts still accepted after ticket expiry) |
-| TROOP_BENCHMARK_MATRIX_SIZE | benchmark_matrix_size | 4096 |
-| TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 |
+| TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 (reference machine, 4096³ fp32) |
+| TROOP_CHALLENGE_INTERVAL_SECONDS | challenge_interval_s | 60 (one challenge per node per) |
+| TROOP_PROOF_ROWS, TROOP_PROOF_COLS | proof_rows, proof_cols | 1024, 1024 (the product's shape) |
+| TROOP_PROOF_CALIBRATION_INNER | proof_calibration_inner | 2048 (a node's first challenge) |
+| TROOP_PROOF_MIN_INNER, TROOP_PROOF_MAX_INNER | proof_min_inner, proof_max_inner | 1024, 1048576 |
+| TROOP_PROOF_TARGET_SECONDS | proof_target_s | 2 (how long later challenges should take) |
 | TROOP_ADMISSION | admission | open ("open", "invite" or "pow": who may join) |
 | TROOP_POW_BITS | pow_bits | 20 (leading zero bits of the join puzzle) |
 | TROOP_TICKET_KEY_RELOAD_SECONDS | ticket_key_reload_s | 5 (ticket-keys/ re-read) |
@@ -29,8 +37,9 @@
 Credits are kept as integer millicredits: 1 credit = 1000 millicredits = one
 second of reference compute. `benchmark_reference_ms` is how long the
 reference machine (a 2-core x86 CPU with numpy/OpenBLAS, measured at ~1.5 s)
-takes for one 4096×4096 float32 multiplication; a node's multiplier is that
-time, scaled by (matrix_size / 4096)³, over its own, clamped to [0.1, 10].
+takes for one 4096×4096 float32 multiplication (≈ 0.0916 TFLOP/s); a node's
+multiplier is the speed the coordinator measures in its proof of hardware over
+that, clamped to [0.01, 100000] (docs/adr/0030-proof-of-hardware.md).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from pathlib import Path
 from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
 from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.tls import TlsSettings
+from troop_coordinator.pricing import ModelCatalog, parse_catalog, parse_parameters
 
 MILLICREDITS_PER_CREDIT = 1000
 # Discovery 100/hour per client IP; inference authorizations 20/hour per user.
@@ -54,6 +64,13 @@ def _sqlite_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'coordinator.db'}"
 
 
+def _parameters(env: Mapping[str, str], name: str, default: str) -> int:
+    try:
+        return parse_parameters(env_text(env, name, default))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class CoordinatorSettings:
     host: str = "127.0.0.1"
@@ -64,23 +81,33 @@ class CoordinatorSettings:
     redis_prefix: str = "troop:"
     redis_check_interval_s: float = 2.0
     starter_credits: int = 3600
-    reservation_credits: int = 300
     ticket_ttl_s: int = 300
     heartbeat_interval_s: int = 5
     node_ttl_s: float = 15.0
     sweep_interval_s: float = 30.0
     settle_grace_s: float = 300.0
-    benchmark_matrix_size: int = 4096
     benchmark_reference_ms: float = 1500.0
     challenge_ttl_s: float = 300.0
+    # Proof of hardware (troop_coordinator.proof): rate, product shape, sizing.
+    challenge_interval_s: float = 60.0
+    proof_rows: int = 1024
+    proof_cols: int = 1024
+    proof_calibration_inner: int = 2048
+    proof_min_inner: int = 1024
+    proof_max_inner: int = 1 << 20
+    proof_target_s: float = 2.0
     shutdown_grace_s: float = 5.0
     # Trust (docs/security.md): who may join, ticket key rotation, usage disputes, TLS.
     admission: str = "open"
     pow_bits: int = 20
     ticket_key_reload_s: float = 5.0
     ticket_key_grace_s: float | None = None  # None: the ticket TTL
-    usage_token_slack: int = 2  # completion tokens a node may claim beyond the client's count
-    usage_time_slack_ms: int = 2000  # and milliseconds beyond the client's stream time (+10%)
+    usage_token_slack: int = 2  # completion tokens the two sides may differ by without a dispute
+    # Prices (troop_coordinator.pricing, docs/adr/0031): parameter counts by model id.
+    model_catalog: str = ""
+    default_model_parameters: int = 1_000_000_000
+    max_prompt_tokens: int = 8192
+    countersign_s: float = 60.0
     tls: TlsSettings = field(default_factory=TlsSettings)
     # METHOD[+METHOD]=N/SECONDS@ip|user, comma-separated; empty: no limits.
     rate_limits: str = DEFAULT_RATE_LIMITS
@@ -135,16 +162,23 @@ class CoordinatorSettings:
     def starter_millicredits(self) -> int:
         return self.starter_credits * MILLICREDITS_PER_CREDIT
 
-    @property
-    def reservation_millicredits(self) -> int:
-        return self.reservation_credits * MILLICREDITS_PER_CREDIT
-
     def __post_init__(self) -> None:
         # A malformed rule is refused here, before anything starts or is written.
         try:
             parse_rules(self.rate_limits)
         except ConfigError as exc:
             raise ConfigError(f"TROOP_RATE_LIMITS: {exc}") from None
+        parse_catalog(self.model_catalog)
+        if self.default_model_parameters <= 0 or self.max_prompt_tokens <= 0:
+            raise ConfigError("model sizes and TROOP_MAX_PROMPT_TOKENS must be positive")
+
+    def catalog(self) -> ModelCatalog:
+        """The model catalog these settings describe."""
+        return ModelCatalog(
+            parse_catalog(self.model_catalog),
+            default_parameters=self.default_model_parameters,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> CoordinatorSettings:
@@ -160,14 +194,19 @@ class CoordinatorSettings:
             redis_prefix=env_text(env, "TROOP_REDIS_PREFIX", "troop:"),
             redis_check_interval_s=env_float(env, "TROOP_REDIS_CHECK_SECONDS", 2.0),
             starter_credits=env_int(env, "TROOP_STARTER_CREDITS", 3600),
-            reservation_credits=env_int(env, "TROOP_RESERVATION_CREDITS", 300),
             ticket_ttl_s=env_int(env, "TROOP_TICKET_TTL_SECONDS", 300),
             heartbeat_interval_s=interval,
             node_ttl_s=env_float(env, "TROOP_NODE_TTL_SECONDS", 3 * interval),
             sweep_interval_s=env_float(env, "TROOP_SWEEP_INTERVAL_SECONDS", 30),
             settle_grace_s=env_float(env, "TROOP_SETTLE_GRACE_SECONDS", 300),
-            benchmark_matrix_size=env_int(env, "TROOP_BENCHMARK_MATRIX_SIZE", 4096),
             benchmark_reference_ms=env_float(env, "TROOP_BENCHMARK_REFERENCE_MS", 1500.0),
+            challenge_interval_s=env_float(env, "TROOP_CHALLENGE_INTERVAL_SECONDS", 60.0),
+            proof_rows=env_int(env, "TROOP_PROOF_ROWS", 1024),
+            proof_cols=env_int(env, "TROOP_PROOF_COLS", 1024),
+            proof_calibration_inner=env_int(env, "TROOP_PROOF_CALIBRATION_INNER", 2048),
+            proof_min_inner=env_int(env, "TROOP_PROOF_MIN_INNER", 1024),
+            proof_max_inner=env_int(env, "TROOP_PROOF_MAX_INNER", 1 << 20),
+            proof_target_s=env_float(env, "TROOP_PROOF_TARGET_SECONDS", 2.0),
             admission=env_choice(env, "TROOP_ADMISSION", "open", ADMISSION_MODES, casefold=True),
             pow_bits=env_int(env, "TROOP_POW_BITS", 20),
             ticket_key_reload_s=env_float(env, "TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0),
@@ -175,6 +214,11 @@ class CoordinatorSettings:
             if env_text(env, "TROOP_TICKET_KEY_GRACE_SECONDS", "")
             else None,
             tls=TlsSettings.from_env(env),
+            model_catalog=env_text(env, "TROOP_MODEL_CATALOG", ""),
+            default_model_parameters=_parameters(env, "TROOP_DEFAULT_MODEL_PARAMETERS", "1b"),
+            max_prompt_tokens=env_int(env, "TROOP_MAX_PROMPT_TOKENS", 8192),
+            countersign_s=env_float(env, "TROOP_COUNTERSIGN_SECONDS", 60.0),
+            usage_token_slack=env_int(env, "TROOP_USAGE_TOKEN_SLACK", 2),
             # Set but empty means no limits, so not env_text (which reads empty as unset).
             rate_limits=env.get("TROOP_RATE_LIMITS", DEFAULT_RATE_LIMITS).strip(),
             audit_dir=Path(env_text(env, "TROOP_AUDIT_DIR", "")).expanduser()

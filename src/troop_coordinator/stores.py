@@ -8,6 +8,7 @@ URL is set (the embedded default) and a Redis one when it is (replicas):
 | liveness, load | `NodeRegistry` | `MemoryNodeRegistry` | `RedisNodeRegistry` (UNAVAILABLE) |
 | assertion replay | `ReplaySet` | `MemoryReplaySet` | `RedisReplaySet` (fails closed) |
 | rate-limit counters | `RateLimiter` | `MemoryRateLimiter` | `RedisRateLimiter` (fails open) |
+| challenges | `ChallengeStore` | `MemoryChallengeStore` | `RedisChallengeStore` (UNAVAILABLE) |
 
 The ledger is never here: it is in the database, so losing Redis loses no money.
 """
@@ -22,6 +23,8 @@ from troop_common.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimi
 from troop_common.redis_replay import RedisReplaySet
 from troop_common.replay import MemoryReplaySet, ReplaySet
 from troop_common.stores import FailOpenRateLimiter, connect_redis
+from troop_coordinator.challenge_store import ChallengeStore, MemoryChallengeStore
+from troop_coordinator.redis_challenges import RedisChallengeStore
 from troop_coordinator.redis_registry import RedisNodeRegistry
 from troop_coordinator.registry import MemoryNodeRegistry, NodeRegistry
 from troop_coordinator.settings import CoordinatorSettings
@@ -32,6 +35,7 @@ class Stores:
     registry: NodeRegistry
     replays: ReplaySet
     limiter: RateLimiter
+    challenges: ChallengeStore
     redis: Redis | None = None  # the shared client, when Redis is configured
 
     async def close(self) -> None:
@@ -49,6 +53,7 @@ def build_stores(settings: CoordinatorSettings) -> Stores:
             registry=MemoryNodeRegistry(settings.node_ttl_s),
             replays=MemoryReplaySet(),
             limiter=MemoryRateLimiter(),
+            challenges=MemoryChallengeStore(),
         )
     redis = connect_redis(settings.redis_url)
     prefix = settings.redis_prefix
@@ -56,5 +61,6 @@ def build_stores(settings: CoordinatorSettings) -> Stores:
         registry=RedisNodeRegistry(redis, settings.node_ttl_s, prefix=prefix),
         replays=RedisReplaySet(redis, prefix),
         limiter=FailOpenRateLimiter(RedisRateLimiter(redis, prefix)),
+        challenges=RedisChallengeStore(redis, prefix),
         redis=redis,
     )

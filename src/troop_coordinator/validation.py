@@ -10,6 +10,8 @@ import re
 
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.keys import is_public_key_hex
+from troop_common.proto import common_pb2
+from troop_coordinator.ledger.types import JobBounds
 
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The coordinator issues 32 hex digits; the check keeps bytes a database cannot store
@@ -20,6 +22,10 @@ HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 MAX_MODELS = 64
 # How many unreachable nodes one Authorize may ask to skip.
 MAX_EXCLUDED_NODES = 8
+# A day: no job's receipt or stream time is longer (tickets live minutes).
+MAX_DURATION_MS = 86_400_000
+# The most completion tokens a client may countersign (above any model's bound).
+MAX_REPORTED_TOKENS = 1_000_000
 
 
 class Violations:
@@ -64,8 +70,20 @@ class Violations:
         if len(set(values)) != len(values):
             self.add(field, "no duplicates")
 
+    def at_most(self, field: str, value: int, bound: int) -> None:
+        if value > bound:
+            self.add(field, f"at most {bound}")
+
     def excluded_nodes(self, field: str, values: list[str]) -> None:
         if len(values) > MAX_EXCLUDED_NODES:
             self.add(field, f"at most {MAX_EXCLUDED_NODES} nodes")
         for i, value in enumerate(values):
             self.node_id(f"{field}[{i}]", value)
+
+
+def check_receipt_usage(check: Violations, usage: common_pb2.Usage, job: JobBounds) -> None:
+    """A receipt's token counts within its ticket's bounds, and a total that adds up."""
+    check.at_most("receipt.usage.prompt_tokens", usage.prompt_tokens, job.max_prompt_tokens)
+    check.at_most("receipt.usage.completion_tokens", usage.completion_tokens, job.max_tokens)
+    if usage.total_tokens != usage.prompt_tokens + usage.completion_tokens:
+        check.add("receipt.usage.total_tokens", "must be prompt_tokens + completion_tokens")

@@ -37,6 +37,9 @@ class JobRecord:
     duration_ms: int
     prompt_tokens: int
     completion_tokens: int
+    # The user's signed presentation of the ticket and the nonce it signs.
+    presentation: bytes = b""
+    client_nonce: str = ""
 
     def to_pb(self, node_id: str) -> coordinator_pb2.JobReceipt:
         finished = timestamp_pb2.Timestamp()
@@ -53,6 +56,8 @@ class JobRecord:
             duration_ms=self.duration_ms,
             usage=usage_pb(self.prompt_tokens, self.completion_tokens),
             finished_at=finished,
+            presentation=self.presentation,
+            client_nonce=self.client_nonce,
         )
 
 
@@ -95,7 +100,7 @@ class ReceiptSender:
                 return
             else:
                 log.info(
-                    "job %s settled: %s, charged %d millicredits",
+                    "job %s receipt taken: %s, charged %d millicredits",
                     record.job_id,
                     coordinator_pb2.SettlementKind.Name(response.kind),
                     response.charged_millicredits,

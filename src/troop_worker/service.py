@@ -1,9 +1,11 @@
 """The InferenceService servicer: validate, admit, stream the engine, report a receipt.
 
 The order of checks, each before any token: the ticket (interceptor) →
-request shape (INVALID_ARGUMENT) → the ticket's model → job limits
-(RESOURCE_EXHAUSTED) → single use (the ticket is spent only when the job
-really starts, so a refused request can be retried with the same ticket).
+request shape (INVALID_ARGUMENT) → the ticket's model and token bounds → the
+user's presentation of the ticket (UNAUTHENTICATED without it: the receipt
+must carry it to be paid) → job limits (RESOURCE_EXHAUSTED) → single use (the
+ticket is spent only when the job really starts, so a refused request can be
+retried with the same ticket).
 Errors are raised, never `abort`ed: the error interceptor maps them.
 """
 
@@ -17,16 +19,17 @@ import grpc
 
 from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid
 from troop_common.keys import Identity
-from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, is_nonce, sign_node_proof
+from troop_common.node_proof import PROOF_HEADER, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import add_initial_metadata
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest
 from troop_worker.limits import JobLimiter
+from troop_worker.presentation import Presented, presentation_of
 from troop_worker.receipts import JobRecord, ReceiptSender
 from troop_worker.tickets import TicketVerifier
-from troop_worker.validation import validate
+from troop_worker.validation import validate, within_ticket
 
 log = logging.getLogger("troop.worker.service")
 
@@ -71,20 +74,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise TicketInvalid(f"the ticket is for model {ticket.model!r}, not {request.model!r}")
         if request.model not in self.engine.models:
             raise InvalidArgument([FieldViolation("model", "not served by this node")])
+        generation = within_ticket(request, generation, ticket)
+        presented = presentation_of(ticket, context.invocation_metadata() or ())
         with self.limiter.admit(ticket.user):
             await self.verifier.consume(ticket)
-            self._prove_identity(ticket, context)
-            async for response in self._run(ticket, generation):
+            if self.node is not None:
+                # Answer the client's nonce with the node key, sent with the first chunk.
+                proof = sign_node_proof(self.node, ticket.job_id, presented.nonce)
+                add_initial_metadata(PROOF_HEADER, proof)
+            async for response in self._run(ticket, generation, presented):
                 yield response
 
-    def _prove_identity(self, ticket: Ticket, context: grpc.aio.ServicerContext) -> None:
-        """Answer the client's nonce with the node key, sent with the first chunk."""
-        nonce = next((v for k, v in context.invocation_metadata() or () if k == NONCE_HEADER), None)
-        if self.node is not None and isinstance(nonce, str) and is_nonce(nonce):
-            add_initial_metadata(PROOF_HEADER, sign_node_proof(self.node, ticket.job_id, nonce))
-
     async def _run(
-        self, ticket: Ticket, generation: GenerationRequest
+        self, ticket: Ticket, generation: GenerationRequest, presented: Presented
     ) -> AsyncIterator[inference_pb2.ChatCompletionResponse]:
         started = time.monotonic()
         last = GenerationChunk("", None, 0, 0)
@@ -112,13 +114,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             await stream.aclose()  # type: ignore[attr-defined]
             # A stream the client left early is charged for what it produced.
             completed = not failed and (finished or last.completion_tokens > 0)
+            # An engine that cannot count before it works (a relay) is held to the
+            # ticket's bounds here: the coordinator refuses a receipt beyond them.
             self.receipts.submit(
                 JobRecord(
                     job_id=ticket.job_id,
                     completed=completed,
                     duration_ms=round((time.monotonic() - started) * 1000),
-                    prompt_tokens=last.prompt_tokens,
-                    completion_tokens=last.completion_tokens,
+                    prompt_tokens=min(last.prompt_tokens, ticket.max_prompt_tokens),
+                    completion_tokens=min(last.completion_tokens, ticket.max_tokens),
+                    presentation=presented.signature,
+                    client_nonce=presented.nonce,
                 )
             )
             log.info(

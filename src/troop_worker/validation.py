@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.proto import inference_pb2
+from troop_common.tickets import Ticket
 from troop_worker.engine.types import GenerationRequest
 
 ROLES = ("system", "user", "assistant")
@@ -53,3 +54,25 @@ def validate(
     if generation.max_tokens > max_new_tokens:  # the default may exceed a small node cap
         generation = replace(generation, max_tokens=max_new_tokens)
     return generation
+
+
+def within_ticket(
+    request: inference_pb2.ChatCompletionRequest, generation: GenerationRequest, ticket: Ticket
+) -> GenerationRequest:
+    """The generation held to the bounds the ticket was priced for; InvalidArgument if the
+    request asks for more completion tokens than that."""
+    if request.HasField("max_tokens") and request.max_tokens > ticket.max_tokens:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "max_tokens",
+                    f"at most {ticket.max_tokens}, the bound the ticket was reserved for "
+                    "(Authorize's max_tokens)",
+                )
+            ]
+        )
+    return replace(
+        generation,
+        max_tokens=min(generation.max_tokens, ticket.max_tokens),
+        max_prompt_tokens=ticket.max_prompt_tokens,
+    )

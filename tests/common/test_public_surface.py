@@ -13,6 +13,7 @@ def test_the_sdk_exports_exactly_its_public_names() -> None:
         "ClientSettings",
         "Completion",
         "Message",
+        "ModelOffer",
         "TroopClient",
         "Usage",
     ]

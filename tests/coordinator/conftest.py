@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import signed_receipt
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
-from troop_common.receipts import sign_receipt
 from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
 
@@ -42,13 +42,11 @@ def settings(database_url: str, tmp_path: Path, ticket_key_pem: bytes) -> Coordi
         data_dir=make_data_dir(tmp_path / "coordinator", ticket_key_pem),
         database_url=database_url,
         starter_credits=3600,
-        reservation_credits=300,
         ticket_ttl_s=300,
         heartbeat_interval_s=5,
         node_ttl_s=15.0,
         sweep_interval_s=3600.0,  # tests that need the sweeper shorten it
         settle_grace_s=0.0,  # tests that need a grace period set it
-        benchmark_matrix_size=64,
         shutdown_grace_s=0.5,
     )
 
@@ -80,20 +78,28 @@ class Node:
 
     def receipt(
         self,
-        job_id: str,
+        job: pb.AuthorizeResponse | str,
+        user: CoordinatorClient | None = None,
         *,
         outcome: int = pb.JOB_OUTCOME_COMPLETED,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
         duration_ms: int = 1000,
         node_id: str | None = None,
         signer: Identity | None = None,
     ) -> pb.SubmitReceiptRequest:
-        receipt = pb.JobReceipt(
-            job_id=job_id,
-            node_id=node_id or self.node_id,
+        """A receipt for `job` carrying `user`'s presentation (none without a user)."""
+        job_id = job if isinstance(job, str) else job.job_id
+        return signed_receipt(
+            signer or self.identity,
+            job_id,
+            node_id or self.node_id,
+            None if user is None else user.identity,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             outcome=outcome,
             duration_ms=duration_ms,
         )
-        return sign_receipt(signer or self.identity, receipt)
 
 
 class Network:

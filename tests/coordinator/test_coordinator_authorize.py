@@ -27,9 +27,10 @@ async def test_first_authorize_grants_starter_credits_once(
     second = await user.authorize(MODEL)
 
     balance = await user.get_balance()
-    assert first.reserved_millicredits == 300_000
-    assert balance.balance_millicredits == 3_600_000 - 2 * 300_000
-    assert balance.reserved_millicredits == 2 * 300_000
+    held = first.reserved_millicredits + second.reserved_millicredits
+    assert first.reserved_millicredits > 0
+    assert balance.balance_millicredits == 3_600_000 - held
+    assert balance.reserved_millicredits == held
     kinds = [t.kind for t in (await user.list_transactions()).transactions]
     assert kinds.count(1) == 1  # one GRANT
     assert (await coordinator.ledger.audit()).ok
@@ -47,6 +48,10 @@ async def test_ticket_verifies_with_published_key_set(network: Network) -> None:
 
     assert ticket.job_id == granted.job_id
     assert ticket.model == MODEL
+    assert (ticket.max_tokens, ticket.max_prompt_tokens) == (
+        granted.max_tokens,
+        granted.max_prompt_tokens,
+    )
     assert ticket.user == user.identity.public_key_hex
     assert granted.node_id == node.node_id
     assert granted.node_public_key == node.identity.public_key_hex
@@ -57,7 +62,7 @@ async def test_ticket_verifies_with_published_key_set(network: Network) -> None:
 
 
 async def test_insufficient_credits_reserves_nothing(launch: Launch) -> None:
-    coordinator, net = await launch(starter_credits=500, reservation_credits=300)
+    coordinator, net = await launch(starter_credits=50)
     await net.node()
     user = net.user()
     await user.authorize(MODEL)

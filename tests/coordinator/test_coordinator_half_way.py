@@ -7,6 +7,7 @@ servers, the database (both backends) and the clients are real.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -58,7 +59,7 @@ async def test_a_fault_mid_reservation_reserves_nothing(
     monkeypatch.undo()
 
     assert await snapshot(coordinator, user) == before
-    assert (await user.authorize(MODEL)).reserved_millicredits == 300_000  # and it recovers
+    assert (await user.authorize(MODEL)).reserved_millicredits > 0  # and it recovers
 
 
 async def test_a_fault_mid_settlement_settles_nothing_and_the_receipt_can_be_resent(
@@ -68,16 +69,19 @@ async def test_a_fault_mid_settlement_settles_nothing_and_the_receipt_can_be_res
     user = network.user()
     owner = network.client(node.owner)
     job = await user.authorize(MODEL)
-    receipt = node.receipt(job.job_id, duration_ms=2000)
+    await user.report_usage(job.job_id, completion_tokens=5, stream_ms=100)
+    receipt = node.receipt(job, user, duration_ms=2000)
     before = await snapshot(coordinator, user, owner)
 
-    # The job is closed and the owner credited; the second entry (the release) fails.
+    # The node's claim is recorded, the job closed and the owner credited; the second
+    # entry (the release) fails: the claim goes too (one transaction).
     fail_on_append_number(monkeypatch, 2)
     with pytest.raises(TroopError):
         await node.client.submit_receipt(receipt)
     monkeypatch.undo()
 
     assert await snapshot(coordinator, user, owner) == before  # still open, nobody paid
+    assert (await coordinator.ledger.settle_overdue(datetime.now(UTC) + timedelta(days=1))) == []
     settled = await node.client.submit_receipt(receipt)  # the worker's retry
     assert settled.charged_millicredits > 0 and not settled.already_settled
     assert (await owner.get_balance()).balance_millicredits == settled.charged_millicredits

@@ -77,3 +77,25 @@ async def test_a_job_id_no_coordinator_issues_is_invalid_argument(
     with pytest.raises(InvalidArgument) as caught:
         await node.client.submit_receipt(node.receipt(job_id))
     assert [v.field for v in caught.value.violations] == ["receipt.job_id"]
+
+
+@pytest.mark.parametrize(
+    ("field", "completion_tokens", "stream_ms"),
+    [("completion_tokens", 1_000_001, 1), ("stream_ms", 1, 2**64 - 1)],
+)
+async def test_countersigned_numbers_out_of_range_are_invalid_and_record_nothing(
+    launch: Launch, field: str, completion_tokens: int, stream_ms: int
+) -> None:
+    coordinator, network = await launch()
+    await network.node()
+    user = network.user()
+    job = await user.authorize("smollm2-135m-instruct")
+    with pytest.raises(InvalidArgument) as caught:
+        await user.report_usage(
+            job.job_id, completion_tokens=completion_tokens, stream_ms=stream_ms
+        )
+    assert [v.field for v in caught.value.violations] == [field]
+    # Nothing was recorded: the honest report is still the first.
+    honest = await user.report_usage(job.job_id, completion_tokens=3, stream_ms=10)
+    assert not honest.already_reported
+    assert (await coordinator.ledger.audit()).ok

@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
 import pytest
 
 from troop_common import hardware_proof
@@ -15,6 +14,9 @@ from troop_common.errors import FailedPrecondition, NotFound, PermissionDenied
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_coordinator.app import Coordinator
+from troop_coordinator.proof import ProofShape
+from troop_worker.hardware_proof import openings
+from troop_worker.proof_compute import compute
 
 if TYPE_CHECKING:
     from conftest import Launch, Network
@@ -94,44 +96,56 @@ async def test_list_models_counts_nodes_and_list_nodes_filters(network: Network)
     assert node.last_seen.seconds > 0
 
 
-def _answer(challenge: pb.GetChallengeResponse) -> list[float]:
-    a, b = hardware_proof.generate_matrices(challenge.seed, challenge.matrix_size)
-    return hardware_proof.sample_product(a @ b, list(challenge.sample_indices))
+async def _commit(node, challenge: pb.GetChallengeResponse, seed: int):
+    product = compute(seed, challenge.rows, challenge.inner, challenge.cols, device="cpu")
+    named = await node.client.commit_proof(
+        pb.CommitProofRequest(
+            node_id=node.node_id, challenge_id=challenge.challenge_id,
+            merkle_root=product.tree.root, precision=product.precision, reported_ms=1,
+        )
+    )  # fmt: skip
+    return product, named
 
 
 async def test_right_proof_sets_multiplier(coordinator: Coordinator, network: Network) -> None:
     node = await network.node()
     challenge = await node.client.get_challenge(node.node_id)
-    assert challenge.matrix_size == 64 and len(challenge.sample_indices) == 8
-    # Reference at 64: 1500 ms × (64/4096)³ ≈ 0.0057 ms; any real time clamps low.
+    assert (challenge.rows, challenge.inner, challenge.cols) == (1024, 2048, 1024)
+    seed = (await node.client.start_challenge(node.node_id, challenge.challenge_id)).seed
+    product, named = await _commit(node, challenge, seed)
+    assert len(named.rows) == len(named.cols) == 48
     proof = await node.client.verify_proof(
         pb.VerifyProofRequest(
             node_id=node.node_id,
             challenge_id=challenge.challenge_id,
-            samples=_answer(challenge),
-            elapsed_ms=1,
+            openings=openings(product, list(named.rows)),
         )
     )
-    assert proof.multiplier == pytest.approx(0.1)
-    assert (await node.heartbeat()).multiplier == pytest.approx(0.1)
+    assert proof.measured_ms >= 1 and proof.tier in ("cpu", "gpu-small", "gpu", "datacenter")
+    assert (await node.heartbeat()).multiplier == pytest.approx(proof.multiplier)
     listed = (await network.user().list_nodes()).nodes
-    assert listed[0].multiplier == pytest.approx(0.1)
+    assert listed[0].multiplier == pytest.approx(proof.multiplier)
 
 
 async def test_wrong_proof_is_refused_and_challenge_used_up(network: Network) -> None:
     node = await network.node()
     challenge = await node.client.get_challenge(node.node_id)
-    wrong = [x + 1.0 for x in _answer(challenge)]
+    seed = (await node.client.start_challenge(node.node_id, challenge.challenge_id)).seed
+    product, named = await _commit(node, challenge, seed)
+    right = openings(product, list(named.rows))
+    wrong = [pb.ProofOpening(row=o.row, values=o.values, path=list(o.path)) for o in right]
+    wrong[0].values = bytes(len(wrong[0].values))
     request = pb.VerifyProofRequest(
-        node_id=node.node_id, challenge_id=challenge.challenge_id, samples=wrong, elapsed_ms=5
+        node_id=node.node_id, challenge_id=challenge.challenge_id, openings=wrong
     )
 
     with pytest.raises(FailedPrecondition) as caught:
         await node.client.verify_proof(request)
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
-    request.samples[:] = _answer(challenge)
-    with pytest.raises(NotFound):
+    del request.openings[:]
+    request.openings.extend(right)
+    with pytest.raises(FailedPrecondition):
         await node.client.verify_proof(request)
     assert (await node.heartbeat()).multiplier == 1.0
 
@@ -144,21 +158,31 @@ async def test_challenge_needs_a_known_node_and_its_key(network: Network) -> Non
         await network.client(Identity.generate()).get_challenge(node.node_id)
 
 
-def test_multiplier_scales_with_matrix_size_and_clamps() -> None:
-    assert hardware_proof.multiplier_for(1500, 4096, 1500) == pytest.approx(1.0)
-    assert hardware_proof.multiplier_for(750, 4096, 1500) == pytest.approx(2.0)
-    assert hardware_proof.multiplier_for(1500 / 8, 2048, 1500) == pytest.approx(1.0)
-    assert hardware_proof.multiplier_for(0.001, 4096, 1500) == 10.0
-    assert hardware_proof.multiplier_for(10**9, 4096, 1500) == 0.1
+def test_speed_multiplier_and_tier_scales() -> None:
+    reference = hardware_proof.reference_tflops(1500)
+    assert reference == pytest.approx(0.0916, rel=1e-3)
+    assert hardware_proof.tflops_for(4096, 4096, 4096, 1500) == pytest.approx(reference)
+    assert hardware_proof.multiplier_for(reference, reference) == pytest.approx(1.0)
+    assert hardware_proof.multiplier_for(1000.0, reference) == pytest.approx(10_917, rel=1e-3)
+    assert hardware_proof.multiplier_for(1e9, reference) == 100_000.0
+    assert hardware_proof.multiplier_for(0.0, reference) == 0.01
+    tiers = [hardware_proof.tier_for(t) for t in (0.09, 1.0, 19.9, 20.0, 199.0, 200.0)]
+    assert tiers == ["cpu", "gpu-small", "gpu-small", "gpu", "gpu", "datacenter"]
 
 
-def test_check_samples_tolerates_float32_and_rejects_guesses() -> None:
-    n = 256
-    a, b = hardware_proof.generate_matrices(42, n)
-    indices = hardware_proof.choose_sample_indices(np.random.default_rng(1), n)
-    right = hardware_proof.sample_product(a @ b, indices)
-    assert hardware_proof.check_samples(42, n, indices, right)
-    assert not hardware_proof.check_samples(43, n, indices, right)
-    assert not hardware_proof.check_samples(42, n, indices, right[:-1])
-    assert not hardware_proof.check_samples(42, n, indices, [*right[:-1], float("nan")])
-    assert not hardware_proof.check_samples(42, n, [n * n], [0.0])
+def test_inner_is_sized_from_the_last_speed_and_clamped() -> None:
+    shape = ProofShape()
+    assert shape.inner_for(None) == 2048
+    # 2 s at 0.1 TFLOP/s over a 1024 × 1024 product: 2e11 / 2.1e6 ≈ 95,367.
+    assert shape.inner_for(0.1) == 95_367
+    assert shape.inner_for(1e-9) == 1024 and shape.inner_for(1e6) == 1 << 20
+
+
+def test_tolerance_is_exact_for_fp32_and_looser_for_bf16() -> None:
+    inner = 4096
+    sigma = 24 * 64
+    assert hardware_proof.check_entry(100.0, 100, inner, "fp32")
+    assert not hardware_proof.check_entry(101.0, 100, inner, "fp32")
+    assert hardware_proof.check_entry(100 + 0.01 * sigma, 100, inner, "bf16")
+    assert not hardware_proof.check_entry(100 + 0.05 * sigma, 100, inner, "bf16")
+    assert not hardware_proof.check_entry(float("nan"), 0, inner, "bf16")

@@ -112,6 +112,39 @@ def test_troop_up_then_chat_balance_history_nodes_models(
     assert read.returncode == 0, read.stderr
     assert json.loads(read.stdout)["publicKey"] == whoami
 
+    # The whole job by hand, as an operator with grpcurl: Authorize, present the ticket
+    # to the worker (`troop ticket-headers`), stream, countersign.
+    def grpcurl_json(*args: str) -> dict:
+        done = subprocess.run(
+            [grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+
+    def signed() -> list[str]:
+        return ["-H", troop("auth-header", *at, env=env).stdout.strip()]
+
+    grant = grpcurl_json(
+        *signed(), "-d", json.dumps({"model": "smollm2-135m-instruct", "max_tokens": 8}),
+        coordinator, "troop.v1.CoordinatorService/Authorize",
+    )  # fmt: skip
+    headers = troop("ticket-headers", *at, grant["ticket"], env=env)
+    assert headers.returncode == 0, headers.stderr
+    present = [arg for line in headers.stdout.splitlines() for arg in ("-H", line)]
+    request = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}
+    streamed = subprocess.run(
+        [grpcurl, "-plaintext", *present, "-d", json.dumps(request), grant["endpoint"],
+         "troop.v1.InferenceService/ChatCompletion"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert streamed.returncode == 0, streamed.stderr
+    assert '"delta": " hi"' in streamed.stdout and "FINISH_REASON_STOP" in streamed.stdout
+    report = grpcurl_json(
+        *signed(), "-d", json.dumps({"job_id": grant["jobId"], "completion_tokens": 3}),
+        coordinator, "troop.v1.CoordinatorService/ReportUsage",
+    )  # fmt: skip
+    assert report["jobId"] == grant["jobId"]
+
     nodes = troop("nodes", *at, env=env)
     assert nodes.returncode == 0 and "smollm2-135m-instruct" in nodes.stdout
     models = troop("models", *at, env=env)

@@ -18,7 +18,15 @@ async def test_coordinator_rest_face(mesh, tmp_path) -> None:
             assert key["algorithm"] == "RS256" and "public_key_pem" in key  # snake_case
             assert (await http.get("/v1/keys")).json()["keys"][0]["kty"] == "RSA"
             models = (await http.get("/v1/models")).json()["models"]
-            assert models == [{"id": MODEL, "node_count": 1}]
+            (model,) = models
+            assert (model["id"], model["node_count"]) == (MODEL, 1)
+            # Prices are published before anyone asks (int64 travels as a string in JSON).
+            price = model["price"]
+            assert (
+                int(price["completion_millicredits_per_1k_tokens"])
+                > int(price["prompt_millicredits_per_1k_tokens"])
+                > 0
+            )
             nodes = (await http.get("/v1/nodes")).json()["nodes"]
             assert nodes[0]["endpoint"] == mesh.worker.advertise and "node_id" in nodes[0]
 

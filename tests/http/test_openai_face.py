@@ -81,6 +81,10 @@ async def test_models_and_legacy_completions(sidecar) -> None:
     assert [m.id for m in models.data] == [MODEL]
     model = await client.models.retrieve(MODEL)
     assert (model.id, model.object, model.owned_by) == (MODEL, "model", "troop")
+    # Troop's extra: what a job costs, in millicredits per 1,000 tokens.
+    pricing = (model.model_extra or {})["pricing"]
+    assert pricing["completion_millicredits_per_1k_tokens"] > 0
+    assert pricing == (models.data[0].model_extra or {})["pricing"]
     with pytest.raises(openai.NotFoundError, match="no live node serves model 'org/other'"):
         await client.models.retrieve("org/other")  # ids may hold a slash
     completion = await client.completions.create(model=MODEL, prompt="one two", max_tokens=3)
@@ -279,7 +283,7 @@ async def test_a_failure_after_the_stream_started_arrives_as_an_error_event(
 async def test_insufficient_credits_is_a_402_with_a_readable_message(
     start_mesh, start_sidecar
 ) -> None:
-    starved = {"starter_credits": 100, "reservation_credits": 300}
+    starved = {"starter_credits": 5}  # a default job reserves about 10 credits
     async with start_mesh(coordinator_overrides=starved) as mesh:
         async with start_sidecar(mesh) as sidecar:
             client = sdk(sidecar)

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.conftest import ticket_metadata
 from troop_client import ChatOptions, Message, TroopClient
 from troop_common import request_context
 from troop_common.assertions import create_assertion
@@ -201,9 +202,8 @@ async def test_no_log_line_contains_a_ticket_assertion_or_key(
                 model=MODEL, messages=[{"role": "user", "content": "x"}]
             )
             for _ in range(2):
-                call = stub.ChatCompletion(
-                    request, metadata=[("authorization", f"Bearer {grant.ticket}")]
-                )
+                metadata = ticket_metadata(grant.ticket, user, grant.job_id, grant.node_id)
+                call = stub.ChatCompletion(request, metadata=metadata)
                 try:
                     async for _chunk in call:
                         pass

@@ -47,7 +47,12 @@ def coordinator_settings(
         database_url=database_url,
         sweep_interval_s=3600.0,
         settle_grace_s=60.0,
-        benchmark_matrix_size=64,
+        # A small proof-of-hardware product (troop_coordinator.proof.ProofShape).
+        proof_rows=32,
+        proof_cols=24,
+        proof_calibration_inner=256,
+        proof_min_inner=64,
+        proof_max_inner=4096,
         shutdown_grace_s=0.5,
         rate_limits="",  # the attacks are refused for what they are, not for how often
     )

@@ -18,6 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.conftest import signed_receipt, ticket_metadata
 from troop_common.assertions import COORDINATOR_AUDIENCE, create_assertion
 from troop_common.errors import TroopError
 from troop_common.keys import Identity
@@ -151,14 +152,14 @@ async def test_a_ticket_works_once(mesh, eventually) -> None:
     alice = await joined(mesh)
     grant = await alice.authorize(MODEL)
     stub = mesh.inference_stub(mesh.worker_for(grant.node_id))
-    assert await _chat(stub, grant.ticket)
+    assert await _chat(stub, grant.ticket, alice)
 
     async def settled() -> bool:
         return (await alice.get_balance()).reserved_millicredits == 0
 
     await eventually(settled)
     before = await mesh.ledger_state()
-    await refused(lambda: _chat(stub, grant.ticket), grpc.StatusCode.UNAUTHENTICATED)
+    await refused(lambda: _chat(stub, grant.ticket, alice), grpc.StatusCode.UNAUTHENTICATED)
     await asyncio.sleep(0.2)
     assert await mesh.ledger_state() == before
 
@@ -197,7 +198,7 @@ async def test_altered_ticket_claims_are_refused(mesh) -> None:
     await asyncio.sleep(0.2)
     assert await mesh.ledger_state() == before
     # The untouched ticket still works: the refusals burned nothing.
-    assert await _chat(stub, grant.ticket)
+    assert await _chat(stub, grant.ticket, alice)
 
 
 async def test_a_ticket_for_another_node_key_is_refused(mesh) -> None:
@@ -213,6 +214,8 @@ async def test_a_ticket_for_another_node_key_is_refused(mesh) -> None:
         node_id=worker.node_id,
         node_key=Identity.generate().public_key_hex,
         model=MODEL,
+        max_tokens=16,
+        max_prompt_tokens=100,
     )
     before = await mesh.ledger_state()
     await refused(
@@ -252,42 +255,43 @@ async def test_a_second_receipt_changes_nothing(mesh, eventually) -> None:
     alice = await joined(mesh)
     grant = await alice.authorize(MODEL)
     worker = mesh.worker_for(grant.node_id)
-    receipt = pb.JobReceipt(
-        job_id=grant.job_id, node_id=grant.node_id, outcome=pb.JOB_OUTCOME_COMPLETED, duration_ms=5
-    )
-    request = sign_receipt(worker.identity.key, receipt)
+    await alice.report_usage(grant.job_id, completion_tokens=5, stream_ms=50)
+    request = signed_receipt(worker.identity.key, grant.job_id, grant.node_id, alice.identity)
     first = await mesh.user().submit_receipt(request)
-    assert not first.already_settled
+    assert not first.already_settled and first.kind == pb.SETTLEMENT_KIND_CHARGED
     before = await mesh.ledger_state()
     # The same receipt again, and a new one claiming more: answered with the first
     # settlement (so a worker's retry is safe), and nothing moves.
     again = await mesh.user().submit_receipt(request)
-    bigger = pb.JobReceipt()
-    bigger.CopyFrom(receipt)
-    bigger.duration_ms = 250_000
-    inflated = await mesh.user().submit_receipt(sign_receipt(worker.identity.key, bigger))
+    bigger = signed_receipt(
+        worker.identity.key,
+        grant.job_id,
+        grant.node_id,
+        alice.identity,
+        completion_tokens=grant.max_tokens,
+        duration_ms=250_000,
+    )
+    inflated = await mesh.user().submit_receipt(bigger)
     for reply in (again, inflated):
         assert reply.already_settled
         assert reply.charged_millicredits == first.charged_millicredits
     assert await mesh.ledger_state() == before
 
 
-async def test_an_inflated_duration_is_capped_by_what_the_coordinator_saw(mesh) -> None:
+async def test_a_long_claimed_duration_earns_nothing_more(mesh) -> None:
+    # The clock is not billed: 22 hours claimed pay what the tokens pay.
     alice = await joined(mesh)
     grant = await alice.authorize(MODEL)
     worker = mesh.worker_for(grant.node_id)
-    started = time.monotonic()
-    receipt = pb.JobReceipt(
-        job_id=grant.job_id,
-        node_id=grant.node_id,
-        outcome=pb.JOB_OUTCOME_COMPLETED,
-        duration_ms=10**9,  # eleven days
+    await alice.report_usage(grant.job_id, completion_tokens=5, stream_ms=50)
+    receipt = signed_receipt(
+        worker.identity.key, grant.job_id, grant.node_id, alice.identity, duration_ms=80_000_000
     )
-    reply = await mesh.user().submit_receipt(sign_receipt(worker.identity.key, receipt))
-    observed_ms = (time.monotonic() - started) * 1000 + 1000
-    # Multiplier 1.0 (unproven node): at most the time the job was open, far below 10^9.
-    assert reply.charged_millicredits <= observed_ms
-    assert reply.charged_millicredits < grant.reserved_millicredits
+    reply = await mesh.user().submit_receipt(receipt)
+    price = grant.price
+    tokens = 10 * price.prompt_millicredits_per_1k_tokens
+    tokens += 5 * price.completion_millicredits_per_1k_tokens
+    assert reply.charged_millicredits == (tokens + 500) // 1000
     assert (await mesh.ledger_state())[2].ok
 
 
@@ -318,13 +322,21 @@ async def test_a_heartbeat_as_another_node_is_denied(mesh) -> None:
 # helpers --------------------------------------------------------------------------------
 
 
-async def _chat(stub, ticket: str) -> list:
+async def _chat(stub, ticket: str, user=None) -> list:
+    """Stream a job as a client would; with `user` (a CoordinatorClient), present the
+    ticket as that user and countersign what arrived."""
     from troop_common.proto import inference_pb2
 
     request = inference_pb2.ChatCompletionRequest(
         model=MODEL, messages=[{"role": "user", "content": "hello there"}]
     )
-    return [c async for c in stub.ChatCompletion(request, metadata=bearer(ticket))]
+    if user is None:
+        return [c async for c in stub.ChatCompletion(request, metadata=bearer(ticket))]
+    claims = jwt.decode(ticket, options={"verify_signature": False})
+    metadata = ticket_metadata(ticket, user.identity, claims["jti"], claims["node"])
+    chunks = [c async for c in stub.ChatCompletion(request, metadata=metadata)]
+    await user.report_usage(claims["jti"], chunks[-1].usage.completion_tokens, stream_ms=10)
+    return chunks
 
 
 def _signer(mesh):

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from tests.conftest import ticket_metadata
 from troop_common.tickets import ticket_kid
 from troop_coordinator.admin import rotate_ticket_key
 
@@ -15,13 +16,14 @@ MODEL = "smollm2-135m-instruct"
 GRACE_S = 2.0
 
 
-async def _chat(stub, ticket: str) -> list:
+async def _chat(stub, grant, user) -> list:
     from troop_common.proto import inference_pb2
 
     request = inference_pb2.ChatCompletionRequest(
         model=MODEL, messages=[{"role": "user", "content": "hi"}]
     )
-    call = stub.ChatCompletion(request, metadata=[("authorization", f"Bearer {ticket}")])
+    metadata = ticket_metadata(grant.ticket, user.identity, grant.job_id, grant.node_id)
+    call = stub.ChatCompletion(request, metadata=metadata)
     return [c async for c in call]
 
 
@@ -37,7 +39,7 @@ async def test_rotation_without_restart_and_retired_keys_expire(mesh_factory, ev
         old_grant = await user.authorize(MODEL)
         spare_old = await user.authorize(MODEL)  # kept for after the grace period
         old_kid = ticket_kid(old_grant.ticket)
-        assert await _chat(stub, old_grant.ticket)
+        assert await _chat(stub, old_grant, user)
 
         new_kid = await rotate_ticket_key(mesh.coordinator.settings)
         assert new_kid != old_kid
@@ -49,7 +51,7 @@ async def test_rotation_without_restart_and_retired_keys_expire(mesh_factory, ev
 
         new_grant = await eventually(signing_with_new_key, timeout_s=5)
         # The worker was not restarted: it fetches the new key on the unknown kid.
-        assert await _chat(stub, new_grant.ticket)
+        assert await _chat(stub, new_grant, user)
         keys = {k.kid for k in (await user.get_key_set()).keys}
         assert keys == {old_kid, new_kid}  # the retired key is still in its grace period
 
@@ -58,10 +60,10 @@ async def test_rotation_without_restart_and_retired_keys_expire(mesh_factory, ev
         assert {k.kid for k in (await user.get_key_set()).keys} == {new_kid}
         await asyncio.sleep(0.4)  # > the worker's key_refresh_s
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await _chat(stub, spare_old.ticket)
+            await _chat(stub, spare_old, user)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # New tickets keep working.
-        assert await _chat(stub, (await user.authorize(MODEL)).ticket)
+        assert await _chat(stub, await user.authorize(MODEL), user)
 
 
 async def test_a_legacy_single_key_file_is_adopted(mesh_factory, ticket_key_pem) -> None:

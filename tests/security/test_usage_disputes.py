@@ -8,26 +8,27 @@ import grpc
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import signed_receipt
 from troop_client import Message, TroopClient
 from troop_common.errors import TroopError
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
-from troop_common.receipts import sign_receipt
 from troop_coordinator.db.models import Job
 from troop_coordinator.usage import UsageBook
 
 MODEL = "smollm2-135m-instruct"
 
 
-def receipt(worker, grant, *, tokens: int, duration_ms: int) -> pb.SubmitReceiptRequest:
-    claim = pb.JobReceipt(
-        job_id=grant.job_id,
-        node_id=grant.node_id,
-        outcome=pb.JOB_OUTCOME_COMPLETED,
+def receipt(worker, grant, user, *, tokens: int, duration_ms: int) -> pb.SubmitReceiptRequest:
+    return signed_receipt(
+        worker.identity.key,
+        grant.job_id,
+        grant.node_id,
+        user.identity,
+        prompt_tokens=3,
+        completion_tokens=tokens,
         duration_ms=duration_ms,
-        usage={"completion_tokens": tokens, "prompt_tokens": 3, "total_tokens": tokens + 3},
     )
-    return sign_receipt(worker.identity.key, claim)
 
 
 async def test_an_honest_job_agrees(mesh, eventually) -> None:
@@ -60,19 +61,19 @@ async def test_an_inflated_receipt_is_a_dispute_either_order(mesh) -> None:
     reply = await user.report_usage(grant.job_id, completion_tokens=5, stream_ms=400)
     assert (reply.compared, reply.disputed) == (False, False)
     settled = await mesh.user().submit_receipt(
-        receipt(worker, grant, tokens=500, duration_ms=60_000)
+        receipt(worker, grant, user, tokens=250, duration_ms=60_000)
     )
     assert settled.kind == pb.SETTLEMENT_KIND_CHARGED  # settlement stays immediate
     disputes = await book.disputes_of(worker.node_id)
     assert [d["job_id"] for d in disputes] == [grant.job_id]
-    assert "500 completion tokens" in disputes[0]["reason"]
+    assert "250 completion tokens" in disputes[0]["reason"]
     first = await book.reputation(worker.node_id)
     assert first is not None and first < 1.0
 
     # The node's receipt first, then the client's report.
     grant2 = await user.authorize(MODEL)
     worker2 = mesh.worker_for(grant2.node_id)
-    await mesh.user().submit_receipt(receipt(worker2, grant2, tokens=9, duration_ms=90_000))
+    await mesh.user().submit_receipt(receipt(worker2, grant2, user, tokens=90, duration_ms=90_000))
     reply = await user.report_usage(grant2.job_id, completion_tokens=9, stream_ms=1_000)
     assert (reply.compared, reply.disputed) == (True, True)
     # A second report changes nothing, and nobody reports another user's job.
@@ -94,11 +95,13 @@ async def test_discovery_prefers_the_reputable_node(mesh, eventually) -> None:
         grant = await user.authorize(MODEL)
         worker = mesh.worker_for(grant.node_id)
         if worker is not cheat:
-            await mesh.user().submit_receipt(receipt(worker, grant, tokens=1, duration_ms=1))
+            await mesh.user().submit_receipt(receipt(worker, grant, user, tokens=1, duration_ms=1))
             await user.report_usage(grant.job_id, completion_tokens=1, stream_ms=10)
             continue
         await user.report_usage(grant.job_id, completion_tokens=1, stream_ms=10)
-        await mesh.user().submit_receipt(receipt(cheat, grant, tokens=400, duration_ms=50_000))
+        await mesh.user().submit_receipt(
+            receipt(cheat, grant, user, tokens=200, duration_ms=50_000)
+        )
         disputed += 1
     assert (await book.reputation(cheat.node_id) or 1.0) < 0.7
     started = time.monotonic()

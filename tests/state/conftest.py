@@ -19,11 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port
+from tests.conftest import free_port, signed_receipt
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
-from troop_common.receipts import sign_receipt
 
 MODEL = "smollm2-135m-instruct"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,12 +144,17 @@ class TestNode:
         return await client.heartbeat(self.heartbeat_request())
 
     def receipt(
-        self, job_id: str, *, outcome: int = pb.JOB_OUTCOME_COMPLETED, duration_ms: int = 1000
+        self,
+        job_id: str,
+        user: Identity,
+        *,
+        outcome: int = pb.JOB_OUTCOME_COMPLETED,
+        duration_ms: int = 1000,
     ) -> pb.SubmitReceiptRequest:
-        receipt = pb.JobReceipt(
-            job_id=job_id, node_id=self.node_id, outcome=outcome, duration_ms=duration_ms
+        """A receipt for a job `user` presented to this node."""
+        return signed_receipt(
+            self.identity, job_id, self.node_id, user, outcome=outcome, duration_ms=duration_ms
         )
-        return sign_receipt(self.identity, receipt)
 
 
 def new_node(node_id: str = "node-1") -> TestNode:

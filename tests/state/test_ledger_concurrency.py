@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
-from troop_coordinator.ledger import Ledger, NewJob, Outcome
+from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.registry import LiveNode
 
@@ -42,11 +42,19 @@ async def bind_node(ledger: Ledger, node_id: str, owner: str) -> None:
 
 
 async def open_job(ledger: Ledger, user: str, node_id: str, now: datetime) -> str:
+    """A job priced at 100 millicredits a completion token (prompts free), countersigned
+    by its user for as many tokens as the node will claim."""
     job_id = secrets.token_hex(8)
+    expires = now + timedelta(seconds=60)
     await ledger.reserve(
-        NewJob(job_id, user, node_id, MODEL, RESERVED, now, now + timedelta(seconds=60))
+        NewJob(job_id, user, node_id, MODEL, RESERVED, now, expires, 100, 100, 0, 100_000)
     )
+    await ledger.record_countersignature(ClientClaim(job_id, user, 7, 700), now)
     return job_id
+
+
+def receipt(job_id: str, node_id: str, outcome: Outcome = Outcome.COMPLETED) -> NodeClaim:
+    return NodeClaim(job_id, node_id, outcome, prompt_tokens=0, completion_tokens=7, duration_ms=1)
 
 
 async def test_crossed_settlements_neither_deadlock_nor_double_pay(ledgers) -> None:
@@ -67,7 +75,7 @@ async def test_crossed_settlements_neither_deadlock_nor_double_pay(ledgers) -> N
     later = datetime.now(UTC)
     results = await asyncio.gather(
         *(
-            ledger.settle(job_id, node_id, Outcome.COMPLETED, 700, later)
+            ledger.record_receipt(receipt(job_id, node_id), later)
             for job_id, node_id in jobs
             for ledger in (one, two)
         )
@@ -92,7 +100,7 @@ async def test_sweepers_and_receipts_race_without_losing_credits(ledgers) -> Non
     swept_one, swept_two, *settled = await asyncio.gather(
         one.expire_stale(now),
         two.expire_stale(now),
-        *(two.settle(j, "n", Outcome.COMPLETED, 50, now) for j in job_ids[::2]),
+        *(two.record_receipt(receipt(j, "n"), now) for j in job_ids[::2]),
     )
 
     expired = {s.job_id for s in swept_one + swept_two}
@@ -125,7 +133,7 @@ async def test_a_second_payout_for_one_job_is_refused_by_the_database(ledgers) -
     await one.ensure_user_with_grant(user, now)
     await bind_node(one, "n", owner)
     job_id = await open_job(one, user, "n", now)
-    await one.settle(job_id, "n", Outcome.FAILED, 0, now)
+    await one.record_receipt(receipt(job_id, "n", Outcome.FAILED), now)
 
     async with one._sessions() as session:
         with pytest.raises(IntegrityError):

@@ -86,6 +86,7 @@ async def test_losing_redis_loses_no_money_and_health_says_so(
             await eventually(lambda: _status(address, SERVING), timeout_s=10)
             await node.heartbeat(node_client)
             job = await user.authorize(state.MODEL)
+            await user.report_usage(job.job_id, completion_tokens=5, stream_ms=10)
 
             own_redis.stop()
             await eventually(lambda: _status(address, NOT_SERVING), timeout_s=10)
@@ -94,7 +95,7 @@ async def test_losing_redis_loses_no_money_and_health_says_so(
                 await user.authorize(state.MODEL)
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE
             # Receipts need no Redis: the job still settles, exactly once.
-            settled = await user.submit_receipt(node.receipt(job.job_id, duration_ms=5))
+            settled = await user.submit_receipt(node.receipt(job.job_id, user.identity))
             assert settled.kind == pb.SETTLEMENT_KIND_CHARGED and not settled.already_settled
             assert (await coordinator.ledger.audit()).ok
             assert (await coordinator.ledger.balance(user.identity.public_key_hex))[1] == 0

@@ -51,7 +51,6 @@ async def test_two_replicas_settle_each_job_once_and_conserve_credits(
         "TROOP_REDIS_PREFIX": redis_prefix,
         "TROOP_DATA_DIR": str(data_dir),
         "TROOP_STARTER_CREDITS": str(STARTER_CREDITS),
-        "TROOP_RESERVATION_CREDITS": "300",
         "TROOP_SWEEP_INTERVAL_SECONDS": "0.5",  # both sweepers run all along: nothing expires
     }
     replicas: list[Process] = list(
@@ -84,8 +83,11 @@ async def test_two_replicas_settle_each_job_once_and_conserve_credits(
                     outcomes["refused"] += 1
                     return
                 failed = rng.random() < 0.3
+                # The client countersigns first (as the SDK does when its stream ends).
+                await via.report_usage(job.job_id, completion_tokens=5, stream_ms=10)
                 receipt = node.receipt(
                     job.job_id,
+                    via.identity,
                     outcome=pb.JOB_OUTCOME_FAILED if failed else pb.JOB_OUTCOME_COMPLETED,
                     duration_ms=rng.randint(1, 40),
                 )

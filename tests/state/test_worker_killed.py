@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from tests.conftest import ticket_metadata
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.proto import inference_pb2, inference_pb2_grpc
@@ -56,7 +57,8 @@ async def test_reservation_returns_after_ticket_expiry_and_grace_when_worker_die
             },
             tmp_path / "worker.log",
         )
-        user = CoordinatorClient(coordinator.address, Identity.generate())
+        identity = Identity.generate()
+        user = CoordinatorClient(coordinator.address, identity)
         try:
             await eventually(
                 lambda: _has_nodes(user) if worker.popen.poll() is None else _died(worker),
@@ -71,7 +73,7 @@ async def test_reservation_returns_after_ticket_expiry_and_grace_when_worker_die
                         model=state.MODEL,
                         messages=[{"role": "user", "content": "word " * 400}],
                     ),
-                    metadata=[("authorization", f"Bearer {job.ticket}")],
+                    metadata=ticket_metadata(job.ticket, identity, job.job_id, job.node_id),
                 )
                 first = await call.read()
                 assert first.delta  # streaming has begun
@@ -89,7 +91,10 @@ async def test_reservation_returns_after_ticket_expiry_and_grace_when_worker_die
             balance = await user.get_balance()
             assert balance.balance_millicredits == settings.starter_millicredits
             newest = (await user.list_transactions()).transactions[0]
-            assert newest.job_id == job.job_id and newest.amount_millicredits == 300_000
+            assert (
+                newest.job_id == job.job_id
+                and newest.amount_millicredits == job.reserved_millicredits
+            )
         finally:
             await user.close()
         assert (await coordinator.ledger.audit()).ok

@@ -3,21 +3,21 @@
 The real coordinator is built in parallel; end-to-end tests against it live
 elsewhere. This is a tiny but real grpc.aio CoordinatorService on port 0 that
 implements the calls a worker makes — GetKeySet (serving the public keys of
-real RSA ticket signers), Heartbeat, SubmitReceipt, GetChallenge and
-VerifyProof (small matrices) — and records them, verifying node assertions,
-receipt signatures and proofs the way the coordinator must.
+real RSA ticket signers), Heartbeat, SubmitReceipt, and the four proof steps
+GetChallenge, StartChallenge, CommitProof and VerifyProof (a small product) —
+and records them, verifying node assertions, receipt signatures and proofs
+(with the real `troop_common.proof_check`) the way the coordinator must.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from troop_common.assertions import COORDINATOR_AUDIENCE, verify_assertion
 from troop_common.errors import SignatureInvalid
-from troop_common.hardware_proof import check_samples, choose_sample_indices
+from troop_common.proof_check import Commitment, check_openings
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2, coordinator_pb2_grpc
 from troop_common.receipts import parse_receipt, verify_receipt_signature
 from troop_common.server import TroopServer
@@ -49,8 +49,12 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     address: str = ""
     server: TroopServer | None = None
-    challenge_size: int = 128
+    challenge_shape: tuple[int, int, int] = (32, 256, 24)
     challenges: dict[str, coordinator_pb2.GetChallengeResponse] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
+    commits: dict[str, tuple[coordinator_pb2.CommitProofRequest, list[int], list[int]]] = field(
+        default_factory=dict
+    )
     proofs: list[tuple[coordinator_pb2.VerifyProofRequest, bool]] = field(default_factory=list)
 
     async def GetKeySet(self, request, context):
@@ -88,24 +92,46 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.SubmitReceiptResponse(job_id=receipt.job_id, kind=kind)
 
     async def GetChallenge(self, request, context):
+        rows, inner, cols = self.challenge_shape
         challenge = coordinator_pb2.GetChallengeResponse(
-            challenge_id=f"ch-{len(self.challenges)}",
-            seed=1234 + len(self.challenges),
-            matrix_size=self.challenge_size,
-            sample_indices=choose_sample_indices(np.random.default_rng(7), self.challenge_size),
+            challenge_id=f"ch-{len(self.challenges)}", rows=rows, inner=inner, cols=cols
         )
         self.challenges[challenge.challenge_id] = challenge
         return challenge
 
+    async def StartChallenge(self, request, context):
+        seed = 1234 + len(self.seeds)
+        self.seeds[request.challenge_id] = seed
+        return coordinator_pb2.StartChallengeResponse(seed=seed)
+
+    async def CommitProof(self, request, context):
+        challenge = self.challenges[request.challenge_id]
+        draw = random.Random(7)
+        rows = draw.sample(range(challenge.rows), min(8, challenge.rows))
+        cols = [draw.randrange(challenge.cols) for _ in rows]
+        self.commits[request.challenge_id] = (request, rows, cols)
+        return coordinator_pb2.CommitProofResponse(rows=rows, cols=cols)
+
     async def VerifyProof(self, request, context):
         challenge = self.challenges[request.challenge_id]
-        valid = check_samples(
-            challenge.seed, challenge.matrix_size, challenge.sample_indices, request.samples
+        commit, rows, cols = self.commits[request.challenge_id]
+        commitment = Commitment(
+            seed=self.seeds[request.challenge_id],
+            rows=challenge.rows,
+            inner=challenge.inner,
+            cols=challenge.cols,
+            merkle_root=commit.merkle_root,
+            precision=commit.precision,
+            open_rows=tuple(rows),
+            open_cols=tuple(cols),
         )
+        valid = check_openings(commitment, list(request.openings)) is None
         async with self.changed:
             self.proofs.append((request, valid))
             self.changed.notify_all()
-        return coordinator_pb2.VerifyProofResponse(multiplier=2.5 if valid else 0.1)
+        return coordinator_pb2.VerifyProofResponse(
+            multiplier=2.5 if valid else 0.1, tflops=0.23, tier="cpu", measured_ms=5
+        )
 
     async def wait_for(self, predicate, timeout_s: float = 5.0) -> None:
         """Wait until `predicate(self)` holds (checked whenever something is recorded)."""

@@ -107,7 +107,7 @@ async def test_over_the_node_limit(start_worker, recording_coordinator, ticket_s
 async def test_over_the_per_user_limit(start_worker, ticket_signer) -> None:
     async with start_worker(engine=FakeEngine(delay_s=0.02), max_jobs_per_user=1) as worker:
         issue = make_issuer(ticket_signer, worker)
-        alice = Identity.generate().public_key_hex
+        alice = Identity.generate()
         async with grpc.aio.insecure_channel(worker.address) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             first = await open_stream(stub, issue(user=alice))

@@ -107,3 +107,59 @@ async def test_key_rotation_refreshes_once(
     stranger = TicketSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048))
     await assert_unauthenticated(inference, issue(signer_=stranger))
     assert recording_coordinator.key_set_calls == 2
+
+
+# The user's presentation and the ticket's bounds ------------------------------------
+
+
+async def test_without_the_users_presentation_nothing_runs_and_the_ticket_stays(
+    inference, issue
+) -> None:
+    token = issue()
+    await assert_unauthenticated_metadata(inference, bearer(token, present=False))
+    # Another key's presentation of the same job is no presentation either.
+    forged = bearer(issue(job_id="job-forged"))
+    stranger = bearer(issue(job_id="job-forged"))  # a new user signs the same job id
+    await assert_unauthenticated_metadata(inference, [forged[0], *stranger[1:]])
+    # Refused before the ticket was spent: presented properly, it runs.
+    assert await collect(inference, chat("hello there"), token)
+
+
+async def test_the_receipt_carries_the_presentation(
+    inference, issue, recording_coordinator
+) -> None:
+    chunks = await collect(inference, chat("hello there"), issue(job_id="job-presented"))
+    await recording_coordinator.wait_for(lambda c: c.receipt_for("job-presented") is not None)
+    receipt = recording_coordinator.receipt_for("job-presented").receipt
+    assert len(receipt.presentation) == 64 and receipt.client_nonce
+    assert receipt.usage.completion_tokens == chunks[-1].usage.completion_tokens
+
+
+async def test_more_tokens_than_the_ticket_allows_is_invalid(inference, issue) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(inference, chat("hello", max_tokens=9), issue(max_tokens=8))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tokens" in (caught.value.details() or "")
+    # Without max_tokens the ticket's bound is the cap.
+    chunks = await collect(inference, chat("one two three four five six"), issue(max_tokens=3))
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+async def test_a_prompt_longer_than_the_ticket_allows_is_refused_before_any_token(
+    inference, issue
+) -> None:
+    received = []
+    call = inference.ChatCompletion(chat("word " * 50), metadata=bearer(issue(max_prompt_tokens=8)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in call:
+            received.append(chunk)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompt tokens" in (caught.value.details() or "") and received == []
+
+
+async def assert_unauthenticated_metadata(inference, metadata) -> None:
+    call = inference.ChatCompletion(chat(), metadata=metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        [c async for c in call]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "x-troop-" in (caught.value.details() or "")

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15troop/v1/common.proto\x12\x08troop.v1\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\rR\x0btotalTokens\":\n\tModelInfo\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n\nnode_count\x18\x02 \x01(\rR\tnodeCount*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15troop/v1/common.proto\x12\x08troop.v1\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\rR\x0btotalTokens\"f\n\tModelInfo\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n\nnode_count\x18\x02 \x01(\rR\tnodeCount\x12*\n\x05price\x18\x03 \x01(\x0b\x32\x14.troop.v1.ModelPriceR\x05price\"\xa8\x02\n\nModelPrice\x12H\n!prompt_millicredits_per_1k_tokens\x18\x01 \x01(\x03R\x1dpromptMillicreditsPer1kTokens\x12P\n%completion_millicredits_per_1k_tokens\x18\x02 \x01(\x03R!completionMillicreditsPer1kTokens\x12\x1e\n\nparameters\x18\x03 \x01(\x04R\nparameters\x12*\n\x11max_prompt_tokens\x18\x04 \x01(\rR\x0fmaxPromptTokens\x12\x32\n\x15max_completion_tokens\x18\x05 \x01(\rR\x13maxCompletionTokens*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'troop.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=282
-  _globals['_FINISHREASON']._serialized_end=402
+  _globals['_FINISHREASON']._serialized_start=625
+  _globals['_FINISHREASON']._serialized_end=745
   _globals['_CHATMESSAGE']._serialized_start=35
   _globals['_CHATMESSAGE']._serialized_end=94
   _globals['_USAGE']._serialized_start=96
   _globals['_USAGE']._serialized_end=220
   _globals['_MODELINFO']._serialized_start=222
-  _globals['_MODELINFO']._serialized_end=280
+  _globals['_MODELINFO']._serialized_end=324
+  _globals['_MODELPRICE']._serialized_start=327
+  _globals['_MODELPRICE']._serialized_end=623
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,7 @@ class SettlementKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SETTLEMENT_KIND_CHARGED: _ClassVar[SettlementKind]
     SETTLEMENT_KIND_REFUNDED: _ClassVar[SettlementKind]
     SETTLEMENT_KIND_EXPIRED: _ClassVar[SettlementKind]
+    SETTLEMENT_KIND_PENDING: _ClassVar[SettlementKind]
 
 class TransactionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +52,7 @@ SETTLEMENT_KIND_UNSPECIFIED: SettlementKind
 SETTLEMENT_KIND_CHARGED: SettlementKind
 SETTLEMENT_KIND_REFUNDED: SettlementKind
 SETTLEMENT_KIND_EXPIRED: SettlementKind
+SETTLEMENT_KIND_PENDING: SettlementKind
 TRANSACTION_KIND_UNSPECIFIED: TransactionKind
 TRANSACTION_KIND_GRANT: TransactionKind
 TRANSACTION_KIND_RESERVE: TransactionKind
@@ -217,15 +219,19 @@ class JoinResponse(_message.Message):
     def __init__(self, public_key: _Optional[str] = ..., granted_millicredits: _Optional[int] = ..., balance_millicredits: _Optional[int] = ..., already_joined: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("model", "exclude_node_ids")
+    __slots__ = ("model", "exclude_node_ids", "max_tokens", "max_prompt_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     exclude_node_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_tokens: int
+    max_prompt_tokens: int
+    def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key")
+    __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key", "max_tokens", "max_prompt_tokens", "price")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +239,9 @@ class AuthorizeResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     RESERVED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     ticket: str
     node_id: str
@@ -240,23 +249,30 @@ class AuthorizeResponse(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     reserved_millicredits: int
     node_public_key: str
-    def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ...) -> None: ...
+    max_tokens: int
+    max_prompt_tokens: int
+    price: _common_pb2.ModelPrice
+    def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., price: _Optional[_Union[_common_pb2.ModelPrice, _Mapping]] = ...) -> None: ...
 
 class JobReceipt(_message.Message):
-    __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at")
+    __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at", "presentation", "client_nonce")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     outcome: JobOutcome
     duration_ms: int
     usage: _common_pb2.Usage
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., duration_ms: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    presentation: bytes
+    client_nonce: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., duration_ms: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., presentation: _Optional[bytes] = ..., client_nonce: _Optional[str] = ...) -> None: ...
 
 class SubmitReceiptRequest(_message.Message):
     __slots__ = ("receipt", "signature")
@@ -291,16 +307,20 @@ class ReportUsageRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., stream_ms: _Optional[int] = ...) -> None: ...
 
 class ReportUsageResponse(_message.Message):
-    __slots__ = ("job_id", "compared", "disputed", "already_reported")
+    __slots__ = ("job_id", "compared", "disputed", "already_reported", "kind", "charged_millicredits")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     COMPARED_FIELD_NUMBER: _ClassVar[int]
     DISPUTED_FIELD_NUMBER: _ClassVar[int]
     ALREADY_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     compared: bool
     disputed: bool
     already_reported: bool
-    def __init__(self, job_id: _Optional[str] = ..., compared: _Optional[bool] = ..., disputed: _Optional[bool] = ..., already_reported: _Optional[bool] = ...) -> None: ...
+    kind: SettlementKind
+    charged_millicredits: int
+    def __init__(self, job_id: _Optional[str] = ..., compared: _Optional[bool] = ..., disputed: _Optional[bool] = ..., already_reported: _Optional[bool] = ..., kind: _Optional[_Union[SettlementKind, str]] = ..., charged_millicredits: _Optional[int] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("public_key",)
@@ -359,33 +379,83 @@ class GetChallengeRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class GetChallengeResponse(_message.Message):
-    __slots__ = ("challenge_id", "seed", "matrix_size", "sample_indices", "expires_at")
+    __slots__ = ("challenge_id", "expires_at", "rows", "inner", "cols")
     CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
-    MATRIX_SIZE_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INNER_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
     challenge_id: str
-    seed: int
-    matrix_size: int
-    sample_indices: _containers.RepeatedScalarFieldContainer[int]
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, challenge_id: _Optional[str] = ..., seed: _Optional[int] = ..., matrix_size: _Optional[int] = ..., sample_indices: _Optional[_Iterable[int]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rows: int
+    inner: int
+    cols: int
+    def __init__(self, challenge_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[int] = ..., inner: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
 
-class VerifyProofRequest(_message.Message):
-    __slots__ = ("node_id", "challenge_id", "samples", "elapsed_ms")
+class StartChallengeRequest(_message.Message):
+    __slots__ = ("node_id", "challenge_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
-    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     challenge_id: str
-    samples: _containers.RepeatedScalarFieldContainer[float]
-    elapsed_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., challenge_id: _Optional[str] = ..., samples: _Optional[_Iterable[float]] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., challenge_id: _Optional[str] = ...) -> None: ...
+
+class StartChallengeResponse(_message.Message):
+    __slots__ = ("seed",)
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    def __init__(self, seed: _Optional[int] = ...) -> None: ...
+
+class CommitProofRequest(_message.Message):
+    __slots__ = ("node_id", "challenge_id", "merkle_root", "precision", "reported_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MERKLE_ROOT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    challenge_id: str
+    merkle_root: bytes
+    precision: str
+    reported_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., challenge_id: _Optional[str] = ..., merkle_root: _Optional[bytes] = ..., precision: _Optional[str] = ..., reported_ms: _Optional[int] = ...) -> None: ...
+
+class CommitProofResponse(_message.Message):
+    __slots__ = ("rows", "cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedScalarFieldContainer[int]
+    cols: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rows: _Optional[_Iterable[int]] = ..., cols: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ProofOpening(_message.Message):
+    __slots__ = ("row", "values", "path")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    values: bytes
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, row: _Optional[int] = ..., values: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class VerifyProofRequest(_message.Message):
+    __slots__ = ("node_id", "challenge_id", "openings")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENINGS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    challenge_id: str
+    openings: _containers.RepeatedCompositeFieldContainer[ProofOpening]
+    def __init__(self, node_id: _Optional[str] = ..., challenge_id: _Optional[str] = ..., openings: _Optional[_Iterable[_Union[ProofOpening, _Mapping]]] = ...) -> None: ...
 
 class VerifyProofResponse(_message.Message):
-    __slots__ = ("multiplier",)
+    __slots__ = ("multiplier", "tflops", "tier", "measured_ms")
     MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    TFLOPS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_MS_FIELD_NUMBER: _ClassVar[int]
     multiplier: float
-    def __init__(self, multiplier: _Optional[float] = ...) -> None: ...
+    tflops: float
+    tier: str
+    measured_ms: int
+    def __init__(self, multiplier: _Optional[float] = ..., tflops: _Optional[float] = ..., tier: _Optional[str] = ..., measured_ms: _Optional[int] = ...) -> None: ...

@@ -106,6 +106,16 @@ class CoordinatorServiceStub:
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.GetChallengeRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.GetChallengeResponse.FromString,
                 _registered_method=True)
+        self.StartChallenge = channel.unary_unary(
+                '/troop.v1.CoordinatorService/StartChallenge',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.StartChallengeRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.StartChallengeResponse.FromString,
+                _registered_method=True)
+        self.CommitProof = channel.unary_unary(
+                '/troop.v1.CoordinatorService/CommitProof',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.CommitProofRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.CommitProofResponse.FromString,
+                _registered_method=True)
         self.VerifyProof = channel.unary_unary(
                 '/troop.v1.CoordinatorService/VerifyProof',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.VerifyProofRequest.SerializeToString,
@@ -183,36 +193,44 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Authorize(self, request, context):
-        """Reserves credits for one job, picks a live node serving the model and
-        returns a ticket for it. UNAUTHENTICATED without a valid user assertion;
-        FAILED_PRECONDITION if the balance cannot cover the reservation (nothing
-        is reserved), or "join first" when admission is not open and the user
-        never joined; UNAVAILABLE if no live node serves the model (other than
-        those excluded).
+        """Reserves what the job can cost at most (max_prompt_tokens and
+        max_tokens at the model's catalog price), picks a live node serving the
+        model and returns a ticket for it that carries those bounds.
+        UNAUTHENTICATED without a valid user assertion; INVALID_ARGUMENT for a
+        max_tokens beyond the model's; FAILED_PRECONDITION if the balance cannot
+        cover the reservation (nothing is reserved), or "join first" when
+        admission is not open and the user never joined; UNAVAILABLE if no live
+        node serves the model (other than those excluded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitReceipt(self, request, context):
-        """Settles a job from the receipt its node signed, exactly once: a second
-        receipt for the same job changes nothing and reports the first
-        settlement. UNAUTHENTICATED if the signature is not the node's key;
-        NOT_FOUND for an unknown job; PERMISSION_DENIED if the job's ticket named
-        another node.
+        """Records the receipt its node signed for a job and settles the job once
+        both sides have spoken: at once when the client's countersignature is
+        already there (charged at the lower of the two completion counts), else
+        PENDING until it arrives or the countersign deadline passes (then on the
+        receipt alone). A second receipt changes nothing and reports the job as
+        it stands. INVALID_ARGUMENT for counts beyond the ticket's bounds (naming
+        the field; nothing recorded); UNAUTHENTICATED if the signature is not
+        the node's key; PERMISSION_DENIED if the job's ticket named another node
+        or the receipt carries no presentation signed by the job's user;
+        NOT_FOUND for an unknown job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportUsage(self, request, context):
-        """The client's countersignature of a job: what it received (completion
-        tokens, stream time), signed by the user's assertion. Compared with the
-        node's receipt (whichever arrives second); a node that claimed clearly
-        more is recorded as a dispute and loses reputation. Settlement is not
-        changed. UNAUTHENTICATED without a valid user assertion; NOT_FOUND for an
-        unknown job; PERMISSION_DENIED for another user's job; a second report
-        for a job changes nothing.
+        """The client's countersignature of a job: the completion tokens it can
+        vouch it received and its stream time, signed by the user's assertion.
+        Settles the job when the node's receipt is already there (the lower
+        completion count is charged; a disagreement beyond the slack is a
+        dispute recorded on both the node and the user). UNAUTHENTICATED
+        without a valid user assertion; INVALID_ARGUMENT for out-of-range
+        numbers; NOT_FOUND for an unknown job; PERMISSION_DENIED for another
+        user's job; a second report for a job changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,19 +252,42 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetChallenge(self, request, context):
-        """Hands a node a seeded proof-of-hardware challenge. UNAUTHENTICATED
-        without a valid node assertion; NOT_FOUND for a node that never
-        heartbeated.
+        """Proof of hardware, step 1: offers a node a challenge (its id and shape,
+        not yet its seed). UNAUTHENTICATED without a valid node assertion;
+        NOT_FOUND for a node that never heartbeated; RESOURCE_EXHAUSTED (with
+        RetryInfo) when the node asks again too soon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartChallenge(self, request, context):
+        """Step 2: the challenge's seed. The coordinator's clock starts when it
+        answers; the time since step 1 answered is the round trip it subtracts
+        (capped). Same errors as VerifyProof; FAILED_PRECONDITION if already
+        started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitProof(self, request, context):
+        """Step 3: the Merkle root of the product's rows. The clock stops when it
+        arrives; the answer names the rows and entries to open. Same errors as
+        VerifyProof; FAILED_PRECONDITION if not started or already committed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyProof(self, request, context):
-        """Checks a node's answer to its challenge and sets its multiplier from the
-        measured speed. UNAUTHENTICATED without a valid node assertion;
-        NOT_FOUND for an unknown or expired challenge; FAILED_PRECONDITION if the
-        answer is wrong.
+        """Step 4: the opened rows with their inclusion proofs. Checks each against
+        the root and recomputes the named entries from the seed, then sets the
+        node's multiplier from the coordinator's own timing. UNAUTHENTICATED
+        without a valid node assertion; NOT_FOUND for an unknown or expired
+        challenge; PERMISSION_DENIED for another node's challenge;
+        FAILED_PRECONDITION if an opening is missing, not in the committed tree,
+        or wrong (the challenge is used up either way).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -319,6 +360,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetChallenge,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.GetChallengeRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.GetChallengeResponse.SerializeToString,
+            ),
+            'StartChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartChallenge,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.StartChallengeRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.StartChallengeResponse.SerializeToString,
+            ),
+            'CommitProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitProof,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.CommitProofRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.CommitProofResponse.SerializeToString,
             ),
             'VerifyProof': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyProof,
@@ -684,6 +735,60 @@ class CoordinatorService:
             '/troop.v1.CoordinatorService/GetChallenge',
             troop_dot_v1_dot_coordinator__pb2.GetChallengeRequest.SerializeToString,
             troop_dot_v1_dot_coordinator__pb2.GetChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/StartChallenge',
+            troop_dot_v1_dot_coordinator__pb2.StartChallengeRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.StartChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/CommitProof',
+            troop_dot_v1_dot_coordinator__pb2.CommitProofRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.CommitProofResponse.FromString,
             options,
             channel_credentials,
             insecure,

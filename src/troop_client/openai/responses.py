@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from troop_client.chat import Usage
+from troop_client.chat import ModelOffer, Usage
 from troop_client.openai.errors import OpenAIError
 
 SSE = "text/event-stream"
@@ -118,23 +118,28 @@ class ResponseShape:
         return _dumps(obj).encode()
 
 
-def _model(model: str, node_count: int) -> dict[str, object]:
-    # `node_count` is Troop's own addition: how many live nodes serve the model.
+def _model(offer: ModelOffer) -> dict[str, object]:
+    # `node_count` and `pricing` are Troop's own additions: how many live nodes serve
+    # the model, and what a job costs (millicredits per 1,000 tokens; 1 credit = 1000).
     return {
-        "id": model, "object": "model", "created": 0, "owned_by": "troop",
-        "node_count": node_count,
+        "id": offer.id, "object": "model", "created": 0, "owned_by": "troop",
+        "node_count": offer.node_count,
+        "pricing": {
+            "prompt_millicredits_per_1k_tokens": offer.prompt_millicredits_per_1k,
+            "completion_millicredits_per_1k_tokens": offer.completion_millicredits_per_1k,
+            "parameters": offer.parameters,
+        },
     }  # fmt: skip
 
 
-def model_list(models: list[tuple[str, int]]) -> bytes:
+def model_list(models: list[ModelOffer]) -> bytes:
     """`GET /v1/models`."""
-    data = [_model(model, count) for model, count in models]
-    return _dumps({"object": "list", "data": data}).encode()
+    return _dumps({"object": "list", "data": [_model(m) for m in models]}).encode()
 
 
-def model_object(model: str, node_count: int) -> bytes:
+def model_object(offer: ModelOffer) -> bytes:
     """`GET /v1/models/{model}`."""
-    return _dumps(_model(model, node_count)).encode()
+    return _dumps(_model(offer)).encode()
 
 
 __all__ = [

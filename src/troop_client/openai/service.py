@@ -144,12 +144,12 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         try:
             self._check_key(context)
-            served = dict(await self.troop.models())
+            served = {m.id: m for m in await self.troop.models()}
             if request.model not in served:
                 raise NotFound(f"no live node serves model {request.model!r}")
         except TroopError as exc:
             raise OpenAIErrorResponse(exc) from exc
-        body = model_object(request.model, served[request.model])
+        body = model_object(served[request.model])
         return httpbody_pb2.HttpBody(content_type=JSON, data=body)
 
     async def _respond(

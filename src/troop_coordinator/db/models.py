@@ -76,6 +76,9 @@ class Node(Base):
     proven: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     # 1.0 = no disputes; lowered when clients' countersignatures contradict receipts.
     reputation: Mapped[float] = mapped_column(Float, nullable=False, default=1.0)
+    # Countersigned jobs in a row that ran far below the proven speed (docs/adr/0031):
+    # at SLOW_JOBS_TO_UNPROVE the proof is withdrawn.
+    slow_jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
 
@@ -87,6 +90,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_expires_at", "status", "expires_at"),
         Index("ix_jobs_user_status", "user_public_key", "status"),
+        Index("ix_jobs_status_countersign_deadline", "status", "countersign_deadline"),
         CheckConstraint("reserved_millicredits >= 0", name="ck_jobs_reserved"),
     )
 
@@ -108,6 +112,15 @@ class Job(Base):
     client_completion_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     client_stream_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     usage_reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The job's bounds and price, fixed at Authorize (docs/adr/0031): the ticket carries
+    # the bounds, the charge uses the price even if the catalog changes meanwhile.
+    max_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    prompt_price_per_1k: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completion_price_per_1k: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    node_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When a receipt waiting for the client's countersignature settles on its own.
+    countersign_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class LedgerEntry(Base):
@@ -142,13 +155,18 @@ class Invite(Base):
 
 
 class Dispute(Base):
-    """A node claimed more than the client countersigned; at most one per job."""
+    """The node's receipt and the client's countersignature disagreed; at most one per
+    job, recorded on both parties (which one lied is not known)."""
 
     __tablename__ = "disputes"
-    __table_args__ = (Index("ix_disputes_node_id", "node_id"),)
+    __table_args__ = (
+        Index("ix_disputes_node_id", "node_id"),
+        Index("ix_disputes_user_public_key", "user_public_key"),
+    )
 
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     node_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     reason: Mapped[str] = mapped_column(String(200), nullable=False)
     node_completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)

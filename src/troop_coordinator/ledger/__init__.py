@@ -3,11 +3,25 @@
 from troop_coordinator.ledger.service import Ledger
 from troop_coordinator.ledger.types import (
     AuditReport,
+    ClientClaim,
     Entry,
+    JobBounds,
     NewJob,
+    NodeClaim,
     Outcome,
     Page,
     Settlement,
 )
 
-__all__ = ["AuditReport", "Entry", "Ledger", "NewJob", "Outcome", "Page", "Settlement"]
+__all__ = [
+    "AuditReport",
+    "ClientClaim",
+    "Entry",
+    "JobBounds",
+    "Ledger",
+    "NewJob",
+    "NodeClaim",
+    "Outcome",
+    "Page",
+    "Settlement",
+]

@@ -13,8 +13,9 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from troop_coordinator.db.engine import dialect_insert
+from troop_coordinator.db.engine import dialect_insert, dialect_name
 from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.db.models import disputes_table as disputes
 from troop_coordinator.db.models import entries_table as entries
 from troop_coordinator.db.models import invites_table as invites
 from troop_coordinator.db.models import jobs_table as jobs
@@ -119,6 +120,117 @@ class LedgerRepository:
             .values(status=status.value, charged_millicredits=charged, settled_at=now)
         )
         return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
+
+    async def record_node_claim(
+        self,
+        job_id: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        duration_ms: int,
+        deadline: datetime,
+    ) -> Any:
+        """Keep a job's first receipt (a closed job's too, to be compared); the job row
+        after it, or None (claimed before: nothing changed)."""
+        statement = (
+            update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.node_duration_ms.is_(None))
+            .values(
+                node_prompt_tokens=prompt_tokens,
+                node_completion_tokens=completion_tokens,
+                node_duration_ms=duration_ms,
+                countersign_deadline=deadline,
+            )
+            .returning(*jobs.c)
+        )
+        return (await self.session.execute(statement)).first()
+
+    async def record_client_claim(
+        self, job_id: str, *, completion_tokens: int, stream_ms: int, now: datetime
+    ) -> Any:
+        """Keep a job's first countersignature; the job row after it, or None (reported
+        before: nothing changed)."""
+        statement = (
+            update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.usage_reported_at.is_(None))
+            .values(
+                client_completion_tokens=completion_tokens,
+                client_stream_ms=stream_ms,
+                usage_reported_at=now,
+            )
+            .returning(*jobs.c)
+        )
+        return (await self.session.execute(statement)).first()
+
+    async def overdue_job_ids(self, now: datetime, limit: int) -> list[str]:
+        """Open jobs whose receipt waited past its countersign deadline."""
+        statement = (
+            select(jobs.c.job_id)
+            .where(jobs.c.status == JobStatus.OPEN.value, jobs.c.countersign_deadline < now)
+            .order_by(jobs.c.countersign_deadline)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def insert_dispute(self, job: Any, reason: str, now: datetime) -> bool:
+        """Record a disagreement on the job's node and user, once; True if new."""
+        statement = (
+            self._insert(disputes)
+            .values(
+                job_id=job.job_id,
+                node_id=job.node_id,
+                user_public_key=job.user_public_key,
+                created_at=now,
+                reason=reason[:200],
+                node_completion_tokens=job.node_completion_tokens,
+                client_completion_tokens=job.client_completion_tokens,
+                node_duration_ms=job.node_duration_ms,
+                client_stream_ms=job.client_stream_ms,
+            )
+            .on_conflict_do_nothing(index_elements=["job_id"])
+        )
+        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
+
+    async def scale_reputation(self, node_id: str, factor: float) -> None:
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(reputation=nodes.c.reputation * factor)
+        )
+
+    async def raise_reputation(self, node_id: str, step: float) -> None:
+        """Add `step`, never above 1.0 (the dialect's smaller-of function)."""
+        smaller = func.min if dialect_name(self.session) == "sqlite" else func.least
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(reputation=smaller(1.0, nodes.c.reputation + step))
+        )
+
+    async def note_speed(self, node_id: str, *, slow: bool, withdraw_after: int) -> bool:
+        """Count a countersigned job far below the node's proven speed (or reset the
+        count); withdraw the proof at `withdraw_after` in a row. True if withdrawn."""
+        if not slow:
+            await self.session.execute(
+                update(nodes).where(nodes.c.node_id == node_id).values(slow_jobs=0)
+            )
+            return False
+        count = (
+            await self.session.execute(
+                update(nodes)
+                .where(nodes.c.node_id == node_id)
+                .values(slow_jobs=nodes.c.slow_jobs + 1)
+                .returning(nodes.c.slow_jobs)
+            )
+        ).scalar_one_or_none()
+        if count is None or count < withdraw_after:
+            return False
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(slow_jobs=0, multiplier=1.0, proven=False)
+        )
+        return True
 
     async def node_terms(self, node_id: str) -> tuple[str, float] | None:
         """(owner public key, multiplier) of a node, or None."""

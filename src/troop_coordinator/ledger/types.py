@@ -25,15 +25,53 @@ class NewJob:
     reserved_millicredits: int
     created_at: datetime
     expires_at: datetime
+    # The ticket's bounds and the model's price at Authorize (troop_coordinator.pricing).
+    max_prompt_tokens: int
+    max_tokens: int
+    prompt_price_per_1k: int
+    completion_price_per_1k: int
+
+
+@dataclass(frozen=True)
+class NodeClaim:
+    """What a node's signed receipt says it did for a job."""
+
+    job_id: str
+    node_id: str
+    outcome: Outcome
+    prompt_tokens: int
+    completion_tokens: int
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class ClientClaim:
+    """What a job's user countersigned: the completion tokens it can vouch it received."""
+
+    job_id: str
+    user_public_key: str
+    completion_tokens: int
+    stream_ms: int
+
+
+@dataclass(frozen=True)
+class JobBounds:
+    """An open job's node, bounds and whether it can still take a receipt."""
+
+    node_id: str
+    user_public_key: str
+    max_prompt_tokens: int
+    max_tokens: int
 
 
 @dataclass(frozen=True)
 class Settlement:
     job_id: str
-    status: JobStatus  # charged, refunded or expired
+    status: JobStatus  # charged, refunded or expired; open while waiting for a side
     charged_millicredits: int
     released_millicredits: int
     already_settled: bool = False
+    disputed: bool = False  # the two sides disagreed beyond the slack
 
 
 @dataclass(frozen=True)
@@ -65,6 +103,14 @@ class AuditReport:
     unbalanced_jobs: list[str] = field(default_factory=list)
     # Jobs with two EARNs, or two of RELEASE/REFUND: settled more than once.
     settled_twice_jobs: list[str] = field(default_factory=list)
+    # Fairness: jobs charged more than the settlement rule gives for their counted
+    # tokens, and jobs charged with no receipt recorded.
+    overcharged_jobs: list[str] = field(default_factory=list)
+    unreceipted_charges: list[str] = field(default_factory=list)
+    # Who leads the disputes: (node id or user key, disputes), most first. Information,
+    # not a violation.
+    node_dispute_leaders: list[tuple[str, int]] = field(default_factory=list)
+    user_dispute_leaders: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def conserved(self) -> bool:
@@ -80,4 +126,6 @@ class AuditReport:
             and not self.negative_accounts
             and not self.unbalanced_jobs
             and not self.settled_twice_jobs
+            and not self.overcharged_jobs
+            and not self.unreceipted_charges
         )

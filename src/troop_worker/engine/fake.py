@@ -40,6 +40,7 @@ class FakeEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
+        request.check_prompt(prompt_tokens)
         words = self.answer(request)
         scanner = StopScanner(request.stop)
         count = min(len(words), request.max_tokens)

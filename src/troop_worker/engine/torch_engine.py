@@ -179,6 +179,7 @@ class TorchEngine:
         ))  # fmt: skip
         inputs = encoded["input_ids"].to(self.device)
         prompt_tokens = int(inputs.shape[1])
+        request.check_prompt(prompt_tokens)
         if prompt_tokens >= self._context:
             raise InvalidArgument(
                 [FieldViolation("messages", f"{prompt_tokens} prompt tokens exceed the context")]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.proto import common_pb2, inference_pb2
 
 DEFAULT_MAX_TOKENS = 256
@@ -45,6 +46,22 @@ class GenerationRequest:
     max_tokens: int = DEFAULT_MAX_TOKENS
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The prompt tokens the ticket was reserved for: an engine that counts before it
+    # works refuses a longer prompt (`check_prompt`) before any token.
+    max_prompt_tokens: int | None = None
+
+    def check_prompt(self, prompt_tokens: int) -> None:
+        """InvalidArgument if the prompt is longer than the ticket allows."""
+        if self.max_prompt_tokens is not None and prompt_tokens > self.max_prompt_tokens:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "messages",
+                        f"{prompt_tokens} prompt tokens; the ticket was reserved for at most "
+                        f"{self.max_prompt_tokens} (Authorize's max_prompt_tokens)",
+                    )
+                ]
+            )
 
     @classmethod
     def from_pb(cls, request: inference_pb2.ChatCompletionRequest) -> GenerationRequest:
