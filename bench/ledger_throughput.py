@@ -4,7 +4,7 @@
 
 For each backend a real coordinator process (`python -m troop_coordinator`) is
 started on a fresh database; one node heartbeats; N concurrent clients (N in
---levels), each its own user, loop authorize -> signed receipt -> settle for
+--levels), each its own user, loop authorize -> countersign -> signed receipt (settles) for
 --seconds. Prints cycles/s and p50/p99 latency of each call, and the ratio of
 PostgreSQL + Redis to the embedded default measured in the same run. Needs
 PostgreSQL (TROOP_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/postgres)
@@ -36,6 +36,8 @@ from redis.asyncio import Redis
 
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
+from troop_common.node_proof import new_nonce
+from troop_common.presentation import sign_presentation
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.receipts import sign_receipt
 
@@ -92,7 +94,6 @@ async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[str]
         "TROOP_COORDINATOR_PORT": str(port),
         "TROOP_DATA_DIR": str(data_dir),
         "TROOP_STARTER_CREDITS": str(10**9),
-        "TROOP_RESERVATION_CREDITS": "1",
         "TROOP_NODE_TTL_SECONDS": "3600",
         # The ledger's throughput, not the per-user limits' refusals, is what is measured.
         "TROOP_RATE_LIMITS": "",
@@ -134,13 +135,21 @@ async def run_level(address: str, clients: int, seconds: float, node: Identity) 
         while time.perf_counter() < stop_at:
             try:
                 t0 = time.perf_counter()
-                job = await user.authorize(MODEL)
+                job = await user.authorize(MODEL, max_tokens=16, max_prompt_tokens=64)
                 t1 = time.perf_counter()
+                # Settlement needs both sides: the client's countersignature, then the
+                # node's receipt carrying the user's presentation of the ticket.
+                await user.report_usage(job.job_id, completion_tokens=4, stream_ms=10)
+                nonce = new_nonce()
+                presented = sign_presentation(user.identity, job.job_id, "bench-node", nonce)
                 receipt = pb.JobReceipt(
                     job_id=job.job_id,
                     node_id="bench-node",
                     outcome=pb.JOB_OUTCOME_COMPLETED,
                     duration_ms=1,
+                    usage={"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12},
+                    presentation=bytes.fromhex(presented),
+                    client_nonce=nonce,
                 )
                 await user.submit_receipt(sign_receipt(node, receipt))
                 t2 = time.perf_counter()
