@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.proof_verification [--target 2] [--device auto] [--runs 3]
 
-The worker's side (`troop_worker.proof_compute`): the seeded 1024 × inner × 1024
+The worker's side (`troop_worker.proof_compute`): the seeded 2048 × inner × 2048
 product, tile by tile, and the Merkle tree over its rows, first at the
 calibration size (inner 2048), then at the inner the coordinator would pick to
 last `--target` seconds at that speed, and at the largest inner the default
@@ -29,7 +29,7 @@ from troop_common.proof_matrices import exact_entry
 from troop_worker.hardware_proof import openings
 from troop_worker.proof_compute import Product, compute
 
-ROWS = COLS = 1024
+ROWS = COLS = 2048
 
 
 def _draw() -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -53,8 +53,8 @@ CONCURRENT_CHECKS = 2
 class ProofShape:
     """The sizing policy (settings TROOP_PROOF_*)."""
 
-    rows: int = 1024
-    cols: int = 1024
+    rows: int = 2048
+    cols: int = 2048
     calibration_inner: int = 2048
     min_inner: int = 1024
     max_inner: int = 1 << 20

@@ -22,7 +22,7 @@
 | TROOP_SETTLE_GRACE_SECONDS | settle_grace_s | 300 (receipts still accepted after ticket expiry) |
 | TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 (reference machine, 4096³ fp32) |
 | TROOP_CHALLENGE_INTERVAL_SECONDS | challenge_interval_s | 60 (one challenge per node per) |
-| TROOP_PROOF_ROWS, TROOP_PROOF_COLS | proof_rows, proof_cols | 1024, 1024 (the product's shape) |
+| TROOP_PROOF_ROWS, TROOP_PROOF_COLS | proof_rows, proof_cols | 2048, 2048 (the product's shape) |
 | TROOP_PROOF_CALIBRATION_INNER | proof_calibration_inner | 2048 (a node's first challenge) |
 | TROOP_PROOF_MIN_INNER, TROOP_PROOF_MAX_INNER | proof_min_inner, proof_max_inner | 1024, 1048576 |
 | TROOP_PROOF_TARGET_SECONDS | proof_target_s | 2 (how long later challenges should take) |
@@ -90,8 +90,8 @@ class CoordinatorSettings:
     challenge_ttl_s: float = 300.0
     # Proof of hardware (troop_coordinator.proof): rate, product shape, sizing.
     challenge_interval_s: float = 60.0
-    proof_rows: int = 1024
-    proof_cols: int = 1024
+    proof_rows: int = 2048
+    proof_cols: int = 2048
     proof_calibration_inner: int = 2048
     proof_min_inner: int = 1024
     proof_max_inner: int = 1 << 20
@@ -201,8 +201,8 @@ class CoordinatorSettings:
             settle_grace_s=env_float(env, "TROOP_SETTLE_GRACE_SECONDS", 300),
             benchmark_reference_ms=env_float(env, "TROOP_BENCHMARK_REFERENCE_MS", 1500.0),
             challenge_interval_s=env_float(env, "TROOP_CHALLENGE_INTERVAL_SECONDS", 60.0),
-            proof_rows=env_int(env, "TROOP_PROOF_ROWS", 1024),
-            proof_cols=env_int(env, "TROOP_PROOF_COLS", 1024),
+            proof_rows=env_int(env, "TROOP_PROOF_ROWS", 2048),
+            proof_cols=env_int(env, "TROOP_PROOF_COLS", 2048),
             proof_calibration_inner=env_int(env, "TROOP_PROOF_CALIBRATION_INNER", 2048),
             proof_min_inner=env_int(env, "TROOP_PROOF_MIN_INNER", 1024),
             proof_max_inner=env_int(env, "TROOP_PROOF_MAX_INNER", 1 << 20),

@@ -1,7 +1,7 @@
 """`troop worker benchmark`: the local half of the proof of hardware, without a coordinator.
 
 Runs what a challenge asks of this machine — the seeded product of the default
-shape (1024 × inner × 1024, `troop_worker.proof_compute`) and its Merkle root —
+shape (2048 × inner × 2048, `troop_worker.proof_compute`) and its Merkle root —
 first at the calibration size, then at the inner size the coordinator would
 pick from that speed to last `seconds`, with a progress bar on stderr. Prints
 the device, the precision, the speed and the multiplier and tier a proof at
@@ -19,7 +19,7 @@ from typing import TextIO
 from troop_common.hardware_proof import flops, multiplier_for, reference_tflops, tier_for
 from troop_worker.proof_compute import Product, compute
 
-ROWS = COLS = 1024
+ROWS = COLS = 2048
 CALIBRATION_INNER = 2048
 MIN_INNER, MAX_INNER = 1024, 1 << 20
 REFERENCE_MS = 1500.0  # the coordinator's default TROOP_BENCHMARK_REFERENCE_MS

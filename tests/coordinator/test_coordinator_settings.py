@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert settings.heartbeat_interval_s == 5
     assert settings.node_ttl_s == 15
     assert settings.sweep_interval_s == 30
-    assert (settings.proof_rows, settings.proof_cols, settings.proof_target_s) == (1024, 1024, 2)
+    assert (settings.proof_rows, settings.proof_cols, settings.proof_target_s) == (2048, 2048, 2)
     assert settings.challenge_interval_s == 60
 
 

@@ -23,7 +23,7 @@ def test_worker_benchmark_prints_speed_multiplier_and_tier() -> None:
     assert fields["device"] == "cpu" and fields["precision"] == "fp32"
     assert float(fields["tflops"]) > 0 and float(fields["multiplier"]) >= 0.01
     assert fields["tier"] in ("cpu", "gpu-small", "gpu", "datacenter")
-    assert fields["shape"].startswith("1024 x ")
+    assert fields["shape"].startswith("2048 x ")
     assert "tiles" in done.stderr and "[" in done.stderr  # the progress bar
 
 
