@@ -95,6 +95,7 @@ async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[str]
         "TROOP_DATA_DIR": str(data_dir),
         "TROOP_STARTER_CREDITS": str(10**9),
         "TROOP_NODE_TTL_SECONDS": "3600",
+        "TROOP_VERIFY_NODE_ENDPOINTS": "0",  # the bench's node is an identity, no worker
         # The ledger's throughput, not the per-user limits' refusals, is what is measured.
         "TROOP_RATE_LIMITS": "",
     }

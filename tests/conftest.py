@@ -237,7 +237,10 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
 
     @asynccontextmanager
     async def start(
-        engine=None, coordinator_overrides: dict | None = None, **worker_overrides: object
+        engine=None,
+        coordinator_overrides: dict | None = None,
+        wait_listed: bool = True,
+        **worker_overrides: object,
     ) -> AsyncIterator[Mesh]:
         coordinator_settings = dataclasses.replace(
             CoordinatorSettings.from_env({}),
@@ -260,7 +263,8 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
                         nodes = (await client.list_nodes()).nodes
                         return any(n.endpoint == worker.advertise for n in nodes)
 
-                    await eventually(listed, timeout_s=20)
+                    if wait_listed:
+                        await eventually(listed, timeout_s=20)
                 yield Mesh(coordinator.address, worker, tmp_path)
 
     return start

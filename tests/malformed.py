@@ -75,3 +75,14 @@ def _scalar(field: FieldDescriptor, rng: random.Random) -> object:
     if kind in _INT32:
         return max(min(value, 2**31 - 1), -(2**31))
     return value
+
+
+# Bytes that are no protobuf message of any type: a length-delimited field claiming more
+# bytes than follow, a varint that never ends, a group that never closes, and groups
+# nested past the parser's depth limit.
+GARBAGE_PROTOBUF = [
+    b"\x0a\xff\xff\xff\x0f",
+    b"\x08" + b"\xff" * 11,
+    b"\x0b\x0b\x0b",
+    b"\x0b" * 200 + b"\x0c" * 200,
+]

@@ -239,7 +239,10 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
 
     # The REST/JSON face: an Envoy transcoding HTTP to this coordinator's gRPC.
     async with coordinator_http_face(
-        f"127.0.0.1:{settings.port}", host=settings.host, port=args.http_port
+        f"127.0.0.1:{settings.port}",
+        host=settings.host,
+        port=args.http_port,
+        xff_num_trusted_hops=settings.xff_trusted_hops,
     ):
         await serve(settings)
     return 0
@@ -269,6 +272,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         "engine": args.engine,
         "model": args.model,
         "advertise": args.advertise,
+        "invite_code": args.invite,
         "upstream_url": args.upstream,
         "upstream_model": args.upstream_model,
     }
@@ -377,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["torch", "openai", "fake"])
     p.add_argument("--model", help="the model id on the network")
     p.add_argument("--advertise", help="host:port clients should dial")
+    p.add_argument(
+        "--invite", help="a node invite code (coordinators with TROOP_NODE_ADMISSION=invite)"
+    )
     p.add_argument(
         "--upstream",
         metavar="URL",

@@ -8,12 +8,18 @@ through `TroopClient`; an Envoy sidecar, configured and started here,
 transcodes it to HTTP/JSON and SSE. The sidecar health-checks its Envoy and
 stops it on exit.
 
+Whoever reaches the HTTP port spends the user's credits, so a listen address
+other than loopback without API keys is refused (`check_bind`, a ConfigError)
+unless `allow_public_without_keys` says otherwise, which then logs a WARNING
+on every start.
+
 | variable                  | field          | default                              |
 |---------------------------|----------------|--------------------------------------|
 | TROOP_CLIENT_HTTP_HOST    | http_host      | 127.0.0.1                            |
 | TROOP_CLIENT_HTTP_PORT    | http_port      | 9000 (0: any free port)              |
 | TROOP_CLIENT_GRPC_PORT    | grpc_port      | 0 (any free port, on 127.0.0.1)      |
 | TROOP_CLIENT_API_KEYS     | api_keys       | none: any key (comma-separated list) |
+| TROOP_CLIENT_ALLOW_PUBLIC_WITHOUT_KEYS | allow_public_without_keys | off |
 | TROOP_CLIENT_KEEPALIVE_S  | keepalive_s    | 3 (SSE comment while nothing comes)  |
 | TROOP_COORDINATOR, TROOP_CONFIG_DIR, TROOP_MODEL: see `ClientSettings` |
 """
@@ -23,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
+import logging
 import os
 import signal
 from collections.abc import Mapping
@@ -30,18 +38,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from troop_client.openai.errors import ENVOY_LOCAL_REPLY, ERROR_BODY_HEADER, HTTP_STATUS_HEADER
+from troop_client.openai.errors import (
+    ENVOY_LOCAL_REPLY,
+    ERROR_BODY_HEADER,
+    HTTP_STATUS_HEADER,
+    OpenAIErrorResponse,
+)
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
-from troop_common.config import env_float, env_int, env_text
+from troop_common.config import ConfigError, env_float, env_int, env_text
 from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
 from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
 
+log = logging.getLogger("troop.client")
+
 DEFAULT_HTTP_PORT = 9000
 HEALTH_INTERVAL_S = 2.0
+ALLOW_PUBLIC_ENV = "TROOP_CLIENT_ALLOW_PUBLIC_WITHOUT_KEYS"
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,8 @@ class SidecarSettings:
     api_keys: tuple[str, ...] = ()
     keepalive_s: float = DEFAULT_KEEPALIVE_S
     identity_path: Path | None = None
+    # Serve a non-loopback address without API keys (anyone who reaches it spends credits).
+    allow_public_without_keys: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SidecarSettings:
@@ -65,13 +83,41 @@ class SidecarSettings:
             grpc_port=env_int(env, "TROOP_CLIENT_GRPC_PORT", cls.grpc_port),
             api_keys=keys,
             keepalive_s=env_float(env, "TROOP_CLIENT_KEEPALIVE_S", cls.keepalive_s, positive=True),
+            allow_public_without_keys=env_text(env, ALLOW_PUBLIC_ENV).lower()
+            in ("1", "true", "yes"),
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an IP address or a name) only listens on this machine."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def check_bind(settings: SidecarSettings) -> bool:
+    """ConfigError for a non-loopback listen address without API keys, unless allowed;
+    True when the sidecar serves such an address anyway (the caller warns)."""
+    if settings.api_keys or is_loopback(settings.http_host):
+        return False
+    if settings.allow_public_without_keys:
+        return True
+    raise ConfigError(
+        f"refusing to serve {settings.http_host} (not loopback) without API keys: anyone "
+        "who reaches it spends your credits; set TROOP_CLIENT_API_KEYS, listen on 127.0.0.1, "
+        f"or pass --allow-public-without-keys ({ALLOW_PUBLIC_ENV}=1)"
+    )
 
 
 class ClientSidecar:
     """The OpenAI service and its Envoy; `async with` starts both and stops both."""
 
     def __init__(self, settings: SidecarSettings, *, troop: TroopClient | None = None) -> None:
+        self.public_without_keys = check_bind(settings)
         self.settings = settings
         if troop is None:
             if settings.identity_path is not None:
@@ -87,6 +133,7 @@ class ClientSidecar:
             registrars=[lambda s: openai_pb2_grpc.add_OpenAIServiceServicer_to_server(servicer, s)],
             service_names=[OPENAI_SERVICE],
             bind=f"127.0.0.1:{settings.grpc_port}",
+            malformed=OpenAIErrorResponse,  # a body Envoy passed but Python cannot parse
         )
         self.envoy = EnvoySidecar(
             EnvoyConfig(
@@ -111,6 +158,12 @@ class ClientSidecar:
         return self.server.address
 
     async def start(self) -> None:
+        if self.public_without_keys:
+            log.warning(
+                "serving %s WITHOUT API keys (--allow-public-without-keys): anyone who reaches "
+                "it spends this user's credits; set TROOP_CLIENT_API_KEYS",
+                self.settings.http_host,
+            )
         await self.server.start()
         try:
             await self.envoy.start()
@@ -147,6 +200,13 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grpc-port", type=int, help="the OpenAI gRPC service's port (0: any)")
     parser.add_argument("--model", help="model when a request names none (env TROOP_MODEL)")
+    parser.add_argument(
+        "--allow-public-without-keys",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback --host without TROOP_CLIENT_API_KEYS: anyone who reaches "
+        f"it spends your credits (env {ALLOW_PUBLIC_ENV})",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SidecarSettings:
@@ -165,6 +225,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Side
         changes["grpc_port"] = args.grpc_port
     if getattr(args, "identity", None):
         changes["identity_path"] = Path(args.identity).expanduser()
+    if getattr(args, "allow_public_without_keys", None):
+        changes["allow_public_without_keys"] = True
     return dataclasses.replace(settings, **changes)
 
 
@@ -202,6 +264,8 @@ __all__ = [
     "ClientSidecar",
     "SidecarSettings",
     "add_client_arguments",
+    "check_bind",
+    "is_loopback",
     "run_client",
     "settings_from_args",
 ]

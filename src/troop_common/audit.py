@@ -4,8 +4,12 @@
 queue that a background thread writes to a size-rotated file
 (`<dir>/<component>-audit.jsonl`). Security events (bad signatures, replays,
 forged receipts, refused identities) also go to an optional async sink — the
-coordinator's tamper-evident audit table. Every string is scrubbed of
-anything shaped like a secret (JWTs, PEM keys) before it is written.
+coordinator's tamper-evident audit table, limited per source address first
+(troop_common.audit_throttle: a flood of bad tokens adds a bounded number of
+rows and one "suppressed K events" row per address and window). Every string
+is scrubbed of anything shaped like a secret (JWTs, PEM keys) before it is
+written. `trusted_proxies` names the proxies whose `x-forwarded-for` gives the
+address recorded as `peer_ip` (troop_common.ratelimit.TrustedProxies).
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import logging
 import logging.handlers
 import queue
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from troop_common.audit_throttle import SecurityEventLimits, SecurityEventThrottle
+from troop_common.private_files import PRIVATE_DIR_MODE, open_private
+from troop_common.ratelimit import TrustedProxies
 
 log = logging.getLogger("troop.audit")
 
@@ -53,6 +61,14 @@ class _JsonLines(logging.Formatter):
         return json.dumps(record.msg, separators=(",", ":"), sort_keys=True, default=str)
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Each file (the first and every one after a rollover) created 0600, any umask."""
+
+    def _open(self):  # the supertype's return type varies between Python versions
+        fd = open_private(Path(self.baseFilename))
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 class AuditLog:
     """`record(...)` from any coroutine; `close()` flushes the file at shutdown."""
 
@@ -64,10 +80,15 @@ class AuditLog:
         max_bytes: int = 10 * 1024 * 1024,
         backups: int = 5,
         security_sink: SecuritySink | None = None,
+        security_limits: SecurityEventLimits | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.component = component
         self.path = directory / f"{component}-audit.jsonl" if directory else None
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self._security_sink = security_sink
+        self.throttle = SecurityEventThrottle(security_limits or SecurityEventLimits())
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._logger = logging.getLogger(f"troop.audit.{component}.{id(self)}")
         self._logger.propagate = False
@@ -76,8 +97,8 @@ class AuditLog:
         self._handler: logging.Handler | None = None
         if self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                handler = logging.handlers.RotatingFileHandler(
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+                handler = _PrivateRotatingFileHandler(
                     self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
                 )
             except OSError:
@@ -109,11 +130,39 @@ class AuditLog:
             if self._listener is not None:
                 self._logger.info(line)
             if security and self._security_sink is not None:
-                task = asyncio.get_running_loop().create_task(self._sink(self._security_sink, line))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self._store(self.throttle.admit(line))
+                if self.throttle.suppressing and self._flush_timer is None:
+                    # The window's summary is stored when it ends, flood over or not.
+                    self._flush_timer = asyncio.get_running_loop().call_later(
+                        self.throttle.window_left_s(), self._flush_suppressed
+                    )
         except Exception:  # auditing must never fail a request
             log.exception("could not write an audit event")
+
+    def _store(self, events: list[dict[str, Any]]) -> None:
+        """Send events to the security sink (summaries also to the file)."""
+        assert self._security_sink is not None
+        for event in events:
+            if "ts" not in event:
+                event = {
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "component": self.component,
+                    "security": True,
+                    **event,
+                }
+                if self._listener is not None:
+                    self._logger.info(event)
+            task = asyncio.get_running_loop().create_task(self._sink(self._security_sink, event))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def _flush_suppressed(self) -> None:
+        self._flush_timer = None
+        try:
+            if self._security_sink is not None:
+                self._store(self.throttle.flush())
+        except Exception:
+            log.exception("could not store the suppressed-events summary")
 
     async def _sink(self, sink: SecuritySink, event: dict[str, Any]) -> None:
         try:
@@ -122,6 +171,10 @@ class AuditLog:
             log.exception("could not store a security event")
 
     async def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self.throttle.suppressing:
+            self._flush_suppressed()
         if self._pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(self._pending, timeout=5)

@@ -9,6 +9,7 @@ signature is ~100x slower (RECIPES.md).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from troop_common.config import ConfigError
+from troop_common.curve import check_public_point
 from troop_common.errors import SignatureInvalid
 
 PRIVATE_KEY_MODE = 0o400
+# A public key's one spelling: 64 lowercase hex digits.
+PUBLIC_KEY_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -64,14 +68,22 @@ def public_key_hex(key: ed25519.Ed25519PublicKey) -> str:
 
 
 def parse_public_key_hex(text: str) -> ed25519.Ed25519PublicKey:
-    """An Ed25519 public key from its 64 hex digits; ValueError otherwise."""
+    """An Ed25519 public key from its one spelling; ValueError for anything else.
+
+    The spelling is 64 lowercase hex digits (what `public_key_hex` writes): the hex
+    is the account's name, so `ABCD…` and `abcd…` must not name two accounts. The
+    point must decode (RFC 8032 §5.1.3, canonical `y` only) and not be of small
+    order (`troop_common.curve`), or a signature could verify for every message.
+    """
+    if not isinstance(text, str) or not PUBLIC_KEY_HEX.fullmatch(text):
+        raise ValueError("an Ed25519 public key is 64 lowercase hex digits")
     raw = bytes.fromhex(text)
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes (64 hex digits)")
+    check_public_point(raw)
     return ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
 
 def is_public_key_hex(text: str) -> bool:
+    """Whether `text` is a usable public key in its one spelling (lowercase hex)."""
     try:
         parse_public_key_hex(text)
     except ValueError:

@@ -10,7 +10,9 @@ one Lua script, on Redis's own clock, so every replica shares one exact limit.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,3 +88,33 @@ class RedisRateLimiter:
         if int(allowed):
             return Decision(True, remaining=int(remaining))
         return Decision(False, retry_after_s=float(over) / 1e6)
+
+
+class TrustedProxies:
+    """Which peers may name the client in `x-forwarded-for`, and which address that is.
+
+    Built from addresses or CIDR blocks (the local Envoy: loopback). From any other peer
+    the header is ignored; from a trusted one the right-most entry is taken: the one the
+    proxy itself added (Envoy with `use_remote_address` writes the address it trusts),
+    never the left-most, which the client wrote.
+    """
+
+    def __init__(self, proxies: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies)
+
+    def trusts(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def client_ip(self, peer: str, forwarded: str | None) -> str:
+        """The client's address: `peer`, or from a trusted peer the last XFF entry."""
+        if forwarded and self.trusts(peer):
+            last = forwarded.split(",")[-1].strip()
+            try:
+                return str(ipaddress.ip_address(last))
+            except ValueError:
+                return peer  # not an address: the proxy did not write it
+        return peer

@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from troop_common.audit import AuditLog
+from troop_common.errors import InvalidArgument, TroopError
 from troop_common.interceptors.audit import AuditInterceptor
 from troop_common.interceptors.errors import ErrorInterceptor
 from troop_common.interceptors.tracing import TracingInterceptor
@@ -28,13 +29,18 @@ class TroopServer:
         bind: str = "127.0.0.1:0",
         credentials: grpc.ServerCredentials | None = None,
         audit: AuditLog | None = None,
+        malformed: Callable[[InvalidArgument], TroopError] | None = None,
     ) -> None:
         # The order, outermost first, written once for every Troop server:
-        #   errors   map whatever the inner ones raise to a status (and add trace trailers)
+        #   errors   map whatever the inner ones raise to a status (and add trace trailers);
+        #            a request that is not its method's protobuf is INVALID_ARGUMENT (`malformed`)
         #   tracing  request id in, request id and server time out
         #   audit    one line per call, refusals included
         #   ...      the server's own: authentication, then rate limits
-        chain: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), TracingInterceptor()]
+        chain: list[grpc.aio.ServerInterceptor] = [
+            ErrorInterceptor(malformed),
+            TracingInterceptor(),
+        ]
         if audit is not None:
             chain.append(AuditInterceptor(audit))
         self.audit = audit

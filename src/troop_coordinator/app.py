@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from grpc_health.v1 import health_pb2
 
 from troop_common.audit import AuditLog
+from troop_common.audit_throttle import SecurityEventLimits
 from troop_common.entrypoint import run_until_done
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
+from troop_common.private_files import private_dir
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
 from troop_common.ratelimit import RateLimiter
 from troop_common.replay import ReplaySet
@@ -34,6 +36,7 @@ from troop_coordinator.db.engine import create_engine, session_factory
 from troop_coordinator.ledger import Ledger
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook, ProofShape
+from troop_coordinator.reachability import EndpointProofs
 from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
@@ -67,7 +70,11 @@ class Coordinator:
             token_slack=settings.usage_token_slack,
             countersign_s=settings.countersign_s,
         )
-        self.nodes = NodeDirectory(sessions)
+        self.nodes = NodeDirectory(sessions, settings.node_admission_policy())
+        # Off only where every endpoint is trusted (tests of the ledger with no workers).
+        self.endpoint_proofs = (
+            EndpointProofs(settings.tls) if settings.verify_node_endpoints else None
+        )
         self.audit_events = AuditStore(sessions)
         self.stores = build_stores(settings)
         self.registry = registry or self.stores.registry
@@ -87,7 +94,9 @@ class Coordinator:
 
     async def start(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Only this user may read the ledger, the audit log and the keys: 0700 even
+        # under a loose umask, and an older, looser data dir is tightened (a WARNING).
+        private_dir(settings.data_dir)
         await migrate.upgrade(self.engine)
         # ticket-keys/ in data_dir, re-read every few seconds: `troop admin
         # rotate-ticket-key` takes effect without a restart (ticket_keys.py).
@@ -105,6 +114,7 @@ class Coordinator:
             nodes=self.nodes,
             registry=self.registry,
             signer=signer,
+            endpoint_proofs=self.endpoint_proofs,
             challenges=ChallengeBook(
                 self.stores.challenges,
                 shape=ProofShape(
@@ -142,6 +152,12 @@ class Coordinator:
                 settings.effective_audit_dir,
                 "coordinator",
                 security_sink=self.audit_events.append,
+                # A flood of bad tokens adds a bounded number of rows (audit_throttle).
+                security_limits=SecurityEventLimits(
+                    per_source=settings.audit_events_per_source,
+                    total=settings.audit_events_per_minute,
+                ),
+                trusted_proxies=settings.trusted_proxies,
             ),
             bind=settings.bind,
             credentials=settings.tls.server_credentials(settings.bind),
@@ -203,6 +219,8 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self.endpoint_proofs is not None:
+            await self.endpoint_proofs.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.stores.close()

@@ -1,8 +1,10 @@
 """Caller identity: an interceptor that checks the Ed25519 assertion on the calls that need one.
 
-`authorization: Bearer <jwt>` is verified (signature by the subject's own key,
-audience, expiry) and its `jti` recorded in a ReplaySet until it expires, so a
-captured assertion works once. The subject (hex public key) is put in
+`authorization: Bearer <jwt>` is verified (`troop_common.assertions`: a subject
+in its one lowercase spelling and not of small order, signed by its own key;
+audience; `iat` within the clock skew; bounded lifetime and `jti`) and its `jti`
+recorded in a ReplaySet until the assertion stops being accepted (`exp` plus the
+leeway, never longer), so a captured assertion works once. The subject (hex public key) is put in
 `caller`, a ContextVar the servicer reads with `current_caller()`.
 Anything wrong raises AssertionInvalid (UNAUTHENTICATED), mapped by the
 outer ErrorInterceptor.

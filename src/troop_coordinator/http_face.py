@@ -3,6 +3,11 @@
     async with coordinator_http_face("127.0.0.1:50051", port=8080) as envoy:
         print(envoy.url)  # GET /v1/nodes, /v1/users/{public_key}/balance, ...
 
+Envoy writes the real client address into `x-forwarded-for` (trusting `xff_num_trusted_hops`
+proxies in front of it, TROOP_XFF_TRUSTED_HOPS), which the coordinator reads from this Envoy
+only (TROOP_TRUSTED_PROXIES), and bounds header time, idle time and connections; `overrides`
+overrides any other EnvoyConfig field (e.g. a short `request_headers_timeout_s`).
+
 Field names are snake_case (as in the .proto), int64 values strings (proto3 JSON), and a
 gRPC status becomes its HTTP status with a `{"code", "message", "details"}` body.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from troop_common.envoy import EnvoyConfig, EnvoySidecar, LocalReplyFormat
 from troop_common.proto import COORDINATOR_SERVICE
@@ -27,7 +33,12 @@ LOCAL_REPLY = LocalReplyFormat(
 
 @contextlib.asynccontextmanager
 async def coordinator_http_face(
-    coordinator: str, *, host: str = "127.0.0.1", port: int = 0
+    coordinator: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    xff_num_trusted_hops: int = 0,
+    **overrides: Any,
 ) -> AsyncIterator[EnvoySidecar]:
     """An Envoy on `host:port` (0: any free port) in front of the coordinator at `coordinator`."""
     config = EnvoyConfig(
@@ -37,6 +48,8 @@ async def coordinator_http_face(
         listen_port=port,
         local_reply=LOCAL_REPLY,
         stat_prefix="troop_coordinator",
+        xff_num_trusted_hops=xff_num_trusted_hops,
+        **overrides,
     )
     async with EnvoySidecar(config) as envoy:
         yield envoy

@@ -7,6 +7,7 @@ servicer never aborts by itself.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -22,6 +23,7 @@ from troop_common.errors import (
     NodeUnavailable,
     NotFound,
     PermissionDenied,
+    RateLimited,
     SignatureInvalid,
 )
 from troop_common.presentation import verify_presentation
@@ -29,27 +31,34 @@ from troop_common.proto import common_pb2, coordinator_pb2_grpc
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.receipts import parse_receipt, verify_receipt_signature
 from troop_common.tickets import TICKET_ALGORITHM, jwk, public_key_pem
-from troop_coordinator import convert, proof_requests
+from troop_coordinator import convert
 from troop_coordinator.auth import current_caller
 from troop_coordinator.db.models import JobStatus
 from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.pricing import DEFAULT_MAX_TOKENS
 from troop_coordinator.proof import ChallengeBook
-from troop_coordinator.registry import LiveNode, NodeRegistry
+from troop_coordinator.proof_rpcs import ProofRpcs
+from troop_coordinator.reachability import EndpointProofs
+from troop_coordinator.registry import LiveNode, NodeRegistry, rank
 from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.ticket_keys import TicketKeyRing
 from troop_coordinator.validation import (
+    DEFAULT_NODE_PAGE,
     MAX_DURATION_MS,
+    MAX_NODE_PAGE,
     MAX_REPORTED_TOKENS,
     Violations,
     check_receipt_usage,
+    decode_offset_token,
+    encode_offset_token,
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
+log = logging.getLogger("troop.coordinator.service")
 
 
-class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
         self,
         *,
@@ -59,7 +68,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         registry: NodeRegistry,
         signer: TicketKeyRing,
         challenges: ChallengeBook,
+        endpoint_proofs: EndpointProofs | None = None,
     ) -> None:
+        self.endpoint_proofs = endpoint_proofs
         self.settings = settings
         self.ledger = ledger
         self.nodes = nodes
@@ -86,6 +97,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         check.endpoint("endpoint", request.endpoint)
         check.models("models", list(request.models))
         check.public_key("owner_public_key", request.owner_public_key)
+        check.node_load("load", request.load)
+        check.node_hardware("hardware", request.hardware)
+        if len(request.invite_code) > MAX_INVITE_LENGTH:
+            check.add("invite_code", f"at most {MAX_INVITE_LENGTH} characters")
         check.raise_if_any()
         now = time.time()
         node = LiveNode(
@@ -97,21 +112,49 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hardware=convert.hardware_from_pb(request.hardware),
             last_seen=now,
         )
-        multiplier, reputation = await self.nodes.record_heartbeat(
-            node, request.owner_public_key, datetime.fromtimestamp(now, UTC)
+        standing = await self.nodes.record_heartbeat(
+            node,
+            request.owner_public_key,
+            datetime.fromtimestamp(now, UTC),
+            invite_code=request.invite_code,
         )
-        await self.registry.heartbeat(replace(node, multiplier=multiplier, reputation=reputation))
+        live = replace(node, multiplier=standing.multiplier, reputation=standing.reputation)
+        proofs = self.endpoint_proofs
+        proven = proofs is None or standing.proven_endpoint == node.endpoint
+        if proofs is None or proven:
+            await self.registry.heartbeat(live)
+        else:
+            # Listed only once its endpoint answered with its key (in the background).
+            proofs.check(live, self._endpoint_proven)
         return pb.HeartbeatResponse(
-            interval_seconds=self.settings.heartbeat_interval_s, multiplier=multiplier
+            interval_seconds=self.settings.heartbeat_interval_s,
+            multiplier=standing.multiplier,
+            endpoint_proven=proven,
         )
 
+    async def _endpoint_proven(self, node: LiveNode) -> None:
+        await self.nodes.set_proven_endpoint(node.node_id, node.node_public_key, node.endpoint)
+        await self.registry.heartbeat(node)
+        log.info("node %s proved its endpoint %s", node.node_id, node.endpoint)
+
     async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> object:
+        check = Violations()
         if request.model:
-            check = Violations()
             check.model("model", request.model)
-            check.raise_if_any()
-        live = await self.registry.live_nodes(time.time(), request.model)
-        return pb.ListNodesResponse(nodes=[convert.node_to_pb(n) for n in live])
+        check.at_most("page_size", request.page_size, MAX_NODE_PAGE)
+        offset = decode_offset_token(check, "page_token", request.page_token)
+        check.raise_if_any()
+        live = sorted(
+            await self.registry.live_nodes(time.time(), request.model),
+            key=lambda n: (rank(n), n.node_id),
+        )
+        size = request.page_size or DEFAULT_NODE_PAGE
+        page = live[offset : offset + size]
+        more = offset + size < len(live)
+        return pb.ListNodesResponse(
+            nodes=[convert.node_to_pb(n) for n in page],
+            next_page_token=encode_offset_token(offset + size) if more else "",
+        )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> object:
         counts = Counter(m for n in await self.registry.live_nodes(time.time()) for m in n.models)
@@ -195,6 +238,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 f"join first: this coordinator admits by {self.settings.admission} "
                 "(see GetAdmission)"
             )
+        await self._check_open_jobs(user, now)
         node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
         if node is None:
             others = " other than those excluded" if request.exclude_node_ids else ""
@@ -240,6 +284,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
             price=convert.price_to_pb(price),
+        )
+
+    async def _check_open_jobs(self, user: str, now: float) -> None:
+        """RESOURCE_EXHAUSTED once the user holds the most open reservations allowed."""
+        cap = self.settings.max_open_jobs_per_user
+        count, first_expiry = await self.ledger.open_jobs(user)
+        if count < cap:
+            return
+        wait_s = max(1.0, first_expiry.timestamp() - now) if first_expiry else 1.0
+        raise RateLimited(
+            f"too many open jobs: {count} of at most {cap} per user; retry when one finishes "
+            f"(settled or expired, in {wait_s:.0f} s at the latest); the coordinator's "
+            "operator can raise TROOP_MAX_OPEN_JOBS_PER_USER",
+            wait_s,
         )
 
     async def SubmitReceipt(self, request: pb.SubmitReceiptRequest, context: Context) -> object:
@@ -334,58 +392,4 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return pb.ListTransactionsResponse(
             transactions=[convert.entry_to_pb(e) for e in page.entries],
             next_page_token=page.next_page_token,
-        )
-
-    async def GetChallenge(self, request: pb.GetChallengeRequest, context: Context) -> object:
-        check = Violations()
-        check.node_id("node_id", request.node_id)
-        check.raise_if_any()
-        await self.nodes.require_bound_to(request.node_id, current_caller())
-        challenge = await self.challenges.offer(request.node_id)
-        return pb.GetChallengeResponse(
-            challenge_id=challenge.challenge_id,
-            rows=challenge.rows,
-            inner=challenge.inner,
-            cols=challenge.cols,
-            expires_at=convert.timestamp(challenge.expires_at),
-        )
-
-    async def StartChallenge(self, request: pb.StartChallengeRequest, context: Context) -> object:
-        check = Violations()
-        proof_requests.check_ids(check, request.node_id, request.challenge_id)
-        check.raise_if_any()
-        await self.nodes.require_bound_to(request.node_id, current_caller())
-        seed = await self.challenges.start(request.node_id, request.challenge_id)
-        return pb.StartChallengeResponse(seed=seed)
-
-    async def CommitProof(self, request: pb.CommitProofRequest, context: Context) -> object:
-        proof_requests.check_commit(request)
-        await self.nodes.require_bound_to(request.node_id, current_caller())
-        challenge = await self.challenges.commit(
-            request.node_id,
-            request.challenge_id,
-            request.merkle_root,
-            request.precision,
-            request.reported_ms,
-        )
-        return pb.CommitProofResponse(
-            rows=list(challenge.open_rows), cols=list(challenge.open_cols)
-        )
-
-    async def VerifyProof(self, request: pb.VerifyProofRequest, context: Context) -> object:
-        proof_requests.check_verify(request)
-        await self.nodes.require_bound_to(request.node_id, current_caller())
-        found = await self.challenges.peek(request.challenge_id)
-        if found is not None and found.node_id == request.node_id:
-            proof_requests.check_openings_shape(request, found)
-        result = await self.challenges.verify(
-            request.node_id, request.challenge_id, list(request.openings)
-        )
-        await self.nodes.set_multiplier(request.node_id, result.multiplier)
-        await self.registry.set_multiplier(request.node_id, result.multiplier)
-        return pb.VerifyProofResponse(
-            multiplier=result.multiplier,
-            tflops=result.tflops,
-            tier=result.tier,
-            measured_ms=result.measured_ms,
         )

@@ -27,11 +27,20 @@
 | TROOP_PROOF_MIN_INNER, TROOP_PROOF_MAX_INNER | proof_min_inner, proof_max_inner | 1024, 1048576 |
 | TROOP_PROOF_TARGET_SECONDS | proof_target_s | 2 (how long later challenges should take) |
 | TROOP_ADMISSION | admission | open ("open", "invite" or "pow": who may join) |
+| TROOP_NODE_ADMISSION | node_admission | open ("open", "allowlist" or "invite") |
+| TROOP_NODE_ALLOWLIST | node_allowlist | empty (hex node keys, for node admission "allowlist") |
+| TROOP_MAX_NODES_PER_KEY | max_nodes_per_key | 4 (node ids one node key may bind) |
+| TROOP_VERIFY_NODE_ENDPOINTS | verify_node_endpoints | 1 (list nodes with proven endpoints only) |
 | TROOP_POW_BITS | pow_bits | 20 (leading zero bits of the join puzzle) |
 | TROOP_TICKET_KEY_RELOAD_SECONDS | ticket_key_reload_s | 5 (ticket-keys/ re-read) |
 | TROOP_TICKET_KEY_GRACE_SECONDS | ticket_key_grace_s | ticket TTL (retired keys kept) |
 | TROOP_TLS_CERT, TROOP_TLS_KEY | tls | none: plaintext on loopback only (troop_common.tls) |
-| TROOP_RATE_LIMITS | rate_limits | ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user |
+| TROOP_RATE_LIMITS | rate_limits | DEFAULT_RATE_LIMITS (discovery per IP, Authorize, proofs) |
+| TROOP_TRUSTED_PROXIES | trusted_proxies | 127.0.0.1,::1 (IPs/CIDRs whose XFF names the client) |
+| TROOP_XFF_TRUSTED_HOPS | xff_trusted_hops | 0 (proxies in front of the REST face's Envoy) |
+| TROOP_MAX_OPEN_JOBS_PER_USER | max_open_jobs_per_user | 16 (open reservations per user) |
+| TROOP_AUDIT_EVENTS_PER_SOURCE | audit_events_per_source | 10 (security rows/minute/address) |
+| TROOP_AUDIT_EVENTS_PER_MINUTE | audit_events_per_minute | 100 (security rows/minute in all) |
 | TROOP_AUDIT_DIR | audit_dir | data_dir/audit (JSON lines, rotated) |
 
 Credits are kept as integer millicredits: 1 credit = 1000 millicredits = one
@@ -50,12 +59,19 @@ from pathlib import Path
 
 from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
 from troop_common.interceptors.ratelimit import parse_rules
+from troop_common.keys import is_public_key_hex
+from troop_common.ratelimit import TrustedProxies
 from troop_common.tls import TlsSettings
+from troop_coordinator.nodes import NODE_ADMISSION_MODES, NodeAdmission
 from troop_coordinator.pricing import ModelCatalog, parse_catalog, parse_parameters
 
 MILLICREDITS_PER_CREDIT = 1000
-# Discovery 100/hour per client IP; inference authorizations 20/hour per user.
-DEFAULT_RATE_LIMITS = "ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user"
+# Discovery 100/hour per client IP; inference authorizations 20/hour per user; the
+# proof-of-hardware RPCs (CPU on the coordinator) per node key.
+DEFAULT_RATE_LIMITS = (
+    "ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user,"
+    "GetChallenge=30/3600@user,StartChallenge+CommitProof+VerifyProof=30/3600@user"
+)
 DEFAULT_DATA_DIR = Path("~/.local/share/troop/coordinator")
 ADMISSION_MODES = ("open", "invite", "pow")
 
@@ -99,6 +115,11 @@ class CoordinatorSettings:
     shutdown_grace_s: float = 5.0
     # Trust (docs/security.md): who may join, ticket key rotation, usage disputes, TLS.
     admission: str = "open"
+    # Nodes (docs/adr/0033): who may bind node ids, how many per key, endpoint proofs.
+    node_admission: str = "open"
+    node_allowlist: tuple[str, ...] = ()
+    max_nodes_per_key: int = 4
+    verify_node_endpoints: bool = True
     pow_bits: int = 20
     ticket_key_reload_s: float = 5.0
     ticket_key_grace_s: float | None = None  # None: the ticket TTL
@@ -114,6 +135,12 @@ class CoordinatorSettings:
     audit_dir: Path | None = None  # None: data_dir/audit
     # Trust x-forwarded-for from these peers (the local Envoy) for per-IP limits.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Floods (docs/security.md): proxies in front of the REST face's Envoy, open jobs
+    # per user, security events stored per source address / in all, per minute.
+    xff_trusted_hops: int = 0
+    max_open_jobs_per_user: int = 16
+    audit_events_per_source: int = 10
+    audit_events_per_minute: int = 100
 
     @property
     def effective_audit_dir(self) -> Path:
@@ -169,8 +196,28 @@ class CoordinatorSettings:
         except ConfigError as exc:
             raise ConfigError(f"TROOP_RATE_LIMITS: {exc}") from None
         parse_catalog(self.model_catalog)
+        bad_keys = [k for k in self.node_allowlist if not is_public_key_hex(k)]
+        if bad_keys:
+            raise ConfigError(f"TROOP_NODE_ALLOWLIST: not a hex Ed25519 key: {bad_keys[0]!r}")
+        if self.max_nodes_per_key <= 0:
+            raise ConfigError("TROOP_MAX_NODES_PER_KEY must be positive")
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"TROOP_TRUSTED_PROXIES: {exc}") from None
+        caps = (self.max_open_jobs_per_user, self.audit_events_per_source)
+        if min(*caps, self.audit_events_per_minute) < 1 or self.xff_trusted_hops < 0:
+            raise ConfigError("open-job and audit-event caps must be positive, hops not negative")
         if self.default_model_parameters <= 0 or self.max_prompt_tokens <= 0:
             raise ConfigError("model sizes and TROOP_MAX_PROMPT_TOKENS must be positive")
+
+    def node_admission_policy(self) -> NodeAdmission:
+        """Who may bind new node ids, as these settings say."""
+        return NodeAdmission(
+            mode=self.node_admission,
+            allowlist=frozenset(self.node_allowlist),
+            max_nodes_per_key=self.max_nodes_per_key,
+        )
 
     def catalog(self) -> ModelCatalog:
         """The model catalog these settings describe."""
@@ -208,6 +255,15 @@ class CoordinatorSettings:
             proof_max_inner=env_int(env, "TROOP_PROOF_MAX_INNER", 1 << 20),
             proof_target_s=env_float(env, "TROOP_PROOF_TARGET_SECONDS", 2.0),
             admission=env_choice(env, "TROOP_ADMISSION", "open", ADMISSION_MODES, casefold=True),
+            node_admission=env_choice(
+                env, "TROOP_NODE_ADMISSION", "open", NODE_ADMISSION_MODES, casefold=True
+            ),
+            node_allowlist=tuple(
+                k.strip() for k in env_text(env, "TROOP_NODE_ALLOWLIST", "").split(",") if k.strip()
+            ),
+            max_nodes_per_key=env_int(env, "TROOP_MAX_NODES_PER_KEY", 4),
+            verify_node_endpoints=env_text(env, "TROOP_VERIFY_NODE_ENDPOINTS", "1").lower()
+            not in ("0", "false", "no", "off"),
             pow_bits=env_int(env, "TROOP_POW_BITS", 20),
             ticket_key_reload_s=env_float(env, "TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0),
             ticket_key_grace_s=env_float(env, "TROOP_TICKET_KEY_GRACE_SECONDS", 0.0)
@@ -221,6 +277,15 @@ class CoordinatorSettings:
             usage_token_slack=env_int(env, "TROOP_USAGE_TOKEN_SLACK", 2),
             # Set but empty means no limits, so not env_text (which reads empty as unset).
             rate_limits=env.get("TROOP_RATE_LIMITS", DEFAULT_RATE_LIMITS).strip(),
+            trusted_proxies=tuple(
+                p.strip()
+                for p in env.get("TROOP_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
+                if p.strip()
+            ),
+            xff_trusted_hops=env_int(env, "TROOP_XFF_TRUSTED_HOPS", 0),
+            max_open_jobs_per_user=env_int(env, "TROOP_MAX_OPEN_JOBS_PER_USER", 16),
+            audit_events_per_source=env_int(env, "TROOP_AUDIT_EVENTS_PER_SOURCE", 10),
+            audit_events_per_minute=env_int(env, "TROOP_AUDIT_EVENTS_PER_MINUTE", 100),
             audit_dir=Path(env_text(env, "TROOP_AUDIT_DIR", "")).expanduser()
             if env_text(env, "TROOP_AUDIT_DIR", "")
             else None,

@@ -6,11 +6,13 @@ is read or written, so bad input is INVALID_ARGUMENT and never INTERNAL.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.keys import is_public_key_hex
-from troop_common.proto import common_pb2
+from troop_common.proto import common_pb2, coordinator_pb2
 from troop_coordinator.ledger.types import JobBounds
 
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -22,6 +24,14 @@ HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 MAX_MODELS = 64
 # How many unreachable nodes one Authorize may ask to skip.
 MAX_EXCLUDED_NODES = 8
+# Self-reported load and hardware are bounded (they rank nodes and show in discovery).
+MAX_LOAD = 1024
+MAX_DEVICE_NAME = 100
+MAX_CPUS = 4096
+MAX_MEMORY_BYTES = 1 << 50
+DEFAULT_NODE_PAGE = 50
+MAX_NODE_PAGE = 100
+MAX_OFFSET = 1_000_000
 # A day: no job's receipt or stream time is longer (tickets live minutes).
 MAX_DURATION_MS = 86_400_000
 # The most completion tokens a client may countersign (above any model's bound).
@@ -70,6 +80,16 @@ class Violations:
         if len(set(values)) != len(values):
             self.add(field, "no duplicates")
 
+    def node_load(self, field: str, load: coordinator_pb2.NodeLoad) -> None:
+        for name in ("active_jobs", "queue_depth", "max_concurrent_jobs"):
+            self.at_most(f"{field}.{name}", getattr(load, name), MAX_LOAD)
+
+    def node_hardware(self, field: str, hardware: coordinator_pb2.NodeHardware) -> None:
+        if len(hardware.device) > MAX_DEVICE_NAME or not hardware.device.isprintable():
+            self.add(f"{field}.device", f"at most {MAX_DEVICE_NAME} printable characters")
+        self.at_most(f"{field}.cpu_count", hardware.cpu_count, MAX_CPUS)
+        self.at_most(f"{field}.memory_bytes", hardware.memory_bytes, MAX_MEMORY_BYTES)
+
     def at_most(self, field: str, value: int, bound: int) -> None:
         if value > bound:
             self.add(field, f"at most {bound}")
@@ -87,3 +107,23 @@ def check_receipt_usage(check: Violations, usage: common_pb2.Usage, job: JobBoun
     check.at_most("receipt.usage.completion_tokens", usage.completion_tokens, job.max_tokens)
     if usage.total_tokens != usage.prompt_tokens + usage.completion_tokens:
         check.add("receipt.usage.total_tokens", "must be prompt_tokens + completion_tokens")
+
+
+def encode_offset_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def decode_offset_token(check: Violations, field: str, token: str) -> int:
+    """The offset a page token from this API holds (0 for none); a violation otherwise."""
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        offset = int(number) if number.isdigit() and len(number) <= 7 else -1
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        prefix, offset = "", -1
+    if prefix != "o" or not 0 < offset <= MAX_OFFSET:
+        check.add(field, "not a token from this API")
+        return 0
+    return offset

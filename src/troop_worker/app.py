@@ -39,6 +39,7 @@ from troop_worker.receipts import ReceiptSender
 from troop_worker.service import InferenceServicer
 from troop_worker.settings import WorkerSettings
 from troop_worker.tickets import KeyCache, TicketVerifier
+from troop_worker.used_tickets import UsedTickets
 
 log = logging.getLogger("troop.worker")
 
@@ -78,6 +79,7 @@ class Worker:
         self._receipts: ReceiptSender | None = None
         self.proof: asyncio.Task[None] | None = None
         self.reachability: asyncio.Task[str | None] | None = None
+        self.used_tickets: UsedTickets | None = None
 
     @property
     def address(self) -> str:
@@ -108,8 +110,13 @@ class Worker:
             await self.engine.load()
             self.key_cache = KeyCache(client.get_key_set, max_age_s=settings.key_refresh_s)
             await fetch_keys_until_ready(self.key_cache, settings.coordinator_wait_s)
+            # Used tickets survive a restart (until they expire): no replay after one.
+            self.used_tickets = await UsedTickets.open(settings.data_dir / "used-tickets.jsonl")
             verifier = TicketVerifier(
-                self.key_cache, node_id=identity.node_id, node_key=identity.public_key_hex
+                self.key_cache,
+                node_id=identity.node_id,
+                node_key=identity.public_key_hex,
+                replay=self.used_tickets,
             )
             self._receipts = ReceiptSender(
                 client, identity.key, identity.node_id, backoff_s=settings.receipt_backoff_s
@@ -141,6 +148,8 @@ class Worker:
             await self.server.start()
         except BaseException:
             await client.close()
+            if self.used_tickets is not None:
+                await self.used_tickets.close()
             if self._owns_engine:
                 await self.engine.close()
             raise
@@ -196,6 +205,7 @@ class Worker:
             ),
             hardware=detect_hardware(str(getattr(self.engine, "device_name", "cpu"))),
             owner_public_key=self.identity.owner_public_key,
+            invite_code=self.settings.invite_code,
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -215,6 +225,8 @@ class Worker:
             await self._receipts.drain(grace)
         if self._client is not None:
             await self._client.close()
+        if self.used_tickets is not None:
+            await self.used_tickets.close()
         if self._owns_engine:
             await self.engine.close()
         log.info("worker stopped")

@@ -31,6 +31,8 @@ class Heartbeater:
         self._build = build
         self.interval_s = interval_s
         self.multiplier: float | None = None
+        # Whether the coordinator has proven this node's endpoint (only then is it listed).
+        self.endpoint_proven = False
         self.sent = 0
         self.first_success = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -55,6 +57,16 @@ class Heartbeater:
         self.first_success.set()
         if response.interval_seconds > 0:
             self.interval_s = float(response.interval_seconds)
+        if response.endpoint_proven != self.endpoint_proven or self.sent == 2:
+            if response.endpoint_proven:
+                log.info("the coordinator proved this node's endpoint: it is listed")
+            elif self.sent >= 2:
+                # The first beat starts the proof; by the second it should be done.
+                log.warning(
+                    "the coordinator has not proven this node's endpoint yet, so it is not "
+                    "listed: can the coordinator reach the advertised address?"
+                )
+            self.endpoint_proven = response.endpoint_proven
         if response.multiplier != self.multiplier:
             log.info("coordinator multiplier for this node: %.3f", response.multiplier)
             self.multiplier = response.multiplier

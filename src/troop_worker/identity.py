@@ -32,6 +32,6 @@ def load_node_identity(settings: WorkerSettings) -> NodeIdentity:
     owner = settings.owner_public_key
     if owner is None:
         owner = Identity.load_or_create(settings.data_dir / OWNER_KEY_FILE).public_key_hex
-    elif not is_public_key_hex(owner):
+    elif not is_public_key_hex(owner.lower()):  # the operator's own setting, any case
         raise ConfigError("TROOP_WORKER_OWNER must be a hex Ed25519 public key (64 hex digits)")
     return NodeIdentity(key=key, node_id=node_id, owner_public_key=owner.lower())

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid
+from troop_common.endpoint_proof import sign_endpoint
+from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid, Unavailable
 from troop_common.keys import Identity
-from troop_common.node_proof import PROOF_HEADER, sign_node_proof
+from troop_common.node_proof import PROOF_HEADER, is_nonce, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import add_initial_metadata
 from troop_common.tickets import Ticket
@@ -32,6 +33,7 @@ from troop_worker.tickets import TicketVerifier
 from troop_worker.validation import validate, within_ticket
 
 log = logging.getLogger("troop.worker.service")
+MAX_ENDPOINT_LENGTH = 300
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -59,6 +61,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.InferenceServiceListModelsResponse:
         return inference_pb2.InferenceServiceListModelsResponse(
             models=[common_pb2.ModelInfo(id=m) for m in self.engine.models]
+        )
+
+    async def ProveEndpoint(
+        self,
+        request: inference_pb2.ProveEndpointRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> inference_pb2.ProveEndpointResponse:
+        """Sign the coordinator's nonce for the endpoint it dialled (no ticket needed: it
+        proves only that this node key answers here)."""
+        violations = []
+        if not is_nonce(request.nonce):
+            violations.append(FieldViolation("nonce", "32-128 lowercase hex digits"))
+        if not 0 < len(request.endpoint) <= MAX_ENDPOINT_LENGTH:
+            violations.append(
+                FieldViolation("endpoint", f"host:port, at most {MAX_ENDPOINT_LENGTH} characters")
+            )
+        if violations:
+            raise InvalidArgument(violations)
+        if self.node is None:
+            raise Unavailable("this worker has no node key")
+        return inference_pb2.ProveEndpointResponse(
+            node_public_key=self.node.public_key_hex,
+            signature=sign_endpoint(self.node, request.endpoint, request.nonce),
         )
 
     async def ChatCompletion(

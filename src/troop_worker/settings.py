@@ -21,6 +21,7 @@
 | TROOP_WORKER_HEARTBEAT_S      | heartbeat_interval_s  | 5 (the coordinator's answer wins)  |
 | TROOP_WORKER_COORDINATOR_WAIT | coordinator_wait_s    | 60 (how long start waits for keys) |
 | TROOP_WORKER_BENCHMARK        | benchmark             | 0 (1: prove hardware at start)     |
+| TROOP_WORKER_INVITE           | invite_code           | none (for node admission "invite") |
 | TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
 | TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
 | TROOP_WORKER_AUDIT_DIR        | audit_dir             | data_dir/audit (JSON lines)        |
@@ -72,6 +73,9 @@ class WorkerSettings:
     heartbeat_interval_s: float = 5.0
     coordinator_wait_s: float = 60.0
     benchmark: bool = False
+    # A one-time code from the coordinator's operator, sent with each heartbeat
+    # (TROOP_NODE_ADMISSION=invite spends it when it first binds this node id).
+    invite_code: str = ""
     torch_threads: int | None = None
     torch_dtype: str = "bfloat16"
     audit_dir: Path | None = None
@@ -123,6 +127,7 @@ class WorkerSettings:
                 env, "TROOP_WORKER_COORDINATOR_WAIT", cls.coordinator_wait_s, positive=True
             ),
             benchmark=env_text(env, "TROOP_WORKER_BENCHMARK").lower() in ("1", "true", "yes"),
+            invite_code=env_text(env, "TROOP_WORKER_INVITE"),
             torch_threads=threads or None,
             torch_dtype=env_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
             tls=TlsSettings.from_env(env),

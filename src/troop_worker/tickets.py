@@ -10,7 +10,9 @@ retired (and dropped from its set after the grace period) stops verifying
 here within `max_age_s` even if no unknown kid ever shows up.
 `TicketVerifier.verify` checks a token (pure
 `troop_common.tickets.verify_ticket`); `consume` makes it single use,
-remembering its job id until the ticket expires.
+remembering its job id until the ticket expires — in memory by default; the
+running worker hands it `troop_worker.used_tickets.UsedTickets`, which also
+keeps the ids on disk, so a restart does not let a used ticket run again.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class TicketVerifier:
         self.key_cache = keys
         self.node_id = node_id
         self.node_key = node_key
-        self._replay = replay or MemoryReplaySet()
+        self._replay = replay if replay is not None else MemoryReplaySet()
         self._clock = clock
 
     async def verify(self, token: str) -> Ticket:

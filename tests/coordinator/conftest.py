@@ -47,6 +47,9 @@ def settings(database_url: str, tmp_path: Path, ticket_key_pem: bytes) -> Coordi
         node_ttl_s=15.0,
         sweep_interval_s=3600.0,  # tests that need the sweeper shorten it
         settle_grace_s=0.0,  # tests that need a grace period set it
+        # These nodes are identities with made-up endpoints (no worker behind them): the
+        # endpoint proof is off here and tested with real workers (tests/security).
+        verify_node_endpoints=False,
         shutdown_grace_s=0.5,
     )
 

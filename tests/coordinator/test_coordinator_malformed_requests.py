@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from tests.coordinator.conftest import MODEL, Launch
-from tests.malformed import malformed
+from tests.malformed import GARBAGE_PROTOBUF, malformed
 from troop_common.assertions import create_assertion
 from troop_common.errors import InvalidArgument
 from troop_common.keys import Identity
@@ -99,3 +99,28 @@ async def test_countersigned_numbers_out_of_range_are_invalid_and_record_nothing
     honest = await user.report_usage(job.job_id, completion_tokens=3, stream_ms=10)
     assert not honest.already_reported
     assert (await coordinator.ledger.audit()).ok
+
+
+async def test_bytes_that_are_no_protobuf_are_invalid_argument_on_every_rpc(
+    launch: Launch,
+) -> None:
+    coordinator, network = await launch(rate_limits="")
+    user = network.user()
+    await user.join()
+    before = await coordinator.ledger.audit()
+    unclear = []
+    service = pb.DESCRIPTOR.services_by_name["CoordinatorService"]
+    async with grpc.aio.insecure_channel(coordinator.address) as channel:
+        for method in service.methods:
+            call = channel.unary_unary(f"/{service.full_name}/{method.name}")  # raw bytes
+            for data in GARBAGE_PROTOBUF:
+                token = create_assertion(user.identity)
+                try:
+                    await call(data, metadata=[("authorization", f"Bearer {token}")], timeout=10)
+                    unclear.append(f"{method.name} accepted {data[:16]!r}")
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        unclear.append(f"{method.name} {error.code().name}: {error.details()}")
+    assert unclear == []
+    after = await coordinator.ledger.audit()
+    assert after.minted_millicredits == before.minted_millicredits

@@ -110,7 +110,7 @@ async def _commit(node, challenge: pb.GetChallengeResponse, seed: int):
 async def test_right_proof_sets_multiplier(coordinator: Coordinator, network: Network) -> None:
     node = await network.node()
     challenge = await node.client.get_challenge(node.node_id)
-    assert (challenge.rows, challenge.inner, challenge.cols) == (1024, 2048, 1024)
+    assert (challenge.rows, challenge.inner, challenge.cols) == (2048, 2048, 2048)
     seed = (await node.client.start_challenge(node.node_id, challenge.challenge_id)).seed
     product, named = await _commit(node, challenge, seed)
     assert len(named.rows) == len(named.cols) == 48
@@ -173,8 +173,8 @@ def test_speed_multiplier_and_tier_scales() -> None:
 def test_inner_is_sized_from_the_last_speed_and_clamped() -> None:
     shape = ProofShape()
     assert shape.inner_for(None) == 2048
-    # 2 s at 0.1 TFLOP/s over a 1024 × 1024 product: 2e11 / 2.1e6 ≈ 95,367.
-    assert shape.inner_for(0.1) == 95_367
+    # 2 s at 0.1 TFLOP/s over a 2048 × 2048 product: 2e11 / 8.4e6 ≈ 23,842.
+    assert shape.inner_for(0.1) == 23_842
     assert shape.inner_for(1e-9) == 1024 and shape.inner_for(1e6) == 1 << 20
 
 

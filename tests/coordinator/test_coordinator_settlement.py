@@ -399,8 +399,8 @@ async def test_sweeper_returns_expired_reservation(launch: Launch) -> None:
 
 async def test_reserve_is_atomic_across_replicas(launch: Launch) -> None:
     # Two coordinators on one database, like replicas; 10 concurrent jobs, credit for 3.
-    one, net_one = await launch(starter_credits=1000)
-    _, net_two = await launch(starter_credits=1000)
+    one, net_one = await launch(starter_credits=200)
+    _, net_two = await launch(starter_credits=200)
     await net_one.node()
     await net_two.node(node_id="replica-two-node")
     identity = Identity.generate()
@@ -409,7 +409,7 @@ async def test_reserve_is_atomic_across_replicas(launch: Launch) -> None:
     probe = await clients[0].authorize(MODEL)  # what one such job reserves
     one_job = probe.reserved_millicredits
     await one.ledger.expire_stale(datetime.now(UTC) + timedelta(days=1))
-    fits = 1_000_000 // one_job
+    fits = 200_000 // one_job
 
     outcomes = await asyncio.gather(
         *(clients[i % 2].authorize(MODEL) for i in range(fits + 4)), return_exceptions=True
@@ -419,7 +419,7 @@ async def test_reserve_is_atomic_across_replicas(launch: Launch) -> None:
     assert len(granted) == fits, outcomes
     assert all(isinstance(o, InsufficientCredits) for o in outcomes if o not in granted)
     balance = await clients[0].get_balance()
-    assert balance.balance_millicredits == 1_000_000 - fits * one_job
+    assert balance.balance_millicredits == 200_000 - fits * one_job
     assert balance.reserved_millicredits == fits * one_job
     assert (await one.ledger.audit()).ok
 

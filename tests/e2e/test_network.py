@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import free_port
 from troop_client import ChatOptions, Message, TroopClient
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import Unavailable, Unreachable
+from troop_common.errors import Unavailable
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_worker.engine.fake import FakeEngine
@@ -81,31 +81,40 @@ async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network
         assert (await user.balance()).balance_millicredits == STARTER
 
 
-async def test_a_node_nobody_can_reach_is_named_and_charges_nothing(start_mesh, caplog) -> None:
+async def test_a_node_nobody_can_reach_is_not_listed_and_charges_nothing(
+    start_mesh, eventually, caplog
+) -> None:
     # The worker advertises an address where nothing listens (a wrong --advertise).
     dead = f"127.0.0.1:{free_port()}"
     async with (
-        start_mesh(advertise=dead) as mesh,
+        start_mesh(advertise=dead, wait_listed=False) as mesh,
         TroopClient(mesh.coordinator, Identity.generate()) as user,
     ):
         # The worker itself noticed, and said so where its operator looks.
         assert await mesh.worker.reachability == "cannot reach the server (connection refused)"
         assert f"the advertised endpoint {dead} does not answer" in caplog.text
+        # The coordinator dialled it too, found no node key there, and does not list it:
+        # no client is ever sent to a dead address.
+        await eventually(lambda: mesh.worker.heartbeats.sent >= 2, timeout_s=10)
+        assert not mesh.worker.heartbeats.endpoint_proven
+        assert "has not proven this node's endpoint" in caplog.text
         await user.join()
-        with pytest.raises(Unreachable) as caught:
+        with pytest.raises(Unavailable, match="no live node serves"):
             await user.complete([Message("user", "hi")])
-        assert caught.value.message == (
-            f"cannot reach node {mesh.worker.node_id} at {dead} (connection refused)"
-        )
         balance = await user.balance()
-    # Held until the ticket expires (the sweeper returns it), never charged.
-    assert balance.balance_millicredits + balance.reserved_millicredits == STARTER
+    # Nothing was reserved, nothing charged.
+    assert (balance.balance_millicredits, balance.reserved_millicredits) == (STARTER, 0)
 
 
 async def test_an_unreachable_node_is_skipped_for_another(start_mesh, eventually, caplog) -> None:
     async with (
-        # 0.2 s a word: the long job (256 words) outlasts the test by far.
-        start_mesh(engine=FakeEngine([MODEL], delay_s=0.2)) as mesh,
+        # 0.2 s a word: the long job (256 words) outlasts the test by far. The endpoint
+        # proof is off: the ghost stands for a node that proved its endpoint and died since
+        # (tests/security proves a never-reachable node is not listed at all).
+        start_mesh(
+            engine=FakeEngine([MODEL], delay_s=0.2),
+            coordinator_overrides={"verify_node_endpoints": False},
+        ) as mesh,
         TroopClient(mesh.coordinator, Identity.generate()) as busy,
         TroopClient(mesh.coordinator, Identity.generate()) as user,
         CoordinatorClient(mesh.coordinator) as discovery,

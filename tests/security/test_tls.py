@@ -99,7 +99,8 @@ async def test_chat_over_tls_and_no_silent_downgrade(
         database_url=sqlite_url,
         rate_limits="",
         shutdown_grace_s=0.5,
-        tls=server_tls,
+        # Serves TLS; dials workers (to prove their endpoints) trusting the CA, as clients do.
+        tls=dataclasses.replace(server_tls, ca_file=pki["ca"]),
     )
     async with Coordinator(coordinator_settings) as coordinator:
         worker_settings = local_worker_settings(

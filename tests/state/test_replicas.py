@@ -51,6 +51,10 @@ async def test_two_replicas_settle_each_job_once_and_conserve_credits(
         "TROOP_REDIS_PREFIX": redis_prefix,
         "TROOP_DATA_DIR": str(data_dir),
         "TROOP_STARTER_CREDITS": str(STARTER_CREDITS),
+        "TROOP_VERIFY_NODE_ENDPOINTS": "0",  # the node is an identity, no worker behind it
+        # It heartbeats once: liveness is not under test, and a loaded machine must not
+        # let it expire mid-run.
+        "TROOP_NODE_TTL_SECONDS": "3600",
         "TROOP_SWEEP_INTERVAL_SECONDS": "0.5",  # both sweepers run all along: nothing expires
     }
     replicas: list[Process] = list(

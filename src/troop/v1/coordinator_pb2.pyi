@@ -121,28 +121,32 @@ class NodeHardware(_message.Message):
     def __init__(self, device: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "owner_public_key")
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "owner_public_key", "invite_code")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     OWNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVITE_CODE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoint: str
     models: _containers.RepeatedScalarFieldContainer[str]
     load: NodeLoad
     hardware: NodeHardware
     owner_public_key: str
-    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., owner_public_key: _Optional[str] = ...) -> None: ...
+    invite_code: str
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., owner_public_key: _Optional[str] = ..., invite_code: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_seconds", "multiplier")
+    __slots__ = ("interval_seconds", "multiplier", "endpoint_proven")
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_PROVEN_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: int
     multiplier: float
-    def __init__(self, interval_seconds: _Optional[int] = ..., multiplier: _Optional[float] = ...) -> None: ...
+    endpoint_proven: bool
+    def __init__(self, interval_seconds: _Optional[int] = ..., multiplier: _Optional[float] = ..., endpoint_proven: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key")
@@ -165,16 +169,22 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "page_size", "page_token")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, model: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "next_page_token")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -149,16 +149,21 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """A worker announces it is alive: endpoint, models, load and hardware.
-        UNAUTHENTICATED without a valid node assertion; PERMISSION_DENIED if the
-        node id is bound to another node key.
+        """A worker announces it is alive: endpoint, models, load and hardware. The
+        node is listed once the coordinator has dialled its endpoint and the node
+        key answered there (InferenceService.ProveEndpoint). UNAUTHENTICATED
+        without a valid node assertion; PERMISSION_DENIED if the node id is bound
+        to another node key, the node key already holds the most node ids, or
+        node admission (allowlist, invite) refuses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListNodes(self, request, context):
-        """The live nodes. Never fails.
+        """The live nodes whose advertised endpoint proved their node key, best
+        ranked first, paged. INVALID_ARGUMENT for a malformed model, page size
+        or page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,6 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ProveEndpointRequest(_message.Message):
+    __slots__ = ("nonce", "endpoint")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    nonce: str
+    endpoint: str
+    def __init__(self, nonce: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class ProveEndpointResponse(_message.Message):
+    __slots__ = ("node_public_key", "signature")
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node_public_key: str
+    signature: str
+    def __init__(self, node_public_key: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
 class ChatCompletionRequest(_message.Message):
     __slots__ = ("model", "messages", "temperature", "top_p", "max_tokens", "stop", "seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class InferenceServiceStub:
                 request_serializer=troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsResponse.FromString,
                 _registered_method=True)
+        self.ProveEndpoint = channel.unary_unary(
+                '/troop.v1.InferenceService/ProveEndpoint',
+                request_serializer=troop_dot_v1_dot_inference__pb2.ProveEndpointRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_inference__pb2.ProveEndpointResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -72,6 +77,16 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProveEndpoint(self, request, context):
+        """Proves that the node key answers at this endpoint: the coordinator dials
+        the endpoint a node advertises and asks it to sign a fresh nonce; a node
+        is listed only once this succeeds. INVALID_ARGUMENT for a malformed
+        nonce or endpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +99,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsRequest.FromString,
                     response_serializer=troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsResponse.SerializeToString,
+            ),
+            'ProveEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveEndpoint,
+                    request_deserializer=troop_dot_v1_dot_inference__pb2.ProveEndpointRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_inference__pb2.ProveEndpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +162,33 @@ class InferenceService:
             '/troop.v1.InferenceService/ListModels',
             troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsRequest.SerializeToString,
             troop_dot_v1_dot_inference__pb2.InferenceServiceListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.InferenceService/ProveEndpoint',
+            troop_dot_v1_dot_inference__pb2.ProveEndpointRequest.SerializeToString,
+            troop_dot_v1_dot_inference__pb2.ProveEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,12 @@ from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.proto import openai_pb2
 
 MAX_STOP = 4
+# The coordinator's bound (troop_coordinator.pricing.MAX_COMPLETION_TOKENS): a larger
+# max_tokens is refused here, before Authorize reserves anything for it.
+MAX_COMPLETION_TOKENS = 32768
+# Content is a string or a list of parts, a part a string or {"type": "text", "text": ...}:
+# nothing an accepted content holds is deeper than this (list → part → text).
+MAX_CONTENT_DEPTH = 3
 # OpenAI's default for the legacy completions endpoint.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -36,24 +42,47 @@ def _bad(param: str, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(param, description)])
 
 
+def _depth_exceeds(value: struct_pb2.Value, bound: int) -> bool:
+    """Whether `value` nests deeper than `bound` levels (iterative: no recursion to exhaust)."""
+    pending = [(value, 1)]
+    while pending:
+        current, depth = pending.pop()
+        if depth > bound:
+            return True
+        kind = current.WhichOneof("kind")
+        if kind == "list_value":
+            pending.extend((v, depth + 1) for v in current.list_value.values)
+        elif kind == "struct_value":
+            pending.extend((v, depth + 1) for v in current.struct_value.fields.values())
+    return False
+
+
+def _part(part: struct_pb2.Value, param: str) -> str:
+    """One content part: a string or {"type": "text", "text": "..."}."""
+    if part.WhichOneof("kind") == "string_value":
+        return part.string_value
+    fields = part.struct_value.fields if part.HasField("struct_value") else {}
+    if "type" not in fields or fields["type"].string_value != "text":
+        raise _bad(param, "only text content parts are supported")
+    if "text" not in fields:
+        return ""
+    if fields["text"].WhichOneof("kind") != "string_value":
+        raise _bad(f"{param}.text", "must be a string")
+    return fields["text"].string_value
+
+
 def _text(value: struct_pb2.Value, param: str) -> str:
-    """A message's content: a string, a list of text parts, or null."""
+    """A message's content: a string, a flat list of text parts, or null."""
     kind = value.WhichOneof("kind")
     if kind in (None, "null_value"):
         return ""
     if kind == "string_value":
         return value.string_value
+    if _depth_exceeds(value, MAX_CONTENT_DEPTH):
+        raise _bad(param, "must be a string or a flat list of text parts (nested too deep)")
     if kind == "list_value":
-        parts = []
-        for index, part in enumerate(value.list_value.values):
-            if part.WhichOneof("kind") == "string_value":
-                parts.append(part.string_value)
-                continue
-            fields = part.struct_value.fields if part.HasField("struct_value") else {}
-            if fields.get("type") is None or fields["type"].string_value != "text":
-                raise _bad(f"{param}[{index}]", "only text content parts are supported")
-            parts.append(fields["text"].string_value if "text" in fields else "")
-        return "".join(parts)
+        values = value.list_value.values
+        return "".join(_part(part, f"{param}[{index}]") for index, part in enumerate(values))
     raise _bad(param, "must be a string or a list of content parts")
 
 
@@ -78,6 +107,7 @@ def _stop(value: struct_pb2.Value) -> list[str]:
 def _common(
     request: openai_pb2.CreateChatCompletionRequest | openai_pb2.CreateCompletionRequest,
     max_tokens: int | None,
+    max_tokens_param: str = "max_tokens",
 ) -> ChatOptions:
     if request.HasField("n") and request.n != 1:
         raise _bad("n", "only n=1 is supported")
@@ -87,8 +117,8 @@ def _common(
     top_p = request.top_p if request.HasField("top_p") else None
     if top_p is not None and not 0 < top_p <= 1:
         raise _bad("top_p", "must be in (0, 1]")
-    if max_tokens is not None and max_tokens < 1:
-        raise _bad("max_tokens", "must be at least 1")
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_COMPLETION_TOKENS:
+        raise _bad(max_tokens_param, f"must be between 1 and {MAX_COMPLETION_TOKENS}")
     seed = request.seed if request.HasField("seed") else None
     if seed is not None and seed < 0:
         raise _bad("seed", "must not be negative")
@@ -116,15 +146,15 @@ def chat_request(
                 f"unsupported role {message.role!r} (system, developer, user or assistant)",
             )
         messages.append(Message(role, _text(message.content, f"messages[{index}].content")))
-    max_tokens = None
+    max_tokens, param = None, "max_tokens"
     if request.HasField("max_completion_tokens"):
-        max_tokens = request.max_completion_tokens
+        max_tokens, param = request.max_completion_tokens, "max_completion_tokens"
     elif request.HasField("max_tokens"):
         max_tokens = request.max_tokens
     return OpenAIRequest(
         model=request.model or default_model,
         messages=messages,
-        options=_common(request, max_tokens),
+        options=_common(request, max_tokens, param),
         stream=request.stream,
         include_usage=request.stream_options.include_usage,
     )

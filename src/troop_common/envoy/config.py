@@ -42,6 +42,9 @@ with warnings.catch_warnings():
         SocketAddressProtocol,
         SubstitutionFormatString,
     )
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HttpProtocolOptions as CoreHttpProtocolOptions,
+    )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
         Endpoint,
@@ -77,6 +80,7 @@ with warnings.catch_warnings():
     from envoy_data_plane.google.protobuf import Any, Struct
 
 from troop_common.envoy.descriptors import descriptor_set_for_services
+from troop_common.envoy.hardening import client_address_headers, overload_manager
 
 _UPSTREAM_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -135,6 +139,9 @@ class EnvoyConfig:
     `error_body_header`: a trailer whose value (JSON) replaces an error response's body;
     `error_status_header`: a trailer whose value replaces that response's HTTP status.
     `local_reply`: the JSON shape of Envoy's own error replies (text/plain without it).
+    `xff_num_trusted_hops`: proxies in front of this Envoy whose `x-forwarded-for` it
+    trusts (0: the peer is the client); the timeouts, header size and connection cap
+    keep half-open and idle connections from stalling the face (envoy/hardening.py).
     """
 
     upstream: str
@@ -148,6 +155,12 @@ class EnvoyConfig:
     local_reply: LocalReplyFormat | None = None
     stat_prefix: str = "troop"
     drain_timeout_s: float = 1.0
+    xff_num_trusted_hops: int = 0
+    request_headers_timeout_s: float = 10.0
+    stream_idle_timeout_s: float = 300.0  # a generation may be quiet this long
+    idle_timeout_s: float = 60.0
+    max_request_headers_kb: int = 32
+    max_connections: int = 1024
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -247,6 +260,7 @@ def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
                 VirtualHost(
                     name="grpc",
                     domains=["*"],
+                    request_headers_to_add=client_address_headers(),
                     routes=[
                         Route(
                             match=RouteMatch(prefix="/"),
@@ -259,6 +273,14 @@ def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
         ),
         http_filters=_http_filters(config),
         drain_timeout=timedelta(seconds=config.drain_timeout_s),
+        use_remote_address=True,
+        xff_num_trusted_hops=config.xff_num_trusted_hops,
+        request_headers_timeout=timedelta(seconds=config.request_headers_timeout_s),
+        stream_idle_timeout=timedelta(seconds=config.stream_idle_timeout_s),
+        common_http_protocol_options=CoreHttpProtocolOptions(
+            idle_timeout=timedelta(seconds=config.idle_timeout_s)
+        ),
+        max_request_headers_kb=config.max_request_headers_kb,
         local_reply_config=(
             _local_reply_config(config.local_reply) if config.local_reply else None
         ),
@@ -305,6 +327,7 @@ def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
     return Bootstrap(
         admin=Admin(address=Address(pipe=Pipe(path=str(admin_socket)))),
         static_resources=BootstrapStaticResources(listeners=[listener], clusters=[cluster]),
+        overload_manager=overload_manager(config.max_connections),
     )
 
 

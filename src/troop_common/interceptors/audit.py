@@ -3,7 +3,9 @@
 Sits inside the tracing interceptor (so the request id is known) and outside
 auth and limits (so refusals are recorded with their reason). Refusals of
 identity — bad signatures, replays, forged tickets or receipts, another
-user's account — are security events.
+user's account — are security events. `peer_ip` is the client's address: the
+peer's, or from a proxy the audit log trusts (the local Envoy), the right-most
+`x-forwarded-for` entry, which that proxy wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc
 from troop_common import request_context
 from troop_common.audit import AuditLog
 from troop_common.errors import TroopError
+from troop_common.interceptors.ratelimit import client_ip
 from troop_common.interceptors.wrapping import Stream, Unary, WrappingInterceptor
 
 _SECURITY_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -49,7 +52,7 @@ class AuditInterceptor(WrappingInterceptor):
             outcome, reason, kind = "INTERNAL", "internal error", type(exc).__name__
         event = {
             "request_id": info.request_id if info else "",
-            "peer_ip": request_context.peer_ip(info.peer if info else (context.peer() or "")),
+            "peer_ip": client_ip(context, self._audit.trusted_proxies),
             "principal": info.principal if info else "",
             "method": method,
             "action": _action(method),

@@ -3,18 +3,25 @@
 A TroopError becomes its code with rich details; anything else becomes
 INTERNAL with a generic message (the traceback goes to the log, never to the
 caller). Must be the outermost interceptor so every other one is covered.
+
+It also parses each request: grpc calls the method's deserializer before any
+interceptor runs, and reports a failure there as UNKNOWN with the exception's
+class in the message. Here the deserializer is wrapped so bytes that are not the
+method's message (truncated, nested too deep, invalid UTF-8 ...) reach the call
+as `Unparsable`, which is refused with INVALID_ARGUMENT before anything else runs
+(dressed by `malformed`, e.g. as the sidecar's OpenAI error).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from troop_common import request_context
-from troop_common.errors import TroopError, to_status
+from troop_common.errors import FieldViolation, InvalidArgument, TroopError, to_status
 from troop_common.interceptors.wrapping import Stream, Unary, WrappingInterceptor
 
 log = logging.getLogger("troop.errors")
@@ -45,9 +52,67 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(grpc.StatusCode.INTERNAL, "internal error", _trace_trailers())
 
 
+class Unparsable:
+    """What a request that is not its method's protobuf message deserializes to."""
+
+
+UNPARSABLE = Unparsable()
+
+
+def _not_protobuf() -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation("request", "not a valid protobuf message of this method's request type")]
+    )
+
+
+def _parse_safely(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, RecursionError ...: all mean "not this message"
+            return UNPARSABLE
+
+    return parse
+
+
+def _with_safe_parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            handler.unary_unary,
+            request_deserializer=_parse_safely(parse),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream,
+            request_deserializer=_parse_safely(parse),
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 class ErrorInterceptor(WrappingInterceptor):
+    def __init__(self, malformed: Callable[[InvalidArgument], TroopError] | None = None) -> None:
+        """`malformed` presents a request that does not parse (default: as it is)."""
+        self._malformed = malformed or (lambda error: error)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await super().intercept_service(continuation, details)
+        if handler is None or not self.covers(details.method or ""):
+            return handler
+        return _with_safe_parsing(handler)
+
     def unary(self, method: str, behaviour: Unary) -> Unary:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request is UNPARSABLE:
+                await _abort(context, self._malformed(_not_protobuf()), method)
             try:
                 return await behaviour(request, context)
             except Exception as exc:
@@ -59,6 +124,8 @@ class ErrorInterceptor(WrappingInterceptor):
 
     def stream(self, method: str, behaviour: Stream) -> Stream:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if request is UNPARSABLE:
+                await _abort(context, self._malformed(_not_protobuf()), method)
             try:
                 async for message in behaviour(request, context):
                     yield message

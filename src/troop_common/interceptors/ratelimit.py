@@ -3,7 +3,9 @@
 Rules are written once, e.g. the coordinator's default
 `ListNodes+ListModels=100/3600@ip,Authorize=20/3600@user`: methods joined by
 `+` share one bucket; `@ip` counts per peer address, `@user` per verified
-caller (falling back to the IP before authentication). Methods without a
+caller (falling back to the IP before authentication). The IP is the peer's,
+or, from a trusted proxy only (the local Envoy), the right-most `x-forwarded-for`
+entry, the one that proxy wrote. Methods without a
 rule, health and reflection are never limited. The limiter decides (GCRA, in
 Redis across replicas); a refusal raises RateLimited, which the error
 interceptor turns into RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
@@ -24,7 +26,7 @@ from troop_common import request_context
 from troop_common.config import ConfigError
 from troop_common.errors import RateLimited
 from troop_common.interceptors.wrapping import CheckingInterceptor, is_exempt, metadata_value
-from troop_common.ratelimit import RateLimiter
+from troop_common.ratelimit import RateLimiter, TrustedProxies
 
 log = logging.getLogger("troop.ratelimit")
 
@@ -56,6 +58,13 @@ def parse_rules(text: str) -> dict[str, Rule]:
     return rules
 
 
+def client_ip(context: grpc.aio.ServicerContext, trusted: TrustedProxies) -> str:
+    """The calling client's IP: the peer, or what a trusted proxy put last in XFF."""
+    info = request_context.current.get()
+    peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
+    return trusted.client_ip(peer, metadata_value(context, "x-forwarded-for"))
+
+
 class RateLimitInterceptor(CheckingInterceptor):
     def __init__(
         self,
@@ -67,18 +76,11 @@ class RateLimitInterceptor(CheckingInterceptor):
     ) -> None:
         self._limiter = limiter
         self._rules = {f"/{service}/{name}": rule for name, rule in rules.items()}
-        self._trusted = frozenset(trusted_proxies)
+        self._trusted = TrustedProxies(trusted_proxies)
 
     def _client_ip(self, context: grpc.aio.ServicerContext) -> str:
         """The peer's IP; behind a trusted proxy (the local Envoy), the address it saw."""
-        info = request_context.current.get()
-        peer = request_context.peer_ip(info.peer if info else (context.peer() or ""))
-        if peer in self._trusted:
-            forwarded = metadata_value(context, "x-forwarded-for")
-            if forwarded and forwarded.strip():
-                # The last hop is the one the proxy itself appended.
-                return forwarded.split(",")[-1].strip()
-        return peer
+        return client_ip(context, self._trusted)
 
     async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
         rule = self._rules[method]

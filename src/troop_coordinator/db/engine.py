@@ -3,11 +3,15 @@
 SQLite: every transaction starts with BEGIN IMMEDIATE, so two transactions
 never both read and then race to write (which SQLite answers with "database
 is locked" instead of waiting); a busy timeout makes writers queue; WAL lets
-readers run beside the writer; foreign keys are switched on.
+readers run beside the writer; foreign keys are switched on. The database
+file is created 0600 before SQLite opens it (its directory 0700 when created
+here), so its -wal and -shm, which SQLite creates with the database's mode,
+are 0600 too; looser existing ones are tightened.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, event
@@ -20,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from troop_common.private_files import PRIVATE_DIR_MODE, tighten_file, touch_private
+
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
@@ -29,9 +35,7 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        from pathlib import Path
-
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(Path(parsed.database).expanduser())
     engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -49,6 +53,15 @@ def create_engine(url: str) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The database file 0600 (created empty if missing: SQLite takes that as a new
+    database), and any -wal, -shm or -journal beside it tightened."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    touch_private(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten_file(path.with_name(path.name + suffix))
 
 
 def dialect_name(session: AsyncSession) -> str:

@@ -63,7 +63,11 @@ class Node(Base):
     """A worker: its id bound to its node key on first heartbeat, for good."""
 
     __tablename__ = "nodes"
-    __table_args__ = (Index("ix_nodes_last_seen", "last_seen"),)
+    __table_args__ = (
+        Index("ix_nodes_last_seen", "last_seen"),
+        Index("ix_nodes_node_public_key", "node_public_key"),
+        Index("ix_nodes_proven_endpoint", "proven_endpoint"),
+    )
 
     node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     node_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -79,6 +83,9 @@ class Node(Base):
     # Countersigned jobs in a row that ran far below the proven speed (docs/adr/0031):
     # at SLOW_JOBS_TO_UNPROVE the proof is withdrawn.
     slow_jobs: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # The endpoint last dialled and found answering with this node's key (ADR 33); the
+    # node is listed only while it advertises this endpoint.
+    proven_endpoint: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
 

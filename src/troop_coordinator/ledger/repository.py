@@ -260,6 +260,14 @@ class LedgerRepository:
         row = (await self.session.execute(statement)).first()
         return None if row is None else (int(row[0]), int(row[1]))
 
+    async def open_jobs(self, public_key: str) -> tuple[int, datetime | None]:
+        """How many jobs of this user are open, and when the first of them expires."""
+        statement = select(func.count(), func.min(jobs.c.expires_at)).where(
+            jobs.c.user_public_key == public_key, jobs.c.status == JobStatus.OPEN.value
+        )
+        count, first_expiry = (await self.session.execute(statement)).one()
+        return int(count), first_expiry
+
     async def entries_before(self, public_key: str, before_id: int | None, limit: int) -> list:
         statement = select(entries).where(entries.c.account == public_key)
         if before_id is not None:
