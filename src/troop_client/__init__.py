@@ -1,6 +1,7 @@
 """Troop's client: the async SDK, and (with the HTTP issue) the OpenAI face."""
 
 from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, ModelOffer, Usage
+from troop_client.jobs import Job
 from troop_client.sdk import Balance, TroopClient
 from troop_client.settings import ClientSettings
 
@@ -10,6 +11,7 @@ __all__ = [
     "ChatOptions",
     "ClientSettings",
     "Completion",
+    "Job",
     "Message",
     "ModelOffer",
     "TroopClient",

@@ -28,6 +28,7 @@ from troop_client.chat import (
     prompt_token_bound,
     vouched_tokens,
 )
+from troop_client.jobs import Job
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.coordinator_client import CoordinatorClient
@@ -266,6 +267,10 @@ class TroopClient:
             nonce = await asyncio.to_thread(solve_pow, self.public_key, admission.pow_bits)
         return await self.coordinator.join(invite_code=invite_code, pow_nonce=nonce)
 
+    async def job(self, job_id: str) -> Job:
+        """One of your jobs: whether it settled, and for how much."""
+        return Job.from_pb(await self.coordinator.get_job(job_id))
+
     async def balance(self) -> Balance:
         reply = await self.coordinator.get_balance()
         return Balance(reply.public_key, reply.balance_millicredits, reply.reserved_millicredits)
@@ -289,6 +294,7 @@ __all__ = [
     "ChatChunk",
     "ChatOptions",
     "Completion",
+    "Job",
     "Message",
     "ModelOffer",
     "TroopClient",

@@ -163,6 +163,9 @@ class CoordinatorClient:
     async def submit_receipt(self, request: pb.SubmitReceiptRequest) -> pb.SubmitReceiptResponse:
         return await self._call(self.stub.SubmitReceipt, request, signed=False)
 
+    async def get_job(self, job_id: str) -> pb.GetJobResponse:
+        return await self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id), signed=True)
+
     async def get_balance(self, public_key: str | None = None) -> pb.GetBalanceResponse:
         key = public_key or self._own_key()
         return await self._call(

@@ -33,6 +33,7 @@ IDENTIFIED_METHODS = frozenset(
         "Join",
         "Authorize",
         "ReportUsage",
+        "GetJob",
         "GetBalance",
         "ListTransactions",
         "Heartbeat",

@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 from troop_common.proto import common_pb2
 from troop_common.proto import coordinator_pb2 as pb
 from troop_coordinator.db.models import EntryKind, JobStatus
-from troop_coordinator.ledger import Entry, Settlement
+from troop_coordinator.ledger import Entry, JobView, Settlement
 from troop_coordinator.pricing import ModelPrice
 from troop_coordinator.registry import LiveNode, NodeHardware, NodeLoad
 
@@ -95,3 +95,34 @@ def price_to_pb(price: ModelPrice) -> common_pb2.ModelPrice:
         max_prompt_tokens=price.max_prompt_tokens,
         max_completion_tokens=price.max_completion_tokens,
     )
+
+
+def job_to_pb(job: JobView) -> pb.GetJobResponse:
+    if job.status is JobStatus.OPEN:
+        spoke = job.receipt_received or job.countersigned
+        state = pb.JOB_STATE_PENDING if spoke else pb.JOB_STATE_OPEN
+    else:
+        state = {
+            JobStatus.CHARGED: pb.JOB_STATE_CHARGED,
+            JobStatus.REFUNDED: pb.JOB_STATE_REFUNDED,
+            JobStatus.EXPIRED: pb.JOB_STATE_EXPIRED,
+        }[job.status]
+    reply = pb.GetJobResponse(
+        job_id=job.job_id,
+        model=job.model,
+        node_id=job.node_id,
+        state=state,
+        reserved_millicredits=job.reserved_millicredits,
+        charged_millicredits=job.charged_millicredits,
+        max_tokens=job.max_tokens,
+        max_prompt_tokens=job.max_prompt_tokens,
+        prompt_millicredits_per_1k_tokens=job.prompt_price_per_1k,
+        completion_millicredits_per_1k_tokens=job.completion_price_per_1k,
+        created_at=timestamp(job.created_at),
+        receipt_received=job.receipt_received,
+        countersigned=job.countersigned,
+        disputed=job.disputed,
+    )
+    if job.settled_at is not None:
+        reply.settled_at.CopyFrom(timestamp(job.settled_at))
+    return reply

@@ -369,6 +369,17 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             charged_millicredits=settlement.charged_millicredits,
         )
 
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> object:
+        check = Violations()
+        check.job_id("job_id", request.job_id)
+        check.raise_if_any()
+        job = await self.ledger.job(request.job_id)
+        if job is None:
+            raise NotFound(f"no job {request.job_id}")
+        if job.user_public_key != current_caller():
+            raise PermissionDenied("a user can only read their own jobs")
+        return convert.job_to_pb(job)
+
     def _own_key(self, public_key: str) -> str:
         check = Violations()
         check.public_key("public_key", public_key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from troop_common.errors import AuthError, PermissionDenied
+from troop_common.errors import AuthError, FieldViolation, InvalidArgument, PermissionDenied
 from troop_common.node_proof import NONCE_HEADER, is_nonce
 from troop_common.presentation import (
     PRESENTATION_HEADER,
@@ -32,12 +32,14 @@ class Presented:
 
 
 def presentation_of(ticket: Ticket, metadata: Iterable[tuple[str, object]]) -> Presented:
-    """The call's nonce and the user's presentation; PresentationMissing otherwise."""
+    """The call's nonce and the user's presentation; InvalidArgument for a missing or
+    malformed nonce, PresentationMissing (UNAUTHENTICATED) without a valid presentation."""
     found = {k: v for k, v in metadata if k in (NONCE_HEADER, PRESENTATION_HEADER)}
     nonce = found.get(NONCE_HEADER)
     if not isinstance(nonce, str) or not is_nonce(nonce):
-        raise PresentationMissing(
-            f"send a fresh {NONCE_HEADER} (32-128 lowercase hex digits) with the ticket"
+        # Checked before the ticket is spent: a client can retry with a good one.
+        raise InvalidArgument(
+            [FieldViolation(NONCE_HEADER, "a fresh nonce of 32-128 lowercase hex digits")]
         )
     raw = found.get(PRESENTATION_HEADER)
     signature = parse_presentation(raw if isinstance(raw, str) else None)

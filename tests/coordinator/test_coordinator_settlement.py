@@ -477,3 +477,31 @@ async def test_a_receipt_waiting_for_its_countersignature_never_expires_unpaid(
     assert (await network.client(node.owner).get_balance()).balance_millicredits == (
         swept.charged_millicredits
     )
+
+
+async def test_get_job_says_where_a_job_stands_to_its_user_only(network: Network) -> None:
+    node = await network.node()
+    user = network.user()
+    job = await user.authorize(MODEL, max_tokens=64, max_prompt_tokens=200)
+    assert (await user.get_job(job.job_id)).state == pb.JOB_STATE_OPEN
+    await user.submit_receipt(node.receipt(job, user, prompt_tokens=20, completion_tokens=9))
+    pending = await user.get_job(job.job_id)
+    assert pending.state == pb.JOB_STATE_PENDING and pending.receipt_received
+    assert not pending.countersigned and not pending.HasField("settled_at")
+    await user.report_usage(job.job_id, completion_tokens=9, stream_ms=100)
+
+    settled = await user.get_job(job.job_id)
+    assert settled.state == pb.JOB_STATE_CHARGED and settled.HasField("settled_at")
+    assert settled.charged_millicredits == expected_charge(job, 20, 9)
+    assert (settled.reserved_millicredits, settled.max_tokens) == (job.reserved_millicredits, 64)
+    assert settled.completion_millicredits_per_1k_tokens == (
+        job.price.completion_millicredits_per_1k_tokens
+    )
+    for who, job_id, code in (
+        (network.user(), job.job_id, grpc.StatusCode.PERMISSION_DENIED),
+        (user, "f" * 32, grpc.StatusCode.NOT_FOUND),
+        (user, "../x", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(TroopError) as caught:
+            await who.get_job(job_id)
+        assert caught.value.code == code

@@ -47,6 +47,10 @@ async def test_a_chat_streams_and_moves_credits_from_user_to_owner(network, even
         owner_after = (await owner.balance()).balance_millicredits
         assert user_after < user_before
         assert owner_after - owner_before == user_before - user_after
+        # The job itself says it settled, and for exactly what moved.
+        job = await user.job(chunks[-1].job_id)
+        assert job.settled and job.state == "charged" and not job.disputed
+        assert job.charged_millicredits == user_before - user_after
 
 
 async def test_credits_are_conserved_across_completed_and_abandoned_jobs(

@@ -116,7 +116,8 @@ async def test_without_the_users_presentation_nothing_runs_and_the_ticket_stays(
     inference, issue
 ) -> None:
     token = issue()
-    await assert_unauthenticated_metadata(inference, bearer(token, present=False))
+    with_nonce_only = bearer(token)[:2]  # the ticket and a nonce, no presentation
+    await assert_unauthenticated_metadata(inference, with_nonce_only)
     # Another key's presentation of the same job is no presentation either.
     forged = bearer(issue(job_id="job-forged"))
     stranger = bearer(issue(job_id="job-forged"))  # a new user signs the same job id
@@ -163,3 +164,20 @@ async def assert_unauthenticated_metadata(inference, metadata) -> None:
         [c async for c in call]
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "x-troop-" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("nonce", [None, "short", "ABCDEF" * 8, "z" * 40])
+async def test_a_bad_nonce_is_invalid_before_any_token_and_the_ticket_still_works(
+    inference, issue, nonce
+) -> None:
+    token = issue()
+    metadata = [m for m in bearer(token) if m[0] != "x-troop-client-nonce"]
+    if nonce is not None:
+        metadata.append(("x-troop-client-nonce", nonce))
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in inference.ChatCompletion(chat(), metadata=metadata):
+            received.append(chunk)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-troop-client-nonce" in (caught.value.details() or "") and received == []
+    assert await collect(inference, chat("hello there"), token)  # not spent

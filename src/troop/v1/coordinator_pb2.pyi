@@ -41,6 +41,15 @@ class TransactionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_KIND_RELEASE: _ClassVar[TransactionKind]
     TRANSACTION_KIND_EARN: _ClassVar[TransactionKind]
     TRANSACTION_KIND_REFUND: _ClassVar[TransactionKind]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_OPEN: _ClassVar[JobState]
+    JOB_STATE_PENDING: _ClassVar[JobState]
+    JOB_STATE_CHARGED: _ClassVar[JobState]
+    JOB_STATE_REFUNDED: _ClassVar[JobState]
+    JOB_STATE_EXPIRED: _ClassVar[JobState]
 ADMISSION_MODE_UNSPECIFIED: AdmissionMode
 ADMISSION_MODE_OPEN: AdmissionMode
 ADMISSION_MODE_INVITE: AdmissionMode
@@ -59,6 +68,12 @@ TRANSACTION_KIND_RESERVE: TransactionKind
 TRANSACTION_KIND_RELEASE: TransactionKind
 TRANSACTION_KIND_EARN: TransactionKind
 TRANSACTION_KIND_REFUND: TransactionKind
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_OPEN: JobState
+JOB_STATE_PENDING: JobState
+JOB_STATE_CHARGED: JobState
+JOB_STATE_REFUNDED: JobState
+JOB_STATE_EXPIRED: JobState
 
 class GetPublicKeyRequest(_message.Message):
     __slots__ = ()
@@ -469,3 +484,43 @@ class VerifyProofResponse(_message.Message):
     tier: str
     measured_ms: int
     def __init__(self, multiplier: _Optional[float] = ..., tflops: _Optional[float] = ..., tier: _Optional[str] = ..., measured_ms: _Optional[int] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job_id", "model", "node_id", "state", "reserved_millicredits", "charged_millicredits", "max_tokens", "max_prompt_tokens", "prompt_millicredits_per_1k_tokens", "completion_millicredits_per_1k_tokens", "created_at", "settled_at", "receipt_received", "countersigned", "disputed")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MILLICREDITS_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_MILLICREDITS_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    COUNTERSIGNED_FIELD_NUMBER: _ClassVar[int]
+    DISPUTED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    node_id: str
+    state: JobState
+    reserved_millicredits: int
+    charged_millicredits: int
+    max_tokens: int
+    max_prompt_tokens: int
+    prompt_millicredits_per_1k_tokens: int
+    completion_millicredits_per_1k_tokens: int
+    created_at: _timestamp_pb2.Timestamp
+    settled_at: _timestamp_pb2.Timestamp
+    receipt_received: bool
+    countersigned: bool
+    disputed: bool
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reserved_millicredits: _Optional[int] = ..., charged_millicredits: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., prompt_millicredits_per_1k_tokens: _Optional[int] = ..., completion_millicredits_per_1k_tokens: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., settled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt_received: _Optional[bool] = ..., countersigned: _Optional[bool] = ..., disputed: _Optional[bool] = ...) -> None: ...

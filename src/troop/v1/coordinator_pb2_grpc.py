@@ -91,6 +91,11 @@ class CoordinatorServiceStub:
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.FromString,
                 _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/troop.v1.CoordinatorService/GetJob',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
+                _registered_method=True)
         self.GetBalance = channel.unary_unary(
                 '/troop.v1.CoordinatorService/GetBalance',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.GetBalanceRequest.SerializeToString,
@@ -241,6 +246,17 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJob(self, request, context):
+        """One of the asserting user's jobs as the ledger holds it: whether it is
+        open, waiting for a side, charged, refunded or expired, and for how much.
+        UNAUTHENTICATED without a valid user assertion; INVALID_ARGUMENT for a
+        malformed job id; NOT_FOUND for an unknown job; PERMISSION_DENIED for
+        another user's job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBalance(self, request, context):
         """A user's balance and open reservations. UNAUTHENTICATED without a valid
         user assertion; PERMISSION_DENIED for another user's key.
@@ -350,6 +366,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ReportUsage,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.GetJobResponse.SerializeToString,
             ),
             'GetBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalance,
@@ -659,6 +680,33 @@ class CoordinatorService:
             '/troop.v1.CoordinatorService/ReportUsage',
             troop_dot_v1_dot_coordinator__pb2.ReportUsageRequest.SerializeToString,
             troop_dot_v1_dot_coordinator__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/GetJob',
+            troop_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

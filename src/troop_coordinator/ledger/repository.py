@@ -191,6 +191,10 @@ class LedgerRepository:
         )
         return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
 
+    async def has_dispute(self, job_id: str) -> bool:
+        statement = select(disputes.c.job_id).where(disputes.c.job_id == job_id)
+        return (await self.session.execute(statement)).first() is not None
+
     async def scale_reputation(self, node_id: str, factor: float) -> None:
         await self.session.execute(
             update(nodes)

@@ -34,7 +34,7 @@ from troop_common.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from troop_coordinator.db.models import EntryKind
+from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.ledger.audit import audit_ledger
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settling import Settling
@@ -42,6 +42,7 @@ from troop_coordinator.ledger.types import (
     AuditReport,
     Entry,
     JobBounds,
+    JobView,
     NewJob,
     Page,
 )
@@ -197,6 +198,33 @@ class Ledger(Settling):
             user_public_key=str(job.user_public_key),
             max_prompt_tokens=int(job.max_prompt_tokens or 0),
             max_tokens=int(job.max_tokens or 0),
+        )
+
+    async def job(self, job_id: str) -> JobView | None:
+        """One job as the ledger holds it, or None for an unknown job."""
+        async with self._sessions() as session:
+            repo = LedgerRepository(session)
+            job = await repo.get_job(job_id)
+            disputed = job is not None and await repo.has_dispute(job_id)
+        if job is None:
+            return None
+        return JobView(
+            job_id=str(job.job_id),
+            user_public_key=str(job.user_public_key),
+            model=str(job.model),
+            node_id=str(job.node_id),
+            status=JobStatus(job.status),
+            reserved_millicredits=int(job.reserved_millicredits),
+            charged_millicredits=int(job.charged_millicredits or 0),
+            max_tokens=int(job.max_tokens or 0),
+            max_prompt_tokens=int(job.max_prompt_tokens or 0),
+            prompt_price_per_1k=int(job.prompt_price_per_1k or 0),
+            completion_price_per_1k=int(job.completion_price_per_1k or 0),
+            created_at=job.created_at,
+            settled_at=job.settled_at,
+            receipt_received=job.node_duration_ms is not None,
+            countersigned=job.usage_reported_at is not None,
+            disputed=disputed,
         )
 
     async def balance(self, public_key: str) -> tuple[int, int]:

@@ -55,6 +55,28 @@ class ClientClaim:
 
 
 @dataclass(frozen=True)
+class JobView:
+    """A job as its user may see it."""
+
+    job_id: str
+    user_public_key: str
+    model: str
+    node_id: str
+    status: JobStatus
+    reserved_millicredits: int
+    charged_millicredits: int
+    max_tokens: int
+    max_prompt_tokens: int
+    prompt_price_per_1k: int
+    completion_price_per_1k: int
+    created_at: datetime
+    settled_at: datetime | None
+    receipt_received: bool
+    countersigned: bool
+    disputed: bool
+
+
+@dataclass(frozen=True)
 class JobBounds:
     """An open job's node, bounds and whether it can still take a receipt."""
 
