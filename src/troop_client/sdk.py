@@ -32,7 +32,7 @@ from troop_client.jobs import Job
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import TroopError, Unavailable, Unreachable, from_rpc_error
+from troop_common.errors import TroopError, Unavailable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
@@ -138,14 +138,16 @@ class TroopClient:
     ) -> AsyncIterator[ChatChunk]:
         """Stream the answer as the worker produces it. Raises TroopError subclasses.
 
-        A node that cannot be reached at all is skipped for another (up to
-        `settings.node_attempts` nodes); once a token arrived, a failure is raised.
+        A node that cannot be reached, or whose connection fails before the first token,
+        is skipped for another (up to `settings.node_attempts` nodes); its reservation
+        returns at once (the client countersigns 0). Once a token arrived, a failure is
+        raised.
         """
         model = model or self.settings.model
         options = options or ChatOptions()
         request_id = outgoing_request_id()  # one id across coordinator and worker
         unreachable: list[str] = []
-        first_failure: Unreachable | None = None
+        first_failure: Unavailable | None = None
         while True:
             try:
                 grant = await self.coordinator.authorize(
@@ -156,7 +158,7 @@ class TroopClient:
                     max_prompt_tokens=prompt_token_bound(messages),
                 )
             except Unavailable as exc:
-                if first_failure is not None and not isinstance(exc, Unreachable):
+                if first_failure is not None and not exc.transient:
                     raise first_failure from exc  # no other node: the first failure says why
                 raise
             streamed = False
@@ -165,11 +167,12 @@ class TroopClient:
                     streamed = True
                     yield chunk
                 return
-            except Unreachable as exc:
-                if streamed or len(unreachable) + 1 >= self.settings.node_attempts:
+            except Unavailable as exc:
+                transport = exc.transient
+                if streamed or not transport or len(unreachable) + 1 >= self.settings.node_attempts:
                     raise
                 first_failure = first_failure or exc
-                # Its reservation comes back when the ticket expires (nothing was served).
+                # Nothing was served: the 0-token countersignature returned its reservation.
                 log.warning("%s; asking the coordinator for another node", exc.message)
                 unreachable.append(grant.node_id)
 

@@ -1,35 +1,51 @@
-"""Troop's one error tree. Every domain failure is one of these; each carries its gRPC code.
+"""Troop's one error tree. Every domain failure is one of these; each carries its gRPC code
+and, on the wire, a `google.rpc.ErrorInfo` (domain "troop.network") whose `reason` names the
+exact class. The reasons are part of the contract: protos/troop/v1/common.proto lists them and
+docs/protocol.md ("Errors") gives their codes, HTTP statuses and whether to retry.
 
-    TroopError                      (INTERNAL)
-    ├── InvalidArgument             (INVALID_ARGUMENT, with field violations)
-    ├── AuthError                   (UNAUTHENTICATED)
-    │   ├── TicketInvalid           forged, expired, wrong audience/node/model
-    │   ├── TicketReused            a ticket presented twice
-    │   ├── AssertionInvalid        a user/node assertion that does not verify
-    │   └── SignatureInvalid        a receipt not signed by its node's key
-    ├── PermissionDenied            (PERMISSION_DENIED)
-    ├── NotFound                    (NOT_FOUND)
-    ├── InsufficientCredits         (FAILED_PRECONDITION, with a PreconditionFailure)
-    ├── FailedPrecondition          (FAILED_PRECONDITION)
-    ├── RateLimited                 (RESOURCE_EXHAUSTED, with RetryInfo)
-    └── Unavailable                 (UNAVAILABLE) a peer or backend cannot be reached
-        ├── NodeUnavailable         no live node serves the model
-        └── Unreachable             client side: no server answered (refused, unresolvable)
+    class                           reason                code
+    TroopError                      INTERNAL              INTERNAL
+    ├── InvalidArgument             INVALID_ARGUMENT      INVALID_ARGUMENT (BadRequest)
+    ├── AuthError                   UNAUTHENTICATED       UNAUTHENTICATED
+    │   ├── TicketInvalid           TICKET_INVALID        forged, expired, wrong audience/node/model
+    │   ├── TicketReused            TICKET_REUSED         a ticket presented twice
+    │   ├── AssertionInvalid        ASSERTION_INVALID     a user/node assertion that does not verify
+    │   ├── SignatureInvalid        SIGNATURE_INVALID     a receipt not signed by its node's key
+    │   ├── PresentationMissing     PRESENTATION_MISSING  a job without the user's presentation
+    │   └── NodeProofInvalid        NODE_PROOF_INVALID    (client side) the worker is not the node
+    ├── PermissionDenied            PERMISSION_DENIED     PERMISSION_DENIED
+    │   └── PresentationInvalid     PRESENTATION_INVALID  a receipt without the user's presentation
+    ├── NotFound                    NOT_FOUND             NOT_FOUND
+    ├── FailedPrecondition          FAILED_PRECONDITION   FAILED_PRECONDITION
+    │   └── InsufficientCredits     INSUFFICIENT_CREDITS  (+ PreconditionFailure; needed, balance)
+    ├── RateLimited                 RATE_LIMITED          RESOURCE_EXHAUSTED (+ RetryInfo)
+    └── Unavailable                 UNAVAILABLE           UNAVAILABLE: a peer or backend is down
+        ├── NodeUnavailable         NO_NODE_AVAILABLE     no live node serves the model (an answer)
+        └── Unreachable             UNREACHABLE           client side: no server answered
 
-Servers map these to a status in one interceptor (`troop_common.interceptors`);
-clients map a failed call back with `from_rpc_error`.
+`transient` says whether the failure is the transport's (worth another try later, counted by
+the circuit breaker) rather than an answer: only Unavailable and Unreachable are. A refusal,
+"no node serves this model" and a rate limit (which says itself when to come back) are answers.
+
+Servers map these to a status in one interceptor (`troop_common.interceptors`); clients map a
+failed call back with `from_rpc_error`, which rebuilds the exact class from the ErrorInfo and
+falls back to the status code for a status without one (made by Envoy or grpc itself).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+# ErrorInfo.domain of every Troop error.
+DOMAIN = "troop.network"
 
 
 @dataclass(frozen=True)
@@ -39,17 +55,40 @@ class FieldViolation:
 
 
 class TroopError(Exception):
-    """Base of every domain error."""
+    """Base of every domain error.
+
+    A subclass declares its `reason` (its ErrorInfo reason, UPPER_SNAKE_CASE, unique) and, if
+    it has fields, how they travel: `info()` writes them to the ErrorInfo metadata, `rebuild`
+    reads them back.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+    # Worth another try later: a failure of the transport, not an answer.
+    transient: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
-    def details(self) -> list[object]:
-        """google.rpc detail messages to attach to the status."""
+    def details(self) -> list[Message]:
+        """google.rpc detail messages to attach to the status, after its ErrorInfo."""
         return []
+
+    def info(self) -> dict[str, str]:
+        """The ErrorInfo metadata: this error's fields, as strings."""
+        return {}
+
+    def error_info(self) -> error_details_pb2.ErrorInfo:
+        return error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.info())
+
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        """This error from the wire: its message, ErrorInfo metadata and rich status.
+        Raises ValueError (or KeyError) for metadata it cannot read."""
+        return cls(message)
 
     def trailing_metadata(self) -> list[tuple[str, str]]:
         return []
@@ -57,13 +96,14 @@ class TroopError(Exception):
 
 class InvalidArgument(TroopError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         self.violations = list(violations)
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(f"invalid request: {text}")
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.BadRequest(
                 field_violations=[
@@ -75,40 +115,70 @@ class InvalidArgument(TroopError):
             )
         ]
 
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        return cls(_violations(status) or [FieldViolation("", message)])
+
 
 class AuthError(TroopError):
     code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
 
 
 class TicketInvalid(AuthError):
-    pass
+    reason = "TICKET_INVALID"
 
 
 class TicketReused(AuthError):
-    pass
+    reason = "TICKET_REUSED"
 
 
 class AssertionInvalid(AuthError):
-    pass
+    reason = "ASSERTION_INVALID"
 
 
 class SignatureInvalid(AuthError):
-    pass
+    reason = "SIGNATURE_INVALID"
+
+
+class PresentationMissing(AuthError):
+    """The call did not carry the user's signed presentation of its ticket."""
+
+    reason = "PRESENTATION_MISSING"
+
+
+class NodeProofInvalid(AuthError):
+    """The worker could not prove it holds the key of the node the ticket names."""
+
+    reason = "NODE_PROOF_INVALID"
 
 
 class PermissionDenied(TroopError):
     code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class PresentationInvalid(PermissionDenied):
+    """The receipt does not carry the job's user's presentation of its ticket."""
+
+    reason = "PRESENTATION_INVALID"
 
 
 class NotFound(TroopError):
     code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
 
 
 class FailedPrecondition(TroopError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
 
 
 class InsufficientCredits(FailedPrecondition):
+    reason = "INSUFFICIENT_CREDITS"
+
     def __init__(self, needed_millicredits: int, balance_millicredits: int) -> None:
         self.needed = needed_millicredits
         self.balance = balance_millicredits
@@ -118,7 +188,7 @@ class InsufficientCredits(FailedPrecondition):
             f"to reserve less), the balance is {balance_millicredits / 1000:.3f}"
         )
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.PreconditionFailure(
                 violations=[
@@ -131,15 +201,31 @@ class InsufficientCredits(FailedPrecondition):
             )
         ]
 
+    def info(self) -> dict[str, str]:
+        return {
+            "needed_millicredits": str(self.needed),
+            "balance_millicredits": str(self.balance),
+        }
+
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        return cls(int(info["needed_millicredits"]), int(info["balance_millicredits"]))
+
 
 class RateLimited(TroopError):
+    """Not transient: the limit answered, and says itself when to come back
+    (`retry_after_seconds`); backing off by the transport's schedule would only hit it again."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
         self.retry_after_seconds = max(0.0, retry_after_seconds)
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         seconds = int(self.retry_after_seconds)
         nanos = int((self.retry_after_seconds - seconds) * 1e9)
         return [
@@ -148,44 +234,117 @@ class RateLimited(TroopError):
             )
         ]
 
+    def info(self) -> dict[str, str]:
+        # Decimal seconds, at most millisecond precision: "12.5", "3600".
+        return {"retry_after_seconds": f"{self.retry_after_seconds:.3f}".rstrip("0").rstrip(".")}
+
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        if "retry_after_seconds" in info:
+            return cls(message, float(info["retry_after_seconds"]))
+        return cls(message, _retry_delay(status))
+
     def trailing_metadata(self) -> list[tuple[str, str]]:
         return [("retry-after", str(max(1, round(self.retry_after_seconds + 0.499))))]
 
 
 class Unavailable(TroopError):
+    """A peer or backend cannot serve now (down, overloaded, its connection broke)."""
+
     code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+    transient = True
 
 
 class NodeUnavailable(Unavailable):
-    pass
+    """No live node serves the model: the coordinator's answer, not an outage."""
+
+    reason = "NO_NODE_AVAILABLE"
+    transient = False
+
+    def __init__(self, message: str, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model
+
+    def info(self) -> dict[str, str]:
+        return {"model": self.model} if self.model else {}
+
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        return cls(message, info.get("model", ""))
 
 
 class Unreachable(Unavailable):
     """No server answered: the connection was refused, the host did not resolve, the TLS
-    handshake failed. `target` says what was dialled ("the coordinator at host:port")."""
+    handshake failed. `target` says what was dialled ("the coordinator at host:port"),
+    `cause` why it failed ("connection refused").
 
-    def __init__(self, target: str, reason: str) -> None:
-        super().__init__(f"cannot reach {target} ({reason})")
+    Only the caller that dialled can know this. A server that raises it (it could not reach
+    a dependency) sends reason UNREACHABLE with `target` and `cause`; its caller did reach a
+    server, so it rebuilds plain `Unavailable` with the same message."""
+
+    reason = "UNREACHABLE"
+
+    def __init__(self, target: str, cause: str) -> None:
+        super().__init__(f"cannot reach {target} ({cause})")
         self.target = target
-        self.reason = reason
+        self.cause = cause
 
+    def info(self) -> dict[str, str]:
+        return {"target": self.target, "cause": self.cause}
+
+    @classmethod
+    def rebuild(
+        cls, message: str, info: Mapping[str, str], status: status_pb2.Status
+    ) -> TroopError:
+        return Unavailable(message)
+
+
+# Every class a reason names, in the order of the tree; a reason names one class only.
+ERROR_CLASSES: tuple[type[TroopError], ...] = (
+    TroopError,
+    InvalidArgument,
+    AuthError,
+    TicketInvalid,
+    TicketReused,
+    AssertionInvalid,
+    SignatureInvalid,
+    PresentationMissing,
+    NodeProofInvalid,
+    PermissionDenied,
+    PresentationInvalid,
+    NotFound,
+    FailedPrecondition,
+    InsufficientCredits,
+    RateLimited,
+    Unavailable,
+    NodeUnavailable,
+    Unreachable,
+)
+_BY_REASON: dict[str, type[TroopError]] = {cls.reason: cls for cls in ERROR_CLASSES}
+assert len(_BY_REASON) == len(ERROR_CLASSES), "two error classes declare the same reason"
 
 # What gRPC's own transport (not a server) puts in the details of a call that never
-# reached a server, and the reason as a person would say it.
+# reached a server, and the cause as a person would say it. Not "Socket closed": that is a
+# connection that was up and broke (a worker dying mid-stream), plain Unavailable; a
+# connection that closed while being set up says "failed to connect to all addresses".
 _TRANSPORT_FAILURES = (
     ("Connection refused", "connection refused"),
     ("DNS resolution failed", "the host name does not resolve"),
     ("errors resolving", "the host name does not resolve"),
     ("andshake failed", "the TLS handshake failed"),
     ("failed to connect to all addresses", "no address accepted a connection"),
-    ("Socket closed", "the connection closed"),
 )
 
 
-def _unreachable_reason(details: str) -> str | None:
-    for marker, reason in _TRANSPORT_FAILURES:
+def _unreachable_cause(details: str) -> str | None:
+    for marker, cause in _TRANSPORT_FAILURES:
         if marker in details:
-            return reason
+            return cause
     return None
 
 
@@ -199,9 +358,9 @@ class Status:
 
 
 def to_status(error: TroopError) -> Status:
-    """The rich gRPC status for a domain error."""
+    """The rich gRPC status for a domain error: its ErrorInfo, then its other details."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    for detail in error.details():
+    for detail in [error.error_info(), *error.details()]:
         status.details.add().Pack(detail)
     rich = rpc_status.to_status(status)
     return Status(
@@ -215,48 +374,78 @@ _BY_CODE: dict[grpc.StatusCode, type[TroopError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    # The call's deadline passed or it was cancelled: nothing was decided.
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.CANCELLED: Unavailable,
 }
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError, target: str = "") -> TroopError:
     """The domain error a failed call stands for (clients raise it `from exc`).
 
-    `target` names what was called ("the coordinator at host:port"): a call that never
-    reached a server becomes `Unreachable` with that name in its message.
+    A status with a Troop ErrorInfo becomes exactly the class its reason names, with its
+    fields. Without one (the status came from Envoy or grpc itself), the code decides: a call
+    that never reached a server becomes `Unreachable`, named by `target` ("the coordinator at
+    host:port"); a connection that broke after it was up (e.g. "Socket closed" mid-stream)
+    is plain `Unavailable`.
     """
     code = exc.code()
     message = exc.details() or code.name
-    if code == grpc.StatusCode.UNAVAILABLE:
-        reason = _unreachable_reason(message)
-        if reason is not None:
-            return Unreachable(target or "the server", reason)
     status = _rich_status(exc)
+    if status is not None:
+        rebuilt = _from_error_info(code, message, status)
+        if rebuilt is not None:
+            return rebuilt
+    if code == grpc.StatusCode.UNAVAILABLE:
+        cause = _unreachable_cause(message)
+        if cause is not None:
+            return Unreachable(target or "the server", cause)
+        if "Socket closed" in message and target:
+            return Unavailable(f"the connection to {target} broke during the call ({message})")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        violations = [
-            FieldViolation(v.field, v.description)
-            for d in _unpack(status, error_details_pb2.BadRequest)
-            for v in d.field_violations
-        ]
-        error: TroopError = InvalidArgument(violations or [FieldViolation("", message)])
-        error.message = message
-        return error
+        return _with_message(
+            InvalidArgument(_violations(status) or [FieldViolation("", message)]), message
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry = 0.0
-        for info in _unpack(status, error_details_pb2.RetryInfo):
-            retry = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-        return RateLimited(message, retry)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and any(
-        v.type == "INSUFFICIENT_CREDITS"
-        for d in _unpack(status, error_details_pb2.PreconditionFailure)
-        for v in d.violations
-    ):
-        error = InsufficientCredits(0, 0)
-        error.message = message
-        return error
-    cls = _BY_CODE.get(code, TroopError)
-    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-        cls = Unavailable
-    return cls(message)
+        return RateLimited(message, _retry_delay(status))
+    return _BY_CODE.get(code, TroopError)(message)
+
+
+def _from_error_info(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status
+) -> TroopError | None:
+    for info in _unpack(status, error_details_pb2.ErrorInfo):
+        cls = _BY_REASON.get(info.reason) if info.domain == DOMAIN else None
+        if cls is None or cls.code != code:
+            continue  # another domain's, a reason newer than this client, or a mismatch
+        try:
+            error = cls.rebuild(message, info.metadata, status)
+        except (KeyError, ValueError):
+            return None  # metadata this client cannot read: the code decides
+        return _with_message(error, message)
+    return None
+
+
+def _with_message(error: TroopError, message: str) -> TroopError:
+    """`error` saying exactly what the server said."""
+    error.message = message
+    error.args = (message,)
+    return error
+
+
+def _violations(status: status_pb2.Status | None) -> list[FieldViolation]:
+    return [
+        FieldViolation(v.field, v.description)
+        for d in _unpack(status, error_details_pb2.BadRequest)
+        for v in d.field_violations
+    ]
+
+
+def _retry_delay(status: status_pb2.Status | None) -> float:
+    retry = 0.0
+    for info in _unpack(status, error_details_pb2.RetryInfo):
+        retry = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return retry
 
 
 def _rich_status(exc: grpc.RpcError) -> status_pb2.Status | None:
@@ -266,7 +455,7 @@ def _rich_status(exc: grpc.RpcError) -> status_pb2.Status | None:
         return None
 
 
-def _unpack(status: status_pb2.Status | None, kind: type[Message]) -> list:
+def _unpack(status: status_pb2.Status | None, kind: type[Any]) -> list[Any]:
     if status is None:
         return []
     found = []
@@ -279,15 +468,20 @@ def _unpack(status: status_pb2.Status | None, kind: type[Message]) -> list:
 
 
 __all__ = [
+    "DOMAIN",
+    "ERROR_CLASSES",
     "AssertionInvalid",
     "AuthError",
     "FailedPrecondition",
     "FieldViolation",
     "InsufficientCredits",
     "InvalidArgument",
+    "NodeProofInvalid",
     "NodeUnavailable",
     "NotFound",
     "PermissionDenied",
+    "PresentationInvalid",
+    "PresentationMissing",
     "RateLimited",
     "SignatureInvalid",
     "Status",

@@ -13,16 +13,12 @@ from __future__ import annotations
 import re
 import secrets
 
-from troop_common.errors import AuthError
+from troop_common.errors import AuthError, NodeProofInvalid
 from troop_common.keys import Identity, verify_ed25519
 
 NONCE_HEADER = "x-troop-client-nonce"
 PROOF_HEADER = "x-troop-node-proof"
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
-
-
-class NodeProofInvalid(AuthError):
-    """The worker could not prove it holds the key of the node the ticket names."""
 
 
 def new_nonce() -> str:

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import re
 
-from troop_common.errors import AuthError, PermissionDenied
+from troop_common.errors import AuthError, PresentationInvalid
 from troop_common.keys import Identity, verify_ed25519
 
 PRESENTATION_HEADER = "x-troop-presentation"
 _SIGNATURE = re.compile(r"^[0-9a-f]{128}$")
-
-
-class PresentationInvalid(PermissionDenied):
-    """The receipt does not carry the job's user's presentation of its ticket."""
 
 
 def _message(job_id: str, node_id: str, nonce: str) -> bytes:

@@ -1,10 +1,14 @@
 """Retries with backoff and a circuit breaker, for calls to another Troop component.
 
 Defaults from DESIGN.md: 3 retries after 1 s, 2 s and 4 s (±20 % jitter), only
-for idempotent calls and only on transport failures (UNAVAILABLE, DEADLINE
-EXCEEDED) — never on a refusal, and never for a call that spends (Authorize).
+for idempotent calls and only on transport failures — never on an answer, and
+never for a call that spends (Authorize). What is a transport failure the error
+says itself (`TroopError.transient`, rebuilt exactly from the wire's ErrorInfo):
+Unavailable and Unreachable are; a refusal, "no node serves this model"
+(NodeUnavailable) and a rate limit (RateLimited, which names its own wait) are not.
 The breaker opens after 5 transport failures in a row and fails calls at once
-for 60 s; then one trial call decides whether it closes again.
+for 60 s; then one trial call decides whether it closes again. An answer, any
+answer, shows the server is up: it resets the count.
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from troop_common.errors import NodeUnavailable, TroopError, Unavailable
+from troop_common.errors import TroopError, Unavailable
 
 
 def is_transient(error: TroopError) -> bool:
     """A failure of the transport, not a decision: worth another try later."""
-    # NodeUnavailable is the coordinator's answer (no node serves the model), not a fault.
-    return isinstance(error, Unavailable) and not isinstance(error, NodeUnavailable)
+    return error.transient
 
 
 @dataclass(frozen=True)

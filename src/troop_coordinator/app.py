@@ -224,6 +224,7 @@ class Coordinator:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.stores.close()
+        await _database_cleanups_done()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Coordinator:
@@ -236,6 +237,23 @@ class Coordinator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _database_cleanups_done(timeout_s: float = 2.0) -> None:
+    """Wait for the connection clean-ups that cancelled calls left behind.
+
+    A call cancelled half-way through a transaction (a client that went away, or
+    the server stopping) leaves SQLAlchemy a task that rolls back and closes its
+    connection; disposing of the engine under it can leave that task waiting
+    forever, and with it whoever closes the event loop."""
+    current = asyncio.current_task()
+    cleanups = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current and "graceful_close" in getattr(task.get_coro(), "__qualname__", "")
+    ]
+    if cleanups:
+        await asyncio.wait(cleanups, timeout=timeout_s)
 
 
 async def serve(settings: CoordinatorSettings, *, ready: asyncio.Event | None = None) -> None:

@@ -100,9 +100,14 @@ class EndpointProofs:
         return True
 
     async def close(self) -> None:
+        """Let proofs in flight finish (each is bounded by the dial's timeout), so none is
+        cancelled half-way through recording its result; cancel what still runs then."""
         tasks = list(self._running.values())
-        for task in tasks:
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.timeout_s + 1.0)
+        for task in pending:
             task.cancel()
-        for task in tasks:
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

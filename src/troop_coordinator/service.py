@@ -242,7 +242,9 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
         if node is None:
             others = " other than those excluded" if request.exclude_node_ids else ""
-            raise NodeUnavailable(f"no live node{others} serves model {request.model}")
+            raise NodeUnavailable(
+                f"no live node{others} serves model {request.model}", model=request.model
+            )
         job_id = uuid.uuid4().hex
         ticket, expires = self.signer.issue(
             job_id=job_id,

@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from troop_common.errors import AuthError, FieldViolation, InvalidArgument, PermissionDenied
+from troop_common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    PresentationMissing,
+)
 from troop_common.node_proof import NONCE_HEADER, is_nonce
 from troop_common.presentation import (
     PRESENTATION_HEADER,
@@ -19,10 +24,6 @@ from troop_common.presentation import (
     verify_presentation,
 )
 from troop_common.tickets import Ticket
-
-
-class PresentationMissing(AuthError):
-    """The call did not carry the user's signed presentation of its ticket."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from troop_common.errors import InsufficientCredits, InvalidArgument, TroopError
+from troop_common.errors import InsufficientCredits, InvalidArgument, NodeUnavailable, TroopError
 from troop_common.tickets import public_key_from_jwk, verify_ticket
 from troop_coordinator.app import Coordinator
 
@@ -73,6 +73,10 @@ async def test_insufficient_credits_reserves_nothing(launch: Launch) -> None:
         await user.authorize(MODEL)
 
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    # Rebuilt from the status's ErrorInfo with its fields, and a message that adds up.
+    assert caught.value.balance == before.balance_millicredits
+    assert caught.value.needed > caught.value.balance
+    assert f"the balance is {before.balance_millicredits / 1000:.3f}" in str(caught.value)
     assert await user.get_balance() == before
     assert await user.list_transactions() == history
     assert (await coordinator.ledger.audit()).ok
@@ -88,6 +92,8 @@ async def test_unserved_model_is_unavailable_and_reserves_nothing(
         await user.authorize(MODEL)
 
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert type(caught.value) is NodeUnavailable  # an answer, not an outage
+    assert not caught.value.transient
     assert MODEL in caught.value.message
     balance = await user.get_balance()
     assert balance.reserved_millicredits == 0

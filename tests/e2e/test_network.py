@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import free_port
 from troop_client import ChatOptions, Message, TroopClient
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import Unavailable
+from troop_common.errors import NodeUnavailable
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_worker.engine.fake import FakeEngine
@@ -79,7 +79,7 @@ async def test_credits_are_conserved_across_completed_and_abandoned_jobs(
 async def test_a_model_nobody_serves_is_unavailable_and_reserves_nothing(network) -> None:
     async with TroopClient(network.coordinator, Identity.generate()) as user:
         await user.join()
-        with pytest.raises(Unavailable):
+        with pytest.raises(NodeUnavailable):
             await user.complete([Message("user", "hi")], model="no-such-model")
         assert (await user.balance()).reserved_millicredits == 0
         assert (await user.balance()).balance_millicredits == STARTER
@@ -103,7 +103,7 @@ async def test_a_node_nobody_can_reach_is_not_listed_and_charges_nothing(
         assert not mesh.worker.heartbeats.endpoint_proven
         assert "has not proven this node's endpoint" in caplog.text
         await user.join()
-        with pytest.raises(Unavailable, match="no live node serves"):
+        with pytest.raises(NodeUnavailable, match="no live node serves"):
             await user.complete([Message("user", "hi")])
         balance = await user.balance()
     # Nothing was reserved, nothing charged.

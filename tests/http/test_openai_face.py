@@ -292,3 +292,22 @@ async def test_insufficient_credits_is_a_402_with_a_readable_message(
             await client.close()
     assert caught.value.status_code == 402
     assert "insufficient credits" in caught.value.message
+
+
+async def test_an_unserved_model_is_an_answer_that_leaves_the_breaker_closed(sidecar) -> None:
+    # "No node serves this model" is the coordinator answering, not a transport failure:
+    # five of them (the breaker's threshold) must not make the sidecar fail every model.
+    breaker = sidecar.troop.coordinator.breaker
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(breaker.threshold):
+            body = {"model": "no-such-model", "messages": QUESTION}
+            reply = await http.post(f"{sidecar.url}/chat/completions", json=body)
+            assert reply.status_code == 503
+            error = reply.json()["error"]
+            assert (error["type"], error["code"]) == ("service_unavailable", "no_node_available")
+            assert "no-such-model" in error["message"]
+    assert breaker.state == "closed"
+    client = sdk(sidecar)
+    reply = await client.chat.completions.create(model=MODEL, messages=QUESTION)
+    await client.close()
+    assert reply.choices[0].message.content == ANSWER

@@ -26,6 +26,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+
 from troop_common.envoy import LocalReplyFormat
 from troop_common.errors import (
     AuthError,
@@ -116,7 +119,10 @@ class OpenAIErrorResponse(TroopError):
         self.code = cause.code
         self.openai = openai_error(cause)
 
-    def details(self) -> list[object]:
+    def error_info(self) -> error_details_pb2.ErrorInfo:
+        return self.cause.error_info()  # the cause's reason and fields, not "INTERNAL"
+
+    def details(self) -> list[Message]:
         return self.cause.details()
 
     def trailing_metadata(self) -> list[tuple[str, str]]:

@@ -1,8 +1,11 @@
 """The one place a server turns exceptions into gRPC status.
 
-A TroopError becomes its code with rich details; anything else becomes
-INTERNAL with a generic message (the traceback goes to the log, never to the
-caller). Must be the outermost interceptor so every other one is covered.
+A TroopError becomes its code with rich details: first its `google.rpc.ErrorInfo`
+(domain "troop.network", the class's reason, its fields as metadata), then the
+class's own (BadRequest, RetryInfo ...); `from_rpc_error` rebuilds the exact class
+from them. Anything else becomes INTERNAL with a generic message and reason
+INTERNAL (the traceback goes to the log, never to the caller). Must be the
+outermost interceptor so every other one is covered.
 
 It also parses each request: grpc calls the method's deserializer before any
 interceptor runs, and reports a failure there as UNKNOWN with the exception's
@@ -49,7 +52,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     log.error("unhandled error in %s", method, exc_info=exc)
     if info is not None:
         info.reason = "internal error"
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error", _trace_trailers())
+    status = to_status(TroopError("internal error"))
+    await context.abort(status.code, status.details, status.trailing_metadata + _trace_trailers())
 
 
 class Unparsable:
