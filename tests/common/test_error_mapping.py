@@ -249,19 +249,15 @@ async def test_a_server_dying_mid_stream_is_unavailable_not_unreachable() -> Non
                     if received == 2:
                         process.kill()  # the worker's process dies with the stream open
             mid_stream = errors.from_rpc_error(failed.value, f"node n at {address}")
-            # The server is gone now: the next call reaches no server.
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in channel.unary_stream("/test.Dying/Stream")(b"", timeout=10):
-                    pass
-            never_reached = errors.from_rpc_error(refused.value, f"node n at {address}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
     assert type(mid_stream) is errors.Unavailable and mid_stream.transient
     assert mid_stream.message.startswith(f"the connection to node n at {address} broke")
-    assert type(never_reached) is errors.Unreachable
-    assert never_reached.message == f"cannot reach node n at {address} (connection refused)"
+    # (A call that reaches no server at all is Unreachable: the next test. The next call on
+    # this same channel may still see the dead connection's broken pipe, so it proves
+    # nothing either way.)
 
 
 async def test_a_port_nobody_listens_on_is_unreachable() -> None:
