@@ -1,6 +1,6 @@
 """Retries with backoff and a circuit breaker, for calls to another Troop component.
 
-Defaults from DESIGN.md: 3 retries after 1 s, 2 s and 4 s (±20 % jitter), only
+The defaults: 3 retries after 1 s, 2 s and 4 s (±20 % jitter), only
 for idempotent calls and only on transport failures — never on an answer, and
 never for a call that spends (Authorize). What is a transport failure the error
 says itself (`TroopError.transient`, rebuilt exactly from the wire's ErrorInfo):

@@ -1,6 +1,8 @@
 """The base of every Troop server interceptor, for unary and server-streaming methods alike.
 
-Interceptor libraries mishandle async streams (RECIPES.md), so Troop's are
+Interceptor libraries mishandle async streams (grpc-interceptor 0.15.4: awaiting
+the handler breaks every stream, and timing around it sees a stream end before
+its first message), so Troop's are
 written against this: a `WrappingInterceptor` replaces a method's behaviour
 with its own `unary(method, behaviour)` coroutine or `stream(method,
 behaviour)` async generator, which run around the whole call — every
