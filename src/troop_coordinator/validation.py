@@ -6,13 +6,12 @@ is read or written, so bad input is INVALID_ARGUMENT and never INTERNAL.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.keys import is_public_key_hex
 from troop_common.proto import common_pb2, coordinator_pb2
+from troop_coordinator import page_tokens
 from troop_coordinator.ledger.types import JobBounds
 
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -110,20 +109,15 @@ def check_receipt_usage(check: Violations, usage: common_pb2.Usage, job: JobBoun
 
 
 def encode_offset_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+    return page_tokens.encode("o", offset)
 
 
 def decode_offset_token(check: Violations, field: str, token: str) -> int:
     """The offset a page token from this API holds (0 for none); a violation otherwise."""
     if not token:
         return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, number = text.partition(":")
-        offset = int(number) if number.isdigit() and len(number) <= 7 else -1
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        prefix, offset = "", -1
-    if prefix != "o" or not 0 < offset <= MAX_OFFSET:
+    offset = page_tokens.decode("o", token, MAX_OFFSET)
+    if offset is None:
         check.add(field, "not a token from this API")
         return 0
     return offset

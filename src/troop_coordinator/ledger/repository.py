@@ -164,13 +164,7 @@ class LedgerRepository:
 
     async def overdue_job_ids(self, now: datetime, limit: int) -> list[str]:
         """Open jobs whose receipt waited past its countersign deadline."""
-        statement = (
-            select(jobs.c.job_id)
-            .where(jobs.c.status == JobStatus.OPEN.value, jobs.c.countersign_deadline < now)
-            .order_by(jobs.c.countersign_deadline)
-            .limit(limit)
-        )
-        return list((await self.session.execute(statement)).scalars().all())
+        return await self._open_jobs_past(jobs.c.countersign_deadline, now, limit)
 
     async def insert_dispute(self, job: Any, reason: str, now: datetime) -> bool:
         """Record a disagreement on the job's node and user, once; True if new."""
@@ -316,10 +310,14 @@ class LedgerRepository:
         return [str(r) for r in (await self.session.execute(statement)).scalars().all()]
 
     async def stale_job_ids(self, now: datetime, limit: int) -> list[str]:
+        """Open jobs past their expiry (ticket lifetime plus the settle grace)."""
+        return await self._open_jobs_past(jobs.c.expires_at, now, limit)
+
+    async def _open_jobs_past(self, deadline: Any, now: datetime, limit: int) -> list[str]:
         statement = (
             select(jobs.c.job_id)
-            .where(jobs.c.status == JobStatus.OPEN.value, jobs.c.expires_at < now)
-            .order_by(jobs.c.expires_at)
+            .where(jobs.c.status == JobStatus.OPEN.value, deadline < now)
+            .order_by(deadline)
             .limit(limit)
         )
         return list((await self.session.execute(statement)).scalars().all())

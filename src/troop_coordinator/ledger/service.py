@@ -18,8 +18,6 @@ it is retried (each transaction is safe to repeat: the claim decides).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -34,6 +32,7 @@ from troop_common.errors import (
     InvalidArgument,
     PermissionDenied,
 )
+from troop_coordinator import page_tokens
 from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.ledger.audit import audit_ledger
 from troop_coordinator.ledger.repository import LedgerRepository
@@ -60,17 +59,12 @@ MAX_ENTRY_ID = 2**63 - 1  # a BIGINT: a larger id in a page token is no token of
 
 
 def encode_page_token(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e:{last_id}".encode()).decode().rstrip("=")
+    return page_tokens.encode("e", last_id)
 
 
 def decode_page_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, number = text.partition(":")
-        value = int(number)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgument([FieldViolation("page_token", "not a token from this API")]) from exc
-    if prefix != "e" or not 0 < value <= MAX_ENTRY_ID:
+    value = page_tokens.decode("e", token, MAX_ENTRY_ID)
+    if value is None:
         raise InvalidArgument([FieldViolation("page_token", "not a token from this API")])
     return value
 
