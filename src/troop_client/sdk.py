@@ -146,14 +146,14 @@ class TroopClient:
         model = model or self.settings.model
         options = options or ChatOptions()
         request_id = outgoing_request_id()  # one id across coordinator and worker
-        unreachable: list[str] = []
+        skipped: list[str] = []  # nodes that failed before the first token
         first_failure: Unavailable | None = None
         while True:
             try:
                 grant = await self.coordinator.authorize(
                     model,
                     request_id=request_id,
-                    exclude_node_ids=unreachable,
+                    exclude_node_ids=skipped,
                     max_tokens=options.max_tokens or DEFAULT_MAX_TOKENS,
                     max_prompt_tokens=prompt_token_bound(messages),
                 )
@@ -168,13 +168,12 @@ class TroopClient:
                     yield chunk
                 return
             except Unavailable as exc:
-                transport = exc.transient
-                if streamed or not transport or len(unreachable) + 1 >= self.settings.node_attempts:
+                if streamed or not exc.transient or len(skipped) + 1 >= self.settings.node_attempts:
                     raise
                 first_failure = first_failure or exc
                 # Nothing was served: the 0-token countersignature returned its reservation.
                 log.warning("%s; asking the coordinator for another node", exc.message)
-                unreachable.append(grant.node_id)
+                skipped.append(grant.node_id)
 
     async def complete(
         self,
