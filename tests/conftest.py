@@ -192,6 +192,17 @@ def torch_engine():
 
 
 @pytest.fixture(scope="session")
+def torch_engine_fp32(torch_engine):
+    """The same model in float32, batching 8: a request gives the same greedy tokens alone
+    and inside a batch (bfloat16 may round a near-tie differently)."""
+    from troop_worker.engine.torch_engine import TorchEngine
+
+    engine = TorchEngine(dtype="float32", max_batch=8)
+    engine.load_sync()
+    return engine
+
+
+@pytest.fixture(scope="session")
 def ticket_key_pem() -> bytes:
     """One RSA ticket key for the whole session: generating one per test costs ~0.1 s each."""
     from cryptography.hazmat.primitives import serialization

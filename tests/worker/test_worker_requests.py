@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import grpc
 import pytest
 from worker_testing import MODEL, bearer, chat, collect, make_issuer
 
+from tests.conftest import wait_until
 from tests.malformed import malformed
 from troop_common.errors import InvalidArgument, RateLimited, from_rpc_error
 from troop_common.keys import Identity
@@ -86,7 +88,7 @@ async def open_stream(stub, token: str):
 
 async def test_over_the_node_limit(start_worker, recording_coordinator, ticket_signer) -> None:
     slow = FakeEngine(delay_s=0.02)
-    async with start_worker(engine=slow, max_concurrent_jobs=1) as worker:
+    async with start_worker(engine=slow, max_concurrent_jobs=1, max_queued_jobs=0) as worker:
         issue = make_issuer(ticket_signer, worker)
         async with grpc.aio.insecure_channel(worker.address) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -116,3 +118,45 @@ async def test_over_the_per_user_limit(start_worker, ticket_signer) -> None:
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert await collect(stub, chat("bob"), issue())  # another user still fits
             first.cancel()
+
+
+async def test_a_job_over_the_node_limit_waits_for_a_slot(
+    start_worker, recording_coordinator, ticket_signer
+) -> None:
+    async with start_worker(engine=FakeEngine(delay_s=0.02), max_concurrent_jobs=1) as worker:
+        issue = make_issuer(ticket_signer, worker)
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            first = await open_stream(stub, issue())
+            queued = asyncio.ensure_future(collect(stub, chat("queued"), issue()))
+            await wait_until(lambda: worker.limiter.queued == 1)
+            first.cancel()
+            chunks = await asyncio.wait_for(queued, 30)
+    assert "".join(c.delta for c in chunks) == "You said: queued"
+    assert worker.limiter.queued == 0 and worker.limiter.active == 0
+
+
+async def test_a_waiting_user_is_served_before_a_busy_users_backlog(
+    start_worker, recording_coordinator, ticket_signer
+) -> None:
+    async with start_worker(engine=FakeEngine(delay_s=0.01), max_concurrent_jobs=1) as worker:
+        issue = make_issuer(ticket_signer, worker)
+        alice, bob = Identity.generate(), Identity.generate()
+        finished: list[str] = []
+
+        async def job(name: str, user: Identity) -> None:
+            await collect(stub, chat(name), issue(user=user))
+            finished.append(name)
+
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            first = await open_stream(stub, issue(user=alice))
+            jobs = [asyncio.ensure_future(job(f"alice{i}", alice)) for i in range(3)]
+            await wait_until(lambda: worker.limiter.queued == 3)
+            jobs.append(asyncio.ensure_future(job("bob", bob)))
+            await wait_until(lambda: worker.limiter.queued == 4)
+            first.cancel()
+            await asyncio.wait_for(asyncio.gather(*jobs), 30)
+    # Alice already held the slot, so Bob, who has nothing running, goes first.
+    assert finished[0] == "bob", finished
+    assert sorted(finished[1:]) == ["alice0", "alice1", "alice2"]

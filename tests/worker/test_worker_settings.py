@@ -22,7 +22,8 @@ def test_defaults() -> None:
     )
     assert settings.data_dir == DEFAULT_DATA_DIR
     assert settings.engine == "torch" and settings.model == "smollm2-135m-instruct"
-    assert (settings.max_concurrent_jobs, settings.max_jobs_per_user) == (4, 2)
+    assert (settings.max_concurrent_jobs, settings.max_jobs_per_user) == (8, 16)
+    assert settings.max_queued_jobs == 32 and settings.prefill_chunk == 128
     assert settings.max_new_tokens == 1024 and settings.heartbeat_interval_s == 5.0
     assert settings.torch_dtype == "bfloat16" and settings.torch_threads is None
     assert settings.node_id is None and settings.owner_public_key is None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 import pytest
 from worker_testing import bearer, chat, collect, make_issuer
 
+from tests.conftest import wait_until
 from troop_common.proto import common_pb2, inference_pb2_grpc
 from troop_worker.engine import FinishReason, GenerationChunk, GenerationRequest, Message
 
@@ -106,3 +108,64 @@ async def test_paris_through_a_real_worker(
     assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP
     receipt = recording_coordinator.receipt_for("job-paris").receipt
     assert receipt.usage.completion_tokens == chunks[-1].usage.completion_tokens
+
+
+def test_incremental_detokenizer_joins_to_the_full_decode(torch_engine) -> None:
+    from troop_worker.engine.detokenize import IncrementalDetokenizer
+
+    tokenizer = torch_engine.tokenizer
+    samples = [
+        "Plain words, then numbers 12345 and    spaces.",
+        "Accents: déjà vu, naïve café; CJK: 日本語のテキスト; emoji: 🎉👍🏽 done",
+        "Code:\n    def f(x):\n        return x ** 2  # squared\n",
+    ]
+    for sample in samples:
+        ids = tokenizer.encode(sample, add_special_tokens=False)
+        detokenizer = IncrementalDetokenizer(
+            lambda part: tokenizer.decode(part, clean_up_tokenization_spaces=False)
+        )
+        pieces = [detokenizer.push(token) for token in ids]
+        pieces.append(detokenizer.flush())
+        assert "".join(pieces) == sample
+        assert not any("\ufffd" in piece for piece in pieces)  # never half a character
+        assert sum(1 for piece in pieces if piece) > len(ids) // 2  # incremental, not at the end
+
+
+async def test_a_cancelled_long_prompt_stops_the_engine_within_one_prefill_chunk(
+    torch_engine, start_worker, ticket_signer, recording_coordinator
+) -> None:
+    stats = torch_engine.stats
+    long_prompt = "Summarise this. " + "The quick brown fox jumps over the lazy dog. " * 120
+    async with start_worker(engine=torch_engine) as worker:
+        issue = make_issuer(ticket_signer, worker)
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            before = stats.prefill_chunks
+            call = stub.ChatCompletion(chat(long_prompt), metadata=bearer(issue()))
+            # The engine is prefilling the prompt: no token exists yet.
+            await wait_until(lambda: stats.prefill_chunks > before, timeout_s=60)
+            at_cancel = stats.prefill_chunks
+            call.cancel()
+            await wait_until(lambda: torch_engine.idle, timeout_s=60)
+    needed = -(-1200 // torch_engine.prefill_chunk)  # the prompt has over 1,200 tokens
+    assert stats.prefill_chunks - before < needed
+    assert stats.prefill_chunks - at_cancel <= 1  # at most the chunk that was running
+    assert stats.cancelled_in_prefill >= 1
+
+
+async def test_eight_concurrent_jobs_batch_and_match_their_answers_alone(
+    torch_engine_fp32,
+) -> None:
+    engine = torch_engine_fp32
+    prompts = [f"Write one sentence about the number {n}." for n in range(8)]
+
+    async def answer(prompt: str) -> str:
+        request = GenerationRequest((Message("user", prompt),), temperature=0.0, max_tokens=20)
+        return "".join([c.text async for c in engine.stream(request)])
+
+    stats = engine.stats
+    alone = [await answer(p) for p in prompts]
+    steps, rows = stats.decode_steps, stats.rows_decoded
+    together = await asyncio.gather(*(answer(p) for p in prompts))
+    assert together == alone
+    assert (stats.rows_decoded - rows) / (stats.decode_steps - steps) > 3  # shared steps

