@@ -34,7 +34,7 @@ from troop_client.openai.responses import (
     model_object,
 )
 from troop_client.sdk import TroopClient
-from troop_common.errors import AuthError, NotFound, TroopError
+from troop_common.errors import AuthError, NotFound, TroopError, Unavailable
 from troop_common.interceptors.wrapping import bearer_token
 from troop_common.proto import openai_pb2, openai_pb2_grpc
 
@@ -75,8 +75,9 @@ class _Pump:
             await self._task
 
 
-class _JobFailed(TroopError):
-    """The worker reported a failure, or ended the stream without a last chunk."""
+class _JobFailed(Unavailable):
+    """The worker reported a failure, or ended the stream without a last chunk: the node
+    (or the upstream it relays to) could not finish the job, not an internal error (503)."""
 
 
 class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):

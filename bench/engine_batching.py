@@ -1,0 +1,154 @@
+"""The built-in torch engine: one request at a time against 4 and 8 at once (batched).
+
+    .venv/bin/python -m bench.engine_batching [--dtype bfloat16] [--runs 1]
+
+Loads SmolLM2 once in this process and streams the prompt set of `bench/prompts.py`
+(greedy, 64 new tokens) straight to the engine — no network, so the figures are the
+engine's own:
+
+  1. one at a time: each prompt in turn (the baseline of the same run);
+  2. 4 at once and 8 at once: that many prompts together, which the engine decodes as
+     one batch (continuous batching, docs/adr/0038).
+
+For each: tokens per second of wall time (all streams together; a token is a generated
+token as the engine counts it), the ratio against one at a time, the median per-stream
+decode rate, and time to first token (p50, max). `run(...)` returns the rows as dicts
+(for scripts/bench); `main()` prints them as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
+from troop_worker.engine.torch_engine import TorchEngine
+from troop_worker.engine.types import GenerationRequest, Message
+
+
+@dataclass
+class Stream:
+    ttft_s: float
+    total_s: float
+    tokens: int
+
+
+async def _stream(engine: TorchEngine, prompt: str, max_tokens: int) -> Stream:
+    request = GenerationRequest(
+        (Message("user", prompt),), temperature=TEMPERATURE, max_tokens=max_tokens, seed=0
+    )
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    async for chunk in engine.stream(request):
+        if first is None:
+            first = time.perf_counter() - started
+        tokens = chunk.completion_tokens
+    total = time.perf_counter() - started
+    return Stream(first if first is not None else total, total, tokens)
+
+
+def _row(engine: str, mode: str, streams: int, runs: list[Stream], wall_s: float) -> dict[str, Any]:
+    tokens = sum(r.tokens for r in runs)
+    ttfts = sorted(r.ttft_s * 1000 for r in runs)
+    decode = [(r.tokens - 1) / (r.total_s - r.ttft_s) for r in runs if r.total_s > r.ttft_s]
+    return {
+        "engine": engine,
+        "mode": mode,
+        "streams": streams,
+        "requests": len(runs),
+        "tokens": tokens,
+        "wall_s": round(wall_s, 3),
+        "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
+        "stream_tokens_per_s_p50": round(statistics.median(decode), 1) if decode else 0.0,
+        "ttft_p50_ms": round(statistics.median(ttfts), 1),
+        "ttft_max_ms": round(ttfts[-1], 1),
+    }
+
+
+async def measure(
+    engine: TorchEngine, name: str, *, runs: int = 1, max_tokens: int = MAX_TOKENS
+) -> list[dict[str, Any]]:
+    """One at a time, then 4 and 8 at once, on a loaded engine; one dict per mode."""
+    await _stream(engine, PROMPTS[0], 8)  # warm up
+    single: list[Stream] = []
+    for _ in range(runs):
+        for prompt in PROMPTS:
+            single.append(await _stream(engine, prompt, max_tokens))
+    rows = [_row(name, "one at a time", 1, single, sum(s.total_s for s in single))]
+    for concurrency in (4, 8):
+        together: list[Stream] = []
+        wall = 0.0
+        for _ in range(runs):
+            for start in range(0, len(PROMPTS), concurrency):
+                batch = PROMPTS[start : start + concurrency]
+                began = time.perf_counter()
+                together += await asyncio.gather(*(_stream(engine, p, max_tokens) for p in batch))
+                wall += time.perf_counter() - began
+        rows.append(_row(name, f"{concurrency} at once", concurrency, together, wall))
+    baseline = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["vs_one_at_a_time"] = round(row["tokens_per_s"] / baseline, 2) if baseline else 0.0
+    return rows
+
+
+async def _run(dtype: str, runs: int, max_tokens: int, threads: int | None) -> list[dict]:
+    engine = TorchEngine(dtype=dtype, threads=threads, max_batch=8)
+    await engine.load()
+    try:
+        return await measure(engine, f"troop torch {dtype}", runs=runs, max_tokens=max_tokens)
+    finally:
+        await engine.close()
+
+
+def run(
+    *,
+    dtype: str = "bfloat16",
+    runs: int = 1,
+    max_tokens: int = MAX_TOKENS,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Load the engine, measure the three modes, stop it."""
+    return asyncio.run(_run(dtype, runs, max_tokens, threads))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| engine | mode | requests | tokens | tokens/s (all streams) | vs one at a time "
+        "| tokens/s per stream p50 | TTFT p50 ms | TTFT max ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['vs_one_at_a_time']:.2f}×" if "vs_one_at_a_time" in r else "—"
+        lines.append(
+            f"| {r['engine']} | {r['mode']} | {r['requests']} | {r['tokens']} "
+            f"| {r['tokens_per_s']:.1f} | {ratio} | {r['stream_tokens_per_s_p50']:.1f} "
+            f"| {r['ttft_p50_ms']:.0f} | {r['ttft_max_ms']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--runs", type=int, default=1, help="passes over the prompt set")
+    parser.add_argument("--threads", type=int, default=None, help="default: all cores")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    args = parser.parse_args()
+    rows = run(dtype=args.dtype, runs=args.runs, max_tokens=args.max_tokens, threads=args.threads)
+    print(
+        f"\nSmolLM2-135M Q4_1 in the torch engine, greedy, max_tokens={args.max_tokens}, "
+        f"{len(PROMPTS)} prompts × {args.runs}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores"
+    )
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
