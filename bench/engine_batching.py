@@ -22,21 +22,13 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
+from bench.streams import Stream, row, table
 from troop_worker.engine.torch_engine import TorchEngine
 from troop_worker.engine.types import GenerationRequest, Message
-
-
-@dataclass
-class Stream:
-    ttft_s: float
-    total_s: float
-    tokens: int
 
 
 async def _stream(engine: TorchEngine, prompt: str, max_tokens: int) -> Stream:
@@ -54,24 +46,6 @@ async def _stream(engine: TorchEngine, prompt: str, max_tokens: int) -> Stream:
     return Stream(first if first is not None else total, total, tokens)
 
 
-def _row(engine: str, mode: str, streams: int, runs: list[Stream], wall_s: float) -> dict[str, Any]:
-    tokens = sum(r.tokens for r in runs)
-    ttfts = sorted(r.ttft_s * 1000 for r in runs)
-    decode = [(r.tokens - 1) / (r.total_s - r.ttft_s) for r in runs if r.total_s > r.ttft_s]
-    return {
-        "engine": engine,
-        "mode": mode,
-        "streams": streams,
-        "requests": len(runs),
-        "tokens": tokens,
-        "wall_s": round(wall_s, 3),
-        "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
-        "stream_tokens_per_s_p50": round(statistics.median(decode), 1) if decode else 0.0,
-        "ttft_p50_ms": round(statistics.median(ttfts), 1),
-        "ttft_max_ms": round(ttfts[-1], 1),
-    }
-
-
 async def measure(
     engine: TorchEngine, name: str, *, runs: int = 1, max_tokens: int = MAX_TOKENS
 ) -> list[dict[str, Any]]:
@@ -81,7 +55,7 @@ async def measure(
     for _ in range(runs):
         for prompt in PROMPTS:
             single.append(await _stream(engine, prompt, max_tokens))
-    rows = [_row(name, "one at a time", 1, single, sum(s.total_s for s in single))]
+    rows = [row(name, "one at a time", 1, single, sum(s.total_s for s in single))]
     for concurrency in (4, 8):
         together: list[Stream] = []
         wall = 0.0
@@ -91,10 +65,10 @@ async def measure(
                 began = time.perf_counter()
                 together += await asyncio.gather(*(_stream(engine, p, max_tokens) for p in batch))
                 wall += time.perf_counter() - began
-        rows.append(_row(name, f"{concurrency} at once", concurrency, together, wall))
+        rows.append(row(name, f"{concurrency} at once", concurrency, together, wall))
     baseline = rows[0]["tokens_per_s"]
-    for row in rows:
-        row["vs_one_at_a_time"] = round(row["tokens_per_s"] / baseline, 2) if baseline else 0.0
+    for each in rows:
+        each["vs_one_at_a_time"] = round(each["tokens_per_s"] / baseline, 2) if baseline else 0.0
     return rows
 
 
@@ -116,22 +90,6 @@ def run(
 ) -> list[dict[str, Any]]:
     """Load the engine, measure the three modes, stop it."""
     return asyncio.run(_run(dtype, runs, max_tokens, threads))
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| engine | mode | requests | tokens | tokens/s (all streams) | vs one at a time "
-        "| tokens/s per stream p50 | TTFT p50 ms | TTFT max ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = f"{r['vs_one_at_a_time']:.2f}×" if "vs_one_at_a_time" in r else "—"
-        lines.append(
-            f"| {r['engine']} | {r['mode']} | {r['requests']} | {r['tokens']} "
-            f"| {r['tokens_per_s']:.1f} | {ratio} | {r['stream_tokens_per_s_p50']:.1f} "
-            f"| {r['ttft_p50_ms']:.0f} | {r['ttft_max_ms']:.0f} |"
-        )
-    return "\n".join(lines)
 
 
 def main() -> None:

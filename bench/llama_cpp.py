@@ -25,10 +25,8 @@ import importlib.util
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +35,7 @@ import httpx2 as httpx
 import openai
 
 from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
+from bench.streams import Stream, row, table
 
 # Where scripts/llama-server-env installs llama-cpp-python[server] (outside the repository).
 LLAMA_VENV = Path.home() / ".cache" / "troop" / "llama-venv"
@@ -184,13 +183,6 @@ class LlamaServer:
         self.stop()
 
 
-@dataclass
-class Stream:
-    ttft_s: float
-    total_s: float
-    tokens: int
-
-
 async def _stream(api: openai.AsyncOpenAI, prompt: str, max_tokens: int) -> Stream:
     started = time.perf_counter()
     first: float | None = None
@@ -215,24 +207,6 @@ async def _stream(api: openai.AsyncOpenAI, prompt: str, max_tokens: int) -> Stre
     return Stream(first if first is not None else total, total, tokens)
 
 
-def _row(mode: str, streams: int, runs: list[Stream], wall_s: float) -> dict[str, Any]:
-    tokens = sum(r.tokens for r in runs)
-    ttfts = sorted(r.ttft_s * 1000 for r in runs)
-    decode = [(r.tokens - 1) / (r.total_s - r.ttft_s) for r in runs if r.total_s > r.ttft_s]
-    return {
-        "engine": "llama.cpp",
-        "mode": mode,
-        "streams": streams,
-        "requests": len(runs),
-        "tokens": tokens,
-        "wall_s": round(wall_s, 3),
-        "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
-        "stream_tokens_per_s_p50": round(statistics.median(decode), 1) if decode else 0.0,
-        "ttft_p50_ms": round(statistics.median(ttfts), 1),
-        "ttft_max_ms": round(ttfts[-1], 1),
-    }
-
-
 async def measure(
     url: str, *, runs: int = 1, max_tokens: int = MAX_TOKENS, concurrency: int = 8
 ) -> list[dict[str, Any]]:
@@ -253,8 +227,8 @@ async def measure(
             together += await asyncio.gather(*(_stream(api, p, max_tokens) for p in prompts))
             together_wall += time.perf_counter() - started
     return [
-        _row("1 stream", 1, single, single_wall),
-        _row(f"{concurrency} concurrent", concurrency, together, together_wall),
+        row("llama.cpp", "one at a time", 1, single, single_wall),
+        row("llama.cpp", f"{concurrency} at once", concurrency, together, together_wall),
     ]
 
 
@@ -300,17 +274,7 @@ def main() -> None:
         f"max_tokens={args.max_tokens}, {len(PROMPTS)} prompts × {args.runs}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(
-        "| mode | requests | tokens | tokens/s (all streams) | tokens/s per stream p50 "
-        "| TTFT p50 ms | TTFT max ms |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['mode']} | {r['requests']} | {r['tokens']} | {r['tokens_per_s']:.1f} "
-            f"| {r['stream_tokens_per_s_p50']:.1f} | {r['ttft_p50_ms']:.0f} "
-            f"| {r['ttft_max_ms']:.0f} |"
-        )
+    print(table(rows))
 
 
 if __name__ == "__main__":
