@@ -38,7 +38,7 @@ from troop_worker.settings import WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
 ANSWER_WORDS = 38  # + "You said:" = 40 tokens from the fake engine
-LIMITS = {
+LIMITS: dict[str, dict[str, Any]] = {
     "before (4 running, 2 per user, no queue)": {
         "max_concurrent_jobs": 4,
         "max_jobs_per_user": 2,
@@ -49,7 +49,7 @@ LIMITS = {
 
 
 @contextlib.asynccontextmanager
-async def _mesh(data: Path, limits: dict[str, int]) -> AsyncIterator[str]:
+async def _mesh(data: Path, limits: dict[str, Any]) -> AsyncIterator[str]:
     """The OpenAI base URL of a running coordinator + worker + sidecar."""
     settings = dataclasses.replace(
         CoordinatorSettings.from_env({}),
