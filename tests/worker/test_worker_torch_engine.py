@@ -158,9 +158,16 @@ async def test_eight_concurrent_jobs_batch_and_match_their_answers_alone(
 ) -> None:
     engine = torch_engine_fp32
     prompts = [f"Write one sentence about the number {n}." for n in range(8)]
+    # Each row keeps its own settings: greedy ones, sampled ones with their own seed, a stop.
+    settings = [{"temperature": 0.0}] * 5 + [
+        {"temperature": 0.9, "top_p": 0.9, "seed": 11},
+        {"temperature": 1.2, "seed": 12},
+        {"temperature": 0.0, "stop": (" the",)},
+    ]
 
     async def answer(prompt: str) -> str:
-        request = GenerationRequest((Message("user", prompt),), temperature=0.0, max_tokens=20)
+        fields = settings[prompts.index(prompt)]
+        request = GenerationRequest((Message("user", prompt),), max_tokens=20, **fields)
         return "".join([c.text async for c in engine.stream(request)])
 
     stats = engine.stats
