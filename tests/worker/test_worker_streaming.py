@@ -108,7 +108,7 @@ async def test_heartbeats(worker, recording_coordinator) -> None:
     assert request.node_id == worker.node_id
     assert request.endpoint == worker.address
     assert list(request.models) == [MODEL]
-    assert request.load.max_concurrent_jobs == 4
+    assert request.load.max_concurrent_jobs == worker.settings.max_concurrent_jobs == 8
     assert request.hardware.device == "cpu" and request.hardware.cpu_count >= 1
     assert request.hardware.memory_bytes > 0
     assert len(request.owner_public_key) == 64
