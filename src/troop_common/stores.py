@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -27,17 +27,25 @@ from troop_common.ratelimit import Decision, RateLimiter
 log = logging.getLogger("troop.stores")
 
 REDIS_TIMEOUT_S = 1.0
+# Connections one process holds at most; a command beyond waits for a free one (up to
+# the timeout) instead of failing: redis-py's default pool raises "Too many
+# connections" at its 101st concurrent command, which surfaced as UNAVAILABLE under load.
+REDIS_MAX_CONNECTIONS = 64
 
 
 def connect_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> Redis:
-    """A Redis client for `url` that gives up within about `timeout_s`."""
-    return Redis.from_url(
+    """A Redis client for `url` that gives up within about `timeout_s`; at most
+    `REDIS_MAX_CONNECTIONS` connections, a command beyond them waits for one."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes them
 
 
 class FailOpenRateLimiter:

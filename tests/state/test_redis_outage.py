@@ -3,6 +3,7 @@ the health sub-service says NOT_SERVING, and it all comes back with Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -142,3 +143,23 @@ async def _heartbeats(node: state.TestNode, client: CoordinatorClient) -> bool:
     except TroopError:
         return False
     return True
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(
+    redis_url, redis_prefix
+) -> None:
+    # 150 commands at once, each holding its connection a moment: with redis-py's default
+    # pool the 101st raised "Too many connections" (an UNAVAILABLE for its caller).
+    from troop_common.stores import REDIS_MAX_CONNECTIONS, connect_redis
+
+    client = connect_redis(redis_url)
+    try:
+        burst = 150
+        assert burst > 100 > REDIS_MAX_CONNECTIONS
+        results = await asyncio.gather(
+            *(client.blpop(f"{redis_prefix}empty-{i}", timeout=0.1) for i in range(burst)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+    assert [r for r in results if isinstance(r, Exception)] == []
