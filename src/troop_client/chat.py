@@ -38,13 +38,36 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Overhead:
+    """What the protocol cost before the first chunk, in milliseconds (docs/protocol.md).
+
+    `worker_ms`: the worker's own (its `x-troop-overhead-ms`: ticket, presentation,
+    single use, node proof, gRPC), None when it sent none. `client_ms`: this client's
+    own: from the call to the first chunk, less `waited_ms`, the time from opening the
+    worker's stream to its first chunk (the worker, its engine and the wire): Authorize
+    at the coordinator, signing, checking the node proof, a failed node before this one.
+    """
+
+    client_ms: float
+    waited_ms: float
+    worker_ms: float | None = None
+
+    @property
+    def total_ms(self) -> float:
+        """Everything before the first chunk that was not the engine's (nor the wire's)."""
+        return self.client_ms + (self.worker_ms or 0.0)
+
+
+@dataclass(frozen=True)
 class ChatChunk:
-    """A piece of the answer; the last one has finish_reason and usage."""
+    """A piece of the answer; the last one has finish_reason and usage; the first one
+    has `overhead`."""
 
     job_id: str
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    overhead: Overhead | None = None
 
     @classmethod
     def from_pb(cls, chunk: inference_pb2.ChatCompletionResponse) -> ChatChunk:
@@ -105,6 +128,7 @@ class Completion:
     finish_reason: str | None
     usage: Usage
     node_id: str = ""
+    overhead: Overhead | None = None  # what the protocol cost before the first chunk
 
 
 @dataclass(frozen=True)

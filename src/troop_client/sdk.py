@@ -4,15 +4,21 @@
         async for chunk in troop.chat([Message("user", "Hi")]):
             print(chunk.text, end="")
 
-The CLI is built on this, and so is the OpenAI face.
+The CLI is built on this, and so is the OpenAI face. The first chunk of each answer
+carries `overhead` (troop_client.chat.Overhead): what the protocol cost before it. Usage
+reports (countersignatures) queue and go once no answer is waiting for its first chunk,
+several at once when several are ready (troop_common.background); `close` sends what
+is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +30,7 @@ from troop_client.chat import (
     Completion,
     Message,
     ModelOffer,
+    Overhead,
     Usage,
     prompt_token_bound,
     vouched_tokens,
@@ -31,13 +38,14 @@ from troop_client.chat import (
 from troop_client.jobs import Job
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
+from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
-from troop_common.request_context import REQUEST_ID, outgoing_request_id
+from troop_common.request_context import OVERHEAD, REQUEST_ID, outgoing_request_id, parse_ms
 from troop_common.resilience import CircuitBreaker
 
 log = logging.getLogger("troop.client")
@@ -79,7 +87,11 @@ class TroopClient:
             # Long-running users (the OpenAI sidecar) fail fast while the coordinator is down.
             breaker=CircuitBreaker(f"the coordinator at {coordinator}"),
         )
-        self._reports: set[asyncio.Task[None]] = set()
+        self._reports: BackgroundSender[tuple[str, int, int]] = BackgroundSender(
+            self._send_report,
+            name="usage reports",
+            describe=lambda report: f"the usage report for job {report[0]}",
+        )
         self._workers: dict[str, grpc.aio.Channel] = {}
 
     @classmethod
@@ -94,7 +106,7 @@ class TroopClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.drain_reports(REPORT_DRAIN_S)
+        await self._reports.close(REPORT_DRAIN_S)
         await self.coordinator.close()
         channels, self._workers = list(self._workers.values()), {}
         for channel in channels:
@@ -108,22 +120,19 @@ class TroopClient:
         return channel
 
     async def drain_reports(self, timeout_s: float) -> None:
-        """Wait for the usage reports still in flight (at most `timeout_s`)."""
-        if self._reports:
-            await asyncio.wait(set(self._reports), timeout=timeout_s)
+        """Send the usage reports still queued now, and wait for them (at most `timeout_s`)."""
+        await self._reports.drain(timeout_s)
 
     def _report_usage(self, job_id: str, completion_tokens: int, stream_ms: int) -> None:
-        """Countersign the job in the background: the stream never waits on it."""
+        """Countersign the job in the background: no stream, this one or the next, waits."""
+        self._reports.submit((job_id, completion_tokens, stream_ms))
 
-        async def send() -> None:
-            try:
-                await self.coordinator.report_usage(job_id, completion_tokens, stream_ms)
-            except TroopError as exc:
-                log.warning("usage report for job %s not accepted: %s", job_id, exc)
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+    async def _send_report(self, report: tuple[str, int, int]) -> None:
+        job_id, completion_tokens, stream_ms = report
+        try:
+            await self.coordinator.report_usage(job_id, completion_tokens, stream_ms)
+        except TroopError as exc:  # retried inside the client where it is worth it
+            log.warning("usage report for job %s not accepted: %s", job_id, exc)
 
     @property
     def public_key(self) -> str:
@@ -146,6 +155,25 @@ class TroopClient:
         model = model or self.settings.model
         options = options or ChatOptions()
         request_id = outgoing_request_id()  # one id across coordinator and worker
+        began = time.perf_counter()
+        leave = self._reports.hot.enter()  # usage reports wait for this first chunk
+        try:
+            attempts = self._attempts(messages, model, options, request_id, began, leave)
+            async with contextlib.aclosing(attempts):
+                async for chunk in attempts:
+                    yield chunk
+        finally:
+            leave()
+
+    async def _attempts(
+        self,
+        messages: Sequence[Message],
+        model: str,
+        options: ChatOptions,
+        request_id: str,
+        began: float,
+        first_chunk: Callable[[], None],
+    ) -> AsyncGenerator[ChatChunk, None]:
         skipped: list[str] = []  # nodes that failed before the first token
         first_failure: Unavailable | None = None
         while True:
@@ -163,9 +191,13 @@ class TroopClient:
                 raise
             streamed = False
             try:
-                async for chunk in self._stream(grant, messages, model, options, request_id):
-                    streamed = True
-                    yield chunk
+                chunks = self._stream(grant, messages, model, options, request_id, began)
+                async with contextlib.aclosing(chunks):
+                    async for chunk in chunks:
+                        if not streamed:
+                            first_chunk()
+                        streamed = True
+                        yield chunk
                 return
             except Unavailable as exc:
                 if streamed or not exc.transient or len(skipped) + 1 >= self.settings.node_attempts:
@@ -184,13 +216,20 @@ class TroopClient:
     ) -> Completion:
         """The whole answer at once."""
         parts: list[str] = []
-        job_id, reason, usage = "", None, Usage()
+        job_id, reason, usage, overhead = "", None, Usage(), None
         async for chunk in self.chat(messages, model=model, options=options):
             job_id = chunk.job_id
             parts.append(chunk.text)
             reason = chunk.finish_reason or reason
             usage = chunk.usage or usage
-        return Completion(job_id=job_id, text="".join(parts), finish_reason=reason, usage=usage)
+            overhead = overhead or chunk.overhead
+        return Completion(
+            job_id=job_id,
+            text="".join(parts),
+            finish_reason=reason,
+            usage=usage,
+            overhead=overhead,
+        )
 
     async def _stream(
         self,
@@ -199,7 +238,10 @@ class TroopClient:
         model: str,
         options: ChatOptions,
         request_id: str,
-    ) -> AsyncIterator[ChatChunk]:
+        began: float | None = None,
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """One node's stream; `began` (perf_counter) is when the caller's `chat` started."""
+        began = time.perf_counter() if began is None else began
         request = inference_pb2.ChatCompletionRequest(
             model=model,
             messages=[m.to_pb() for m in messages],
@@ -221,6 +263,7 @@ class TroopClient:
             ),
         ]
         stub = inference_pb2_grpc.InferenceServiceStub(self._worker_channel(grant.endpoint))
+        opened = time.perf_counter()
         call = stub.ChatCompletion(
             request, metadata=metadata, timeout=self.settings.inference_timeout_s
         )
@@ -231,15 +274,24 @@ class TroopClient:
         finish_reason: str | None = None
         try:
             async for chunk in call:
+                overhead = None
                 if not proven:
+                    waited_ms = (time.perf_counter() - opened) * 1000
                     # Before any token reaches the caller: is this the ticket's node?
                     initial = dict(await call.initial_metadata() or ())
                     verify_node_proof(
                         grant.node_public_key, grant.job_id, nonce, initial.get(PROOF_HEADER)
                     )
                     proven = True
+                    overhead = Overhead(
+                        client_ms=(time.perf_counter() - began) * 1000 - waited_ms,
+                        waited_ms=waited_ms,
+                        worker_ms=parse_ms(initial.get(OVERHEAD)),
+                    )
                 received_bytes += len(chunk.delta.encode())
                 piece = ChatChunk.from_pb(chunk)
+                if overhead is not None:
+                    piece = dataclasses.replace(piece, overhead=overhead)
                 if chunk.HasField("usage"):
                     shown_tokens = chunk.usage.completion_tokens
                     finish_reason = piece.finish_reason

@@ -27,6 +27,7 @@ from typing import Any
 
 import jwt
 
+from troop_common import jws
 from troop_common.errors import AssertionInvalid
 from troop_common.keys import Identity, parse_public_key_hex
 
@@ -73,10 +74,11 @@ def verify_assertion(token: str, audience: str, now: float | None = None) -> Ass
     if len(token) > MAX_TOKEN_CHARS:
         raise AssertionInvalid(f"assertion longer than {MAX_TOKEN_CHARS} characters")
     try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
+        parsed = jws.parse(token)  # once (troop_common.jws): PyJWT reads it char by char
+        claims = parsed.claims()
+    except jws.JwsError as exc:
         raise AssertionInvalid(f"invalid assertion: {exc}") from exc
-    subject = unverified.get("sub")
+    subject = claims.get("sub")
     if not isinstance(subject, str):
         raise AssertionInvalid("assertion sub must be a hex Ed25519 public key (a string)")
     try:
@@ -84,22 +86,11 @@ def verify_assertion(token: str, audience: str, now: float | None = None) -> Ass
     except ValueError as exc:
         raise AssertionInvalid(f"assertion sub: {exc}") from exc
     try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=["EdDSA"],
-            audience=audience,
-            leeway=LEEWAY_S,
-            # sub is checked above; exp, iat (against `now`) and jti below, with their types.
-            options={
-                "require": ["sub", "aud", "exp", "iat", "jti"],
-                "verify_exp": False,
-                "verify_iat": False,
-                "verify_sub": False,
-                "verify_jti": False,
-            },
-        )
-    except jwt.PyJWTError as exc:
+        jws.verify_eddsa(parsed, key)
+        # sub is checked above; exp, iat (against `now`) and jti below, with their types.
+        jws.require(claims, ("sub", "aud", "exp", "iat", "jti"))
+        jws.check_audience(claims, audience)
+    except jws.JwsError as exc:
         raise AssertionInvalid(f"invalid assertion: {exc}") from exc
     expires_at = _check_times(claims, now)
     jti = claims["jti"]

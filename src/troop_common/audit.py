@@ -1,8 +1,10 @@
 """The audit log: one JSON line per audited call, written off the request path.
 
-`AuditLog.record` never blocks and never raises: it hands the event to a
-queue that a background thread writes to a size-rotated file
-(`<dir>/<component>-audit.jsonl`). Security events (bad signatures, replays,
+`AuditLog.record` never blocks and never raises: it puts the event, as it
+is, on a queue; a background thread stamps, scrubs and serialises it and
+writes it to a size-rotated file (`<dir>/<component>-audit.jsonl`), so the
+request path pays for one queue put, not for JSON, regular expressions and
+the logging machinery (ADR 36). Security events (bad signatures, replays,
 forged receipts, refused identities) also go to an optional async sink — the
 coordinator's tamper-evident audit table, limited per source address first
 (troop_common.audit_throttle: a flood of bad tokens adds a bounded number of
@@ -21,6 +23,8 @@ import logging
 import logging.handlers
 import queue
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,10 +94,10 @@ class AuditLog:
         self.throttle = SecurityEventThrottle(security_limits or SecurityEventLimits())
         self._flush_timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._logger = logging.getLogger(f"troop.audit.{component}.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._listener: logging.handlers.QueueListener | None = None
+        self._events: queue.SimpleQueue[tuple[float, bool, dict[str, Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None
         self._handler: logging.Handler | None = None
         if self.path is not None:
             try:
@@ -106,31 +110,42 @@ class AuditLog:
                 log.exception("cannot write the audit log at %s; file auditing is off", self.path)
                 self.path = None
                 return
+            handler.setFormatter(_JsonLines())
             self._handler = handler
-            events: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-            # The queue handler turns the event into its JSON line on the caller's
-            # side (QueueHandler.prepare formats); the file handler writes it as is.
-            enqueue = logging.handlers.QueueHandler(events)
-            enqueue.setFormatter(_JsonLines())
-            self._logger.addHandler(enqueue)
-            self._listener = logging.handlers.QueueListener(events, handler)
-            self._listener.start()
+            self._writer = threading.Thread(
+                target=self._write_lines, name=f"audit-{component}", daemon=True
+            )
+            self._writer.start()
+
+    def _line(self, at: float, security: bool, event: dict[str, Any]) -> dict[str, Any]:
+        return _scrubbed(
+            {
+                "ts": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds"),
+                "component": self.component,
+                "security": security,
+                **event,
+            }
+        )
+
+    def _write_lines(self) -> None:
+        """The writer thread: everything queued, in order, until `None`."""
+        assert self._handler is not None
+        while (item := self._events.get()) is not None:
+            try:
+                at, security, event = item
+                line = event if "ts" in event else self._line(at, security, event)
+                self._handler.handle(logging.makeLogRecord({"msg": line}))
+            except Exception:
+                log.exception("could not write an audit event")
 
     def record(self, event: dict[str, Any], *, security: bool = False) -> None:
         """Write one event (and, if security-relevant, send it to the sink). Never raises."""
         try:
-            line = _scrubbed(
-                {
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "component": self.component,
-                    "security": security,
-                    **event,
-                }
-            )
-            if self._listener is not None:
-                self._logger.info(line)
+            at = time.time()
+            if self._writer is not None:
+                self._events.put((at, security, event))  # formatted in the writer thread
             if security and self._security_sink is not None:
-                self._store(self.throttle.admit(line))
+                self._store(self.throttle.admit(self._line(at, security, event)))
                 if self.throttle.suppressing and self._flush_timer is None:
                     # The window's summary is stored when it ends, flood over or not.
                     self._flush_timer = asyncio.get_running_loop().call_later(
@@ -150,8 +165,8 @@ class AuditLog:
                     "security": True,
                     **event,
                 }
-                if self._listener is not None:
-                    self._logger.info(event)
+                if self._writer is not None:
+                    self._events.put((0.0, True, event))
             task = asyncio.get_running_loop().create_task(self._sink(self._security_sink, event))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -178,9 +193,10 @@ class AuditLog:
         if self._pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(self._pending, timeout=5)
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        if self._writer is not None:
+            self._events.put(None)  # after everything queued before it
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
         if self._handler is not None:
             self._handler.close()
             self._handler = None

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 REQUEST_ID = "x-request-id"
 RESPONSE_TIME = "x-response-time"
+# The protocol's own time before a response's first token, in milliseconds (the worker's
+# in its first response headers, the client sidecar's total as an HTTP header; ADR 36).
+OVERHEAD = "x-troop-overhead-ms"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -58,6 +61,25 @@ def outgoing_request_id() -> str:
     """The id to send on an outgoing call: the current request's, or a new one."""
     info = current.get()
     return info.request_id if info else new_request_id()
+
+
+def format_ms(value: float) -> str:
+    """A duration as `x-troop-overhead-ms` carries it: milliseconds, 3 decimals, never
+    below 0 (clock granularity can make a difference of two readings slightly negative)."""
+    return f"{max(0.0, value):.3f}"
+
+
+def parse_ms(value: object) -> float | None:
+    """`x-troop-overhead-ms` read back: a finite number ≥ 0, or None for anything else."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str) or len(value) > 32:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0 <= number < float("inf") else None
 
 
 def add_initial_metadata(key: str, value: str) -> None:

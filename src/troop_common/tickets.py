@@ -6,7 +6,8 @@ claims, the job's bounds `max_tokens` (completion tokens) and
 `max_prompt_tokens` (the job was priced and reserved for at most these), `kid`
 header naming the signing key, a few minutes of life.
 `verify_ticket` is pure (no gRPC, no clock of its own); single use is the
-worker's replay set.
+worker's replay set. It reads the token once (`troop_common.jws`) and checks the
+signature with the cached key object.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from troop_common import jws
 from troop_common.errors import TicketInvalid
 
 TICKET_AUDIENCE = "troop-worker"
@@ -121,12 +123,13 @@ class TicketSigner:
         return token, float(expires)
 
 
-def ticket_kid(token: str) -> str | None:
+def ticket_kid(token: str | jws.CompactJws) -> str | None:
     """The `kid` header of a ticket, unverified (to pick the key); None if unreadable."""
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
-    except jwt.PyJWTError:
+        parsed = token if isinstance(token, jws.CompactJws) else jws.parse(token)
+    except jws.JwsError:
         return None
+    kid = parsed.header.get("kid")
     return kid if isinstance(kid, str) else None
 
 
@@ -144,7 +147,7 @@ def unverified_ticket_claims(token: str) -> tuple[str, str] | None:
 
 
 def verify_ticket(
-    token: str,
+    token: str | jws.CompactJws,
     keys: Mapping[str, rsa.RSAPublicKey],
     *,
     node_id: str,
@@ -153,24 +156,22 @@ def verify_ticket(
     node_key: str | None = None,
 ) -> Ticket:
     """The verified ticket for this node (and, when `node_key` is given, for exactly
-    that node key); TicketInvalid for anything else."""
-    kid = ticket_kid(token)
+    that node key); TicketInvalid for anything else. `token` may be already parsed."""
+    try:
+        parsed = token if isinstance(token, jws.CompactJws) else jws.parse(token)
+    except jws.JwsError as exc:
+        raise TicketInvalid(f"invalid ticket: {exc}") from exc
+    kid = ticket_kid(parsed)
     if kid is None or kid not in keys:
         raise TicketInvalid("ticket is signed by an unknown key")
     try:
-        claims = jwt.decode(
-            token,
-            keys[kid],
-            algorithms=[TICKET_ALGORITHM],
-            audience=TICKET_AUDIENCE,
-            issuer=TICKET_ISSUER,
-            options={
-                "require": ["aud", "iss", "sub", "jti", "exp", "iat"],
-                "verify_exp": False,  # checked below against the caller's clock
-                "verify_iat": False,
-            },
-        )
-    except jwt.PyJWTError as exc:
+        jws.verify_rs256(parsed, keys[kid])
+        claims = parsed.claims()
+        jws.require(claims, ("aud", "iss", "sub", "jti", "exp", "iat"))
+        jws.check_audience(claims, TICKET_AUDIENCE)
+        if claims["iss"] != TICKET_ISSUER:
+            raise jws.JwsError("invalid issuer")
+    except jws.JwsError as exc:
         raise TicketInvalid(f"invalid ticket: {exc}") from exc
     if float(claims["exp"]) + leeway_s < now:
         raise TicketInvalid("ticket expired")

@@ -1,21 +1,23 @@
-"""Signed job receipts, sent to the coordinator in the background with retries.
+"""Signed job receipts, sent to the coordinator in the background, batched, with retries.
 
-A user's stream never waits on (or fails because of) the coordinator: the
-servicer hands the receipt over and returns. Each receipt is signed with the
-node key and submitted; a coordinator that cannot be reached is retried
-3 times (1 s, 2 s, 4 s, with jitter); other refusals are logged, not retried.
+A user's stream never waits on (or fails because of) the coordinator, and no job's
+first token waits on another job's receipt: the servicer queues the job's record and
+returns; a `troop_common.background.BackgroundSender` signs each with the node key
+and submits it once no job is starting (`hot`, the servicer's HotPath), every
+receipt that is ready by then in one go. A coordinator that cannot be reached is
+retried 3 times (1 s, 2 s, 4 s, with jitter); other refusals are logged, not retried.
+`drain` at a clean shutdown sends what is still queued (ADR 36).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
+from troop_common.background import BackgroundSender, HotPath
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
 from troop_common.keys import Identity
@@ -62,7 +64,7 @@ class JobRecord:
 
 
 class ReceiptSender:
-    """`submit(record)` returns at once; `drain(timeout)` waits for what is in flight."""
+    """`submit(record)` returns at once; `drain(timeout)` sends what is queued (at stop)."""
 
     def __init__(
         self,
@@ -71,49 +73,55 @@ class ReceiptSender:
         node_id: str,
         *,
         backoff_s: float = 1.0,
+        max_wait_s: float = 0.5,
     ) -> None:
+        """`max_wait_s`: how long receipts wait for a moment when no job is starting."""
         self._client = client
         self._node = node
         self._node_id = node_id
-        self._backoff_s = backoff_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sender: BackgroundSender[JobRecord] = BackgroundSender(
+            self._send,
+            name="receipts",
+            retries=RETRIES,
+            backoff_s=backoff_s,
+            max_wait_s=max_wait_s,
+            describe=lambda record: f"the receipt for job {record.job_id}",
+        )
+
+    @property
+    def hot(self) -> HotPath:
+        """The jobs still before their first token: receipts wait for them."""
+        return self._sender.hot
+
+    @property
+    def pending(self) -> int:
+        """Receipts queued, waiting for a retry or being sent."""
+        return self._sender.pending
+
+    @property
+    def batches(self) -> int:
+        """How many batches were sent (each: every receipt ready at the time)."""
+        return self._sender.batches
 
     def submit(self, record: JobRecord) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._sender.submit(record)
 
     async def _send(self, record: JobRecord) -> None:
         request = sign_receipt(self._node, record.to_pb(self._node_id))
-        for attempt in range(RETRIES + 1):
-            try:
-                response = await self._client.submit_receipt(request)
-            except Unavailable as exc:
-                if attempt == RETRIES:
-                    log.error("receipt for job %s not delivered: %s", record.job_id, exc)
-                    return
-                delay = self._backoff_s * 2**attempt * random.uniform(0.8, 1.2)
-                log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-            except TroopError as exc:
-                log.error("coordinator refused the receipt for job %s: %s", record.job_id, exc)
-                return
-            else:
-                log.info(
-                    "job %s receipt taken: %s, charged %d millicredits",
-                    record.job_id,
-                    coordinator_pb2.SettlementKind.Name(response.kind),
-                    response.charged_millicredits,
-                )
-                return
+        try:
+            response = await self._client.submit_receipt(request)
+        except Unavailable:
+            raise  # retried by the sender
+        except TroopError as exc:
+            log.error("coordinator refused the receipt for job %s: %s", record.job_id, exc)
+            return
+        log.debug(
+            "job %s receipt taken: %s, charged %d millicredits",
+            record.job_id,
+            coordinator_pb2.SettlementKind.Name(response.kind),
+            response.charged_millicredits,
+        )
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for receipts in flight, then cancel the rest."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.warning("%d receipts abandoned at shutdown", len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Send every receipt still queued (within `timeout_s`); the rest is logged."""
+        await self._sender.close(timeout_s)

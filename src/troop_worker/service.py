@@ -7,22 +7,31 @@ must carry it to be paid) → job limits (RESOURCE_EXHAUSTED) → single use (th
 ticket is spent only when the job really starts, so a refused request can be
 retried with the same ticket).
 Errors are raised, never `abort`ed: the error interceptor maps them.
+
+The first chunk's headers carry `x-troop-overhead-ms`: the worker's own time
+before it, i.e. from the call reaching the interceptor chain to the first chunk
+being handed to gRPC, less the engine's time from its start to that chunk
+(docs/protocol.md). Until then the job is on the `hot` path: receipts wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import grpc
 
+from troop_common import request_context
 from troop_common.endpoint_proof import sign_endpoint
 from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid, Unavailable
 from troop_common.keys import Identity
 from troop_common.node_proof import PROOF_HEADER, is_nonce, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
-from troop_common.request_context import add_initial_metadata
+from troop_common.request_context import OVERHEAD, add_initial_metadata, format_ms
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest
@@ -34,6 +43,86 @@ from troop_worker.validation import validate, within_ticket
 
 log = logging.getLogger("troop.worker.service")
 MAX_ENDPOINT_LENGTH = 300
+
+
+@dataclass
+class _FirstChunk:
+    """A call before its first chunk: when it arrived, and what to do once that chunk goes."""
+
+    arrived: float  # perf_counter when the interceptor chain saw the call
+    leaves: Callable[[], None]  # the receipts' hot path: this job is past its first token
+
+
+# Per call (each call is its own task): read by `_run` when the first chunk goes.
+_first_chunk: ContextVar[_FirstChunk | None] = ContextVar("troop_first_chunk", default=None)
+
+
+class _Ahead:
+    """Reads an engine's stream in a task of its own, so the engine never waits for a gRPC
+    write: what it made while a write was in flight goes out as one chunk (the text joined,
+    the counts and finish reason of the last). With a fast reader each chunk goes alone; a
+    slow reader (or a busy loop) gets fewer, larger messages instead of a slower engine.
+    An engine error reaches the reader after the chunks made before it. `close` stops the
+    engine (cancelling the read in progress) and closes its stream."""
+
+    def __init__(self, stream: AsyncIterator[GenerationChunk]) -> None:
+        self._stream = stream
+        self._ready: list[GenerationChunk] = []
+        self._error: Exception | None = None
+        self._done = False
+        self._wake = asyncio.Event()
+        self.first_at = 0.0  # perf_counter when the engine yielded its first sendable chunk
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for chunk in self._stream:
+                if not self.first_at and (chunk.text or chunk.finish_reason is not None):
+                    self.first_at = time.perf_counter()
+                self._ready.append(chunk)
+                self._wake.set()
+                if chunk.finish_reason is not None:
+                    break
+        except Exception as exc:  # handed to the reader, in order
+            self._error = exc
+        finally:
+            self._done = True
+            self._wake.set()
+            await self._stream.aclose()  # type: ignore[attr-defined]
+
+    async def next(self) -> GenerationChunk | None:
+        """Everything made since the last call, as one chunk; None once the stream ended."""
+        while not self._ready:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._done:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        ready, self._ready = self._ready, []
+        if len(ready) == 1:
+            return ready[0]
+        last = ready[-1]
+        text = "".join(c.text for c in ready)
+        return GenerationChunk(text, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _first_chunk_leaves(engine_started: float, engine_chunk: float) -> None:
+    """Say this call's overhead in its first headers: all its time until now, less the
+    engine's (from being asked for the stream to yielding this chunk); and take the call
+    off the hot path."""
+    pending = _first_chunk.get()
+    if pending is None:
+        return
+    _first_chunk.set(None)
+    ours_s = (time.perf_counter() - pending.arrived) - (engine_chunk - engine_started)
+    add_initial_metadata(OVERHEAD, format_ms(ours_s * 1000))
+    pending.leaves()
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -91,38 +180,52 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request: inference_pb2.ChatCompletionRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[inference_pb2.ChatCompletionResponse]:
-        ticket = current_ticket.get()
-        if ticket is None:  # only if the interceptor was left out
-            raise TicketInvalid("missing ticket")
-        generation = validate(request, max_new_tokens=self.max_new_tokens)
-        if request.model != ticket.model:
-            raise TicketInvalid(f"the ticket is for model {ticket.model!r}, not {request.model!r}")
-        if request.model not in self.engine.models:
-            raise InvalidArgument([FieldViolation("model", "not served by this node")])
-        generation = within_ticket(request, generation, ticket)
-        presented = presentation_of(ticket, context.invocation_metadata() or ())
-        async with self.limiter.admit(ticket.user):
-            await self.verifier.consume(ticket)
-            if self.node is not None:
-                # Answer the client's nonce with the node key, sent with the first chunk.
-                proof = sign_node_proof(self.node, ticket.job_id, presented.nonce)
-                add_initial_metadata(PROOF_HEADER, proof)
-            async for response in self._run(ticket, generation, presented):
-                yield response
+        info = request_context.current.get()
+        arrived = info.started if info is not None else time.perf_counter()
+        leave = self.receipts.hot.enter()  # receipts wait until this job's first token
+        try:
+            ticket = current_ticket.get()
+            if ticket is None:  # only if the interceptor was left out
+                raise TicketInvalid("missing ticket")
+            generation = validate(request, max_new_tokens=self.max_new_tokens)
+            if request.model != ticket.model:
+                raise TicketInvalid(
+                    f"the ticket is for model {ticket.model!r}, not {request.model!r}"
+                )
+            if request.model not in self.engine.models:
+                raise InvalidArgument([FieldViolation("model", "not served by this node")])
+            generation = within_ticket(request, generation, ticket)
+            presented = presentation_of(ticket, context.invocation_metadata() or ())
+            async with self.limiter.admit(ticket.user):
+                await self.verifier.consume(ticket)
+                if self.node is not None:
+                    # Answer the client's nonce with the node key, sent with the first chunk.
+                    proof = sign_node_proof(self.node, ticket.job_id, presented.nonce)
+                    add_initial_metadata(PROOF_HEADER, proof)
+                _first_chunk.set(_FirstChunk(arrived, leave))
+                async for response in self._run(ticket, generation, presented):
+                    yield response
+        finally:
+            leave()
 
     async def _run(
         self, ticket: Ticket, generation: GenerationRequest, presented: Presented
     ) -> AsyncIterator[inference_pb2.ChatCompletionResponse]:
         started = time.monotonic()
+        engine_started = time.perf_counter()
         last = GenerationChunk("", None, 0, 0)
         finished = failed = sent = False
-        stream = self.engine.stream(generation)
+        stream = _Ahead(self.engine.stream(generation))
         try:
-            async for chunk in stream:
+            while (chunk := await stream.next()) is not None:
                 last = chunk
                 if chunk.text or chunk.finish_reason is not None:
+                    engine_chunk = stream.first_at if not sent else 0.0
+                    response = chunk.to_pb(ticket.job_id)
+                    if not sent:
+                        _first_chunk_leaves(engine_started, engine_chunk)
                     sent = True
-                    yield chunk.to_pb(ticket.job_id)
+                    yield response
                 if chunk.finish_reason is not None:
                     finished = True
                     break
@@ -136,11 +239,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
             yield end.to_pb(ticket.job_id)
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.close()
             # A stream the client left early is charged for what it produced.
             completed = not failed and (finished or last.completion_tokens > 0)
             # An engine that cannot count before it works (a relay) is held to the
             # ticket's bounds here: the coordinator refuses a receipt beyond them.
+            # Queued: signed and sent once no job is before its first token.
             self.receipts.submit(
                 JobRecord(
                     job_id=ticket.job_id,

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from troop_common.errors import TicketReused, TroopError
+from troop_common import jws
+from troop_common.errors import TicketInvalid, TicketReused, TroopError
 from troop_common.proto import coordinator_pb2
 from troop_common.replay import MemoryReplaySet, ReplaySet
 from troop_common.tickets import Ticket, public_key_from_jwk, ticket_kid, verify_ticket
@@ -130,9 +131,13 @@ class TicketVerifier:
     async def verify(self, token: str) -> Ticket:
         """The verified ticket; TicketInvalid if forged, expired, or for another node
         (id or key)."""
-        keys = await self.key_cache.keys_for(ticket_kid(token))
+        try:
+            parsed = jws.parse(token)  # once: the kid picks the key, then the verification
+        except jws.JwsError as exc:
+            raise TicketInvalid(f"invalid ticket: {exc}") from exc
+        keys = await self.key_cache.keys_for(ticket_kid(parsed))
         return verify_ticket(
-            token, keys, node_id=self.node_id, node_key=self.node_key, now=self._clock()
+            parsed, keys, node_id=self.node_id, node_key=self.node_key, now=self._clock()
         )
 
     async def consume(self, ticket: Ticket) -> None:

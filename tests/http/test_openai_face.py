@@ -311,3 +311,16 @@ async def test_an_unserved_model_is_an_answer_that_leaves_the_breaker_closed(sid
     reply = await client.chat.completions.create(model=MODEL, messages=QUESTION)
     await client.close()
     assert reply.choices[0].message.content == ANSWER
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_every_answer_says_what_the_protocol_cost(sidecar, stream: bool) -> None:
+    body = {"model": MODEL, "messages": QUESTION, "stream": stream}
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("POST", f"{sidecar.url}/chat/completions", json=body) as reply:
+            assert reply.status_code == 200
+            overhead = reply.headers.get("x-troop-overhead-ms")
+            await reply.aread()
+    # Through Envoy as an HTTP header: the sidecar's share plus the worker's, in ms.
+    assert overhead is not None
+    assert 0 <= float(overhead) < 60_000

@@ -144,6 +144,12 @@ class CheatingReceipts(ReceiptSender):
 
     def __init__(self, client: CoordinatorClient, *args: Any, **kwargs: Any) -> None:
         super().__init__(RecordingClient(client), *args, **kwargs)  # type: ignore[arg-type]
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        await super().drain(timeout_s)
 
     def submit(self, record: JobRecord) -> None:
         STATE.records[record.job_id] = record
@@ -269,6 +275,12 @@ async def run_proof(client: CoordinatorClient, node_id: str, kind: str) -> dict[
     }
 
 
+async def _one_after_another(receipts: CheatingReceipts, records: list[JobRecord]) -> None:
+    """Send `records` in this order, each once the last was answered."""
+    for record in records:
+        await receipts._send(record)
+
+
 async def on_line(worker: worker_app.Worker, line: str) -> None:
     """What the cheat does with a line from the test (a job id, or a proof kind)."""
     client, node = worker._client, worker.identity
@@ -280,8 +292,8 @@ async def on_line(worker: worker_app.Worker, line: str) -> None:
         bare = JobRecord(line, True, 1000, 3, 5)
         nonce = new_nonce()
         forged = bytes.fromhex(sign_presentation(node.key, line, node.node_id, nonce))
-        for record in (bare, dataclasses.replace(bare, presentation=forged, client_nonce=nonce)):
-            receipts.spawn(receipts._send(record))
+        forged_record = dataclasses.replace(bare, presentation=forged, client_nonce=nonce)
+        receipts.spawn(_one_after_another(receipts, [bare, forged_record]))
     elif STATE.cheat == "resend":
         first, ticket = STATE.records[line], STATE.tickets[line]
         more = dataclasses.replace(

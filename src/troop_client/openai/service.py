@@ -7,6 +7,12 @@ response can send SSE keep-alive comments while nothing arrives, without
 ever cancelling the read. If the HTTP client goes away, gRPC cancels this
 handler, and closing the pump cancels the worker call (the worker then
 settles for what it generated).
+
+The response headers carry `x-troop-overhead-ms`: the protocol's time before the first
+token, the sidecar's share (its time to the first chunk, less the wait on the worker's
+stream: Authorize, signing, OpenAI parsing, SSE framing) plus the worker's own
+(docs/protocol.md). A stream whose first bytes were a keep-alive has none: the
+headers had left before it was known.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from troop_client.sdk import TroopClient
 from troop_common.errors import AuthError, NotFound, TroopError, Unavailable
 from troop_common.interceptors.wrapping import bearer_token
 from troop_common.proto import openai_pb2, openai_pb2_grpc
+from troop_common.request_context import OVERHEAD, add_initial_metadata, current, format_ms
 
 log = logging.getLogger("troop.client.openai")
 
@@ -73,6 +80,15 @@ class _Pump:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _announce_overhead(chunk: ChatChunk) -> None:
+    """Put the protocol's total time before `chunk` (the first) in the response headers."""
+    info = current.get()
+    if info is None or chunk.overhead is None:
+        return
+    ours = info.elapsed_ms() - chunk.overhead.waited_ms
+    add_initial_metadata(OVERHEAD, format_ms(ours + (chunk.overhead.worker_ms or 0.0)))
 
 
 class _JobFailed(Unavailable):
@@ -172,6 +188,8 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
         parts = [job.echo]
         try:
             while (chunk := await pump.next(None)) is not None:
+                if len(parts) == 1:
+                    _announce_overhead(chunk)
                 shape.set_job(chunk.job_id)
                 parts.append(chunk.text)
                 if chunk.finish_reason == "error":
@@ -199,6 +217,8 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
                 if chunk is None:
                     break
                 if not announced:
+                    if not started:  # the headers have not left yet
+                        _announce_overhead(chunk)
                     shape.set_job(chunk.job_id)
                     first = shape.first_chunk(job.echo)
                     announced = started = True

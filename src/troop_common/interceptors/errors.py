@@ -109,9 +109,10 @@ class ErrorInterceptor(WrappingInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await super().intercept_service(continuation, details)
-        if handler is None or not self.covers(details.method or ""):
+        method = details.method or ""
+        if handler is None or not self.covers(method):
             return handler
-        return _with_safe_parsing(handler)
+        return self._wrapped("parse " + method, handler, lambda _, h: _with_safe_parsing(h))
 
     def unary(self, method: str, behaviour: Unary) -> Unary:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

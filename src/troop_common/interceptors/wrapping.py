@@ -8,7 +8,10 @@ with its own `unary(method, behaviour)` coroutine or `stream(method,
 behaviour)` async generator, which run around the whole call — every
 message of a stream included. A `CheckingInterceptor` only needs
 `check(method, context)`, run before the call starts (auth, limits).
-Health and reflection pass through all of them untouched.
+Health and reflection pass through all of them untouched. Each interceptor
+wraps a method's handler once and reuses the wrapped one for every later call
+(the handler under it is the same object each time), instead of building new
+closures and handler objects per call.
 """
 
 from __future__ import annotations
@@ -73,11 +76,32 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         method = details.method or ""
         if not self.covers(method):
             return handler
+        return self._wrapped(method, handler, self._wrap)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         return wrap_handler(
             handler,
             lambda behaviour: self.unary(method, behaviour),
             lambda behaviour: self.stream(method, behaviour),
         )
+
+    def _wrapped(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler | None,
+        wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler | None],
+    ) -> grpc.RpcMethodHandler | None:
+        """`wrap(method, handler)`, made once per method and handler, then reused."""
+        if handler is None:
+            return None  # no such method: nothing to remember
+        cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]]
+        cache = self.__dict__.setdefault("_handlers", {})
+        known = cache.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = wrap(method, handler)
+        cache[method] = (handler, wrapped)
+        return wrapped
 
 
 class CheckingInterceptor(WrappingInterceptor):
