@@ -1,33 +1,50 @@
-"""Authorize + settle throughput and latency: PostgreSQL + Redis vs the embedded default.
+"""Authorize + countersign + settle throughput and latency, on both backends, against floors.
 
     .venv/bin/python -m bench.ledger_throughput [--seconds 5] [--levels 1,16,64]
+        [--backends embedded,postgresql+redis] [--profile DIR] [--json FILE]
 
 For each backend a real coordinator process (`python -m troop_coordinator`) is
 started on a fresh database; one node heartbeats; N concurrent clients (N in
---levels), each its own user, loop authorize -> countersign -> signed receipt (settles) for
---seconds. Prints cycles/s and p50/p99 latency of each call, and the ratio of
-PostgreSQL + Redis to the embedded default measured in the same run. Needs
-PostgreSQL (TROOP_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/postgres)
-and Redis (TROOP_BENCH_REDIS, default redis://127.0.0.1:6379/0).
+--levels), each its own user, loop authorize -> countersign -> signed receipt
+(settles) for --seconds. Each figure is printed next to its goal (>= GOAL_CYCLES_S
+cycles/s with GOAL_CLIENTS clients on PostgreSQL + Redis) and against a floor
+measured by this run on the same machine: bare one-statement write transactions
+per second, on one hot row, straight through the driver (asyncpg with as many
+connections as the coordinator may use at that level; sqlite3 in WAL mode, one
+writer, as SQLite allows), i.e. what the database alone does for the simplest
+money-moving statement. A cycle is three money-moving transactions plus reads, so
+a third of the floor is the ceiling of an ideal coordinator.
+
+`--profile DIR` records the coordinator with py-spy (`py-spy record -f raw`, 10 s
+at most) during the GOAL_CLIENTS level of each backend and prints where its time
+goes. `run(...)` returns the rows as dicts (for scripts); `main()` prints a
+markdown table. Needs PostgreSQL (TROOP_BENCH_PG, default
+postgresql://postgres@127.0.0.1:5432/postgres) and Redis (TROOP_BENCH_REDIS,
+default redis://127.0.0.1:6379/0) for the postgresql+redis backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -40,11 +57,17 @@ from troop_common.node_proof import new_nonce
 from troop_common.presentation import sign_presentation
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.receipts import sign_receipt
+from troop_coordinator.db.engine import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 
 MODEL = "bench-model"
 PG_ADMIN = os.environ.get("TROOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TROOP_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("embedded", "postgresql+redis")
+GOAL_CYCLES_S = 1000.0
+GOAL_CLIENTS = 16
+GOAL_BACKEND = "postgresql+redis"
+PROFILE_S = 10.0
 
 
 @dataclass
@@ -60,11 +83,25 @@ class Row:
     backend: str
     clients: int
     cycles_per_s: float
-    authorize_p50: float
-    authorize_p99: float
-    settle_p50: float
-    settle_p99: float
+    authorize_p50_ms: float
+    authorize_p99_ms: float
+    settle_p50_ms: float
+    settle_p99_ms: float
     errors: int
+    floor_tx_per_s: float | None = None  # the database alone, same run (module docstring)
+    goal_cycles_per_s: float | None = None  # where a goal is set
+    vs_floor: float | None = None
+    vs_embedded: float | None = None
+    # The coordinator process's CPU time (user + system) per cycle: steadier than cycles/s
+    # on a machine shared with other work.
+    coordinator_cpu_ms_per_cycle: float | None = None
+    profile: str | None = None  # py-spy raw output, with --profile
+
+    @property
+    def meets_goal(self) -> bool | None:
+        if self.goal_cycles_per_s is None:
+            return None
+        return self.cycles_per_s >= self.goal_cycles_per_s
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,13 +117,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _spawn(env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
+def _spawn(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "troop_coordinator"]
     return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
 
 
 @contextlib.asynccontextmanager
-async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[str]:
+async def coordinator(
+    env: dict[str, str], data_dir: Path
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     full = {
         **os.environ,
@@ -114,7 +153,7 @@ async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[str]
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"coordinator did not start; see {log.name}")
                 await asyncio.sleep(0.1)
-        yield address
+        yield address, process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -170,12 +209,134 @@ async def run_level(address: str, clients: int, seconds: float, node: Identity) 
     return samples
 
 
+# -- floors: the database alone ------------------------------------------------------
+
+
+async def postgres_floor(dsn: str, connections: int, seconds: float) -> float:
+    """Bare one-statement write transactions/s on one hot row (a reservation's UPDATE ...
+    RETURNING, autocommit), `connections` asyncpg connections at once."""
+    setup = await asyncpg.connect(dsn)
+    try:
+        await setup.execute(
+            "CREATE TABLE IF NOT EXISTS bench_floor (id int PRIMARY KEY, balance bigint NOT NULL);"
+            "INSERT INTO bench_floor VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+        )
+    finally:
+        await setup.close()
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        connection = await asyncpg.connect(dsn)
+        try:
+            while time.perf_counter() < stop_at:
+                await connection.fetchval(
+                    "UPDATE bench_floor SET balance = balance + 1 WHERE id = 1 RETURNING balance"
+                )
+                done += 1
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(loop() for _ in range(connections)))
+    return done / seconds
+
+
+def sqlite_floor(path: Path, seconds: float) -> float:
+    """Bare one-statement write transactions/s with sqlite3 as the coordinator sets it up
+    (WAL, BEGIN IMMEDIATE, default synchronous), one writer: SQLite has no other kind."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE bench_floor (id INTEGER PRIMARY KEY, balance INTEGER)")
+        connection.execute("INSERT INTO bench_floor VALUES (1, 0)")
+        done = 0
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(
+                "UPDATE bench_floor SET balance = balance + 1 WHERE id = 1 RETURNING balance"
+            ).fetchall()
+            connection.execute("COMMIT")
+            done += 1
+        return done / seconds
+    finally:
+        connection.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- profiling -----------------------------------------------------------------------
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise RuntimeError("--profile needs py-spy (pip install -e '.[dev]')")
+    command = [py_spy, "record", "-p", str(pid), "-d", f"{seconds:g}", "-f", "raw"]
+    return subprocess.Popen(
+        [*command, "--nonblocking", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+# Frames every busy sample of the main thread or a worker thread sits under.
+_GENERIC = frozenset(
+    "_run_module_as_main _run_code <module> main run_until_done run Runner.run "
+    "BaseEventLoop.run_until_complete BaseEventLoop.run_forever BaseEventLoop._run_once "
+    "Handle._run Thread._bootstrap Thread._bootstrap_inner Thread.run".split()
+)
+
+
+def summarize_profile(raw: Path, top: int = 20) -> str:
+    """The frames the coordinator's samples spent the most time in (inclusive, generic
+    event-loop and thread frames left out), from py-spy's raw (collapsed stack) output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        if not stack:
+            inclusive["(no Python frame: native code, GIL waits)"] += int(count)
+            continue
+        seen = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            module = where.rsplit("/", 1)[-1].split(":")[0]
+            key = f"{name} ({module})" if module else name or "(native)"
+            if name not in _GENERIC and key not in seen:
+                seen.add(key)
+                inclusive[key] += int(count)
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; share of them in (inclusive):"]
+    lines += [f"  {n / total:6.1%}  {k}" for k, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
 async def bench_backend(
-    name: str, env: dict[str, str], levels: list[int], seconds: float
+    name: str,
+    env: dict[str, str],
+    levels: Sequence[int],
+    seconds: float,
+    profile_dir: Path | None,
 ) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="troop-bench-") as tmp:
-        async with coordinator(env, Path(tmp)) as address:
+        async with coordinator(env, Path(tmp)) as (address, process):
             node = Identity.generate()
             async with CoordinatorClient(address, node) as client:
                 await client.heartbeat(
@@ -188,17 +349,33 @@ async def bench_backend(
                 )
             await run_level(address, 4, 1.0, node)  # warm up connections and caches
             for clients in levels:
+                profiler, raw = None, None
+                if profile_dir is not None and clients == GOAL_CLIENTS:
+                    raw = profile_dir / f"py-spy-{name.replace('+', '-')}-{clients}.txt"
+                    profiler = start_profile(process.pid, min(PROFILE_S, seconds), raw)
+                cpu_before = cpu_seconds(process.pid)
                 s = await run_level(address, clients, seconds, node)
+                cpu_after = cpu_seconds(process.pid)
+                cpu_ms = None
+                if cpu_before is not None and cpu_after is not None and s.cycle_ms:
+                    cpu_ms = (cpu_after - cpu_before) * 1000 / len(s.cycle_ms)
+                if profiler is not None:
+                    await asyncio.to_thread(profiler.wait, 30)
                 rows.append(
                     Row(
-                        name,
-                        clients,
-                        len(s.cycle_ms) / seconds,
-                        percentile(s.authorize_ms, 0.5),
-                        percentile(s.authorize_ms, 0.99),
-                        percentile(s.settle_ms, 0.5),
-                        percentile(s.settle_ms, 0.99),
-                        s.errors,
+                        backend=name,
+                        clients=clients,
+                        cycles_per_s=len(s.cycle_ms) / seconds,
+                        authorize_p50_ms=percentile(s.authorize_ms, 0.5),
+                        authorize_p99_ms=percentile(s.authorize_ms, 0.99),
+                        settle_p50_ms=percentile(s.settle_ms, 0.5),
+                        settle_p99_ms=percentile(s.settle_ms, 0.99),
+                        errors=s.errors,
+                        coordinator_cpu_ms_per_cycle=cpu_ms,
+                        goal_cycles_per_s=GOAL_CYCLES_S
+                        if name == GOAL_BACKEND and clients >= GOAL_CLIENTS
+                        else None,
+                        profile=str(raw) if raw is not None and raw.exists() else None,
                     )
                 )
                 print(f"  {name:<18} {clients:>3} clients: {rows[-1].cycles_per_s:8.1f} cycles/s")
@@ -228,50 +405,119 @@ async def clear_prefix(prefix: str) -> None:
     await redis.aclose()
 
 
-def table(rows: list[Row]) -> str:
-    embedded = {r.clients: r for r in rows if r.backend == "embedded"}
+async def run_async(
+    seconds: float = 5.0,
+    levels: Sequence[int] = (1, 16, 64),
+    backends: Sequence[str] = BACKENDS,
+    profile_dir: Path | None = None,
+) -> list[Row]:
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise ValueError(f"unknown backends {sorted(unknown)}; known: {', '.join(BACKENDS)}")
+    rows: list[Row] = []
+    if "embedded" in backends:
+        with tempfile.TemporaryDirectory(prefix="troop-floor-") as tmp:
+            floor = await asyncio.to_thread(sqlite_floor, Path(tmp) / "floor.db", seconds)
+        for row in await bench_backend("embedded", {}, levels, seconds, profile_dir):
+            row.floor_tx_per_s = floor
+            rows.append(row)
+    if "postgresql+redis" in backends:
+        prefix = f"troop-bench:{secrets.token_hex(4)}:"
+        async with postgres_database() as url:
+            try:
+                env = {"TROOP_DATABASE_URL": url, "TROOP_REDIS_URL": REDIS_URL}
+                pg_rows = await bench_backend(
+                    "postgresql+redis",
+                    {**env, "TROOP_REDIS_PREFIX": prefix},
+                    levels,
+                    seconds,
+                    profile_dir,
+                )
+            finally:
+                await clear_prefix(prefix)
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+            pool = DEFAULT_POOL_SIZE + DEFAULT_MAX_OVERFLOW
+            floors = {n: await postgres_floor(dsn, min(n, pool), seconds) for n in levels}
+        for row in pg_rows:
+            row.floor_tx_per_s = floors[row.clients]
+            rows.append(row)
+    embedded = {r.clients: r.cycles_per_s for r in rows if r.backend == "embedded"}
+    for row in rows:
+        if row.floor_tx_per_s:
+            row.vs_floor = row.cycles_per_s / row.floor_tx_per_s
+        if embedded.get(row.clients):
+            row.vs_embedded = row.cycles_per_s / embedded[row.clients]
+    return rows
+
+
+def run(
+    seconds: float = 5.0,
+    levels: Sequence[int] = (1, 16, 64),
+    backends: Sequence[str] = BACKENDS,
+    profile_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Measure; one dict per (backend, clients), fields as in `Row` plus `meets_goal`."""
+    rows = asyncio.run(run_async(seconds, levels, backends, profile_dir))
+    return [{**asdict(r), "meets_goal": r.meets_goal} for r in rows]
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| backend | clients | cycles/s | vs embedded | authorize p50 / p99 ms "
-        "| settle p50 / p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | clients | cycles/s | goal | floor tx/s | vs floor | vs embedded "
+        "| coordinator CPU ms/cycle | authorize p50 / p99 ms | settle p50 / p99 ms | errors |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        base = embedded.get(r.clients)
-        ratio = f"{r.cycles_per_s / base.cycles_per_s:.2f}×" if base and base.cycles_per_s else "—"
+        goal = "—"
+        if r["goal_cycles_per_s"] is not None:
+            mark = "met" if r["meets_goal"] else "not met"
+            goal = f"≥ {r['goal_cycles_per_s']:,.0f}: {mark}"
+        floor = "—" if r["floor_tx_per_s"] is None else f"{r['floor_tx_per_s']:,.0f}"
+        cpu = r["coordinator_cpu_ms_per_cycle"]
         lines.append(
-            f"| {r.backend} | {r.clients} | {r.cycles_per_s:.1f} | {ratio} "
-            f"| {r.authorize_p50:.1f} / {r.authorize_p99:.1f} "
-            f"| {r.settle_p50:.1f} / {r.settle_p99:.1f} | {r.errors} |"
+            f"| {r['backend']} | {r['clients']} | {r['cycles_per_s']:.1f} | {goal} | {floor} "
+            f"| {_ratio(r['vs_floor'])} | {_ratio(r['vs_embedded'])} "
+            f"| {'—' if cpu is None else f'{cpu:.1f}'} "
+            f"| {r['authorize_p50_ms']:.1f} / {r['authorize_p99_ms']:.1f} "
+            f"| {r['settle_p50_ms']:.1f} / {r['settle_p99_ms']:.1f} | {r['errors']} |"
         )
     return "\n".join(lines)
 
 
-async def main_async(seconds: float, levels: list[int]) -> None:
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.platform()} · "
-        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {seconds:g} s per level"
-    )
-    rows = await bench_backend("embedded", {}, levels, seconds)
-    prefix = f"troop-bench:{secrets.token_hex(4)}:"
-    async with postgres_database() as url:
-        try:
-            env = {"TROOP_DATABASE_URL": url, "TROOP_REDIS_URL": REDIS_URL}
-            rows += await bench_backend(
-                "postgresql+redis", {**env, "TROOP_REDIS_PREFIX": prefix}, levels, seconds
-            )
-        finally:
-            await clear_prefix(prefix)
-    print()
-    print(table(rows))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per level")
     parser.add_argument("--levels", default="1,16,64", help="concurrent clients, comma-separated")
-    args = parser.parse_args()
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument("--profile", type=Path, help="record the coordinator with py-spy here")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x]
-    asyncio.run(main_async(args.seconds, levels))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.platform()} · "
+        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · {args.seconds:g} s per level"
+    )
+    rows = run(args.seconds, levels, backends, args.profile)
+    print()
+    print(table(rows))
+    print(
+        f"\ngoal: ≥ {GOAL_CYCLES_S:,.0f} cycles/s with {GOAL_CLIENTS} clients on {GOAL_BACKEND}; "
+        "floor: bare one-statement write transactions/s through the driver, same run "
+        "(a cycle is 3 money-moving transactions + reads)"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    for r in rows:
+        if r["profile"]:
+            print(f"\npy-spy, {r['backend']}, {r['clients']} clients ({r['profile']}):")
+            print(summarize_profile(Path(r["profile"])))
 
 
 if __name__ == "__main__":

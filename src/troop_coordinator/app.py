@@ -37,6 +37,7 @@ from troop_coordinator.ledger import Ledger
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook, ProofShape
 from troop_coordinator.reachability import EndpointProofs
+from troop_coordinator.redis_registry import RedisNodeRegistry
 from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
@@ -62,7 +63,11 @@ class Coordinator:
         limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = create_engine(settings.effective_database_url)
+        self.engine = create_engine(
+            settings.effective_database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         sessions = session_factory(self.engine)
         self.ledger = Ledger(
             sessions,
@@ -179,6 +184,8 @@ class Coordinator:
         )
 
     async def _redis_changed(self, healthy: bool) -> None:
+        if not healthy and isinstance(self.registry, RedisNodeRegistry):
+            self.registry.redis_down()  # discovery refuses now, not when its mirror ages
         if self.server is None:
             return
         status = (
@@ -223,6 +230,7 @@ class Coordinator:
             await self.endpoint_proofs.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self.nodes.close()
         await self.stores.close()
         await _database_cleanups_done()
         await self.engine.dispose()

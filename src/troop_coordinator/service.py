@@ -40,7 +40,7 @@ from troop_coordinator.pricing import DEFAULT_MAX_TOKENS
 from troop_coordinator.proof import ChallengeBook
 from troop_coordinator.proof_rpcs import ProofRpcs
 from troop_coordinator.reachability import EndpointProofs
-from troop_coordinator.registry import LiveNode, NodeRegistry, rank
+from troop_coordinator.registry import LiveNode, NodeRegistry
 from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.ticket_keys import TicketKeyRing
 from troop_coordinator.validation import (
@@ -144,13 +144,10 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         check.at_most("page_size", request.page_size, MAX_NODE_PAGE)
         offset = decode_offset_token(check, "page_token", request.page_token)
         check.raise_if_any()
-        live = sorted(
-            await self.registry.live_nodes(time.time(), request.model),
-            key=lambda n: (rank(n), n.node_id),
-        )
         size = request.page_size or DEFAULT_NODE_PAGE
-        page = live[offset : offset + size]
-        more = offset + size < len(live)
+        # Best first (registry.rank, then node id), kept in that order as heartbeats arrive.
+        page, total = await self.registry.ranked(time.time(), request.model, offset, size)
+        more = offset + size < total
         return pb.ListNodesResponse(
             nodes=[convert.node_to_pb(n) for n in page],
             next_page_token=encode_offset_token(offset + size) if more else "",
@@ -344,6 +341,9 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             ),
             datetime.now(UTC),
         )
+        # Settling may have moved the node's reputation or withdrawn its proof: its next
+        # heartbeat reads its row instead of what this coordinator remembers (nodes.py).
+        self.nodes.forget(receipt.node_id)
         return convert.settlement_to_pb(settlement)
 
     async def ReportUsage(self, request: pb.ReportUsageRequest, context: Context) -> object:

@@ -6,6 +6,8 @@
 | TROOP_COORDINATOR_PORT | port | 50051 (0 picks a free port) |
 | TROOP_DATA_DIR | data_dir | ~/.local/share/troop/coordinator (holds ticket-key.pem) |
 | TROOP_DATABASE_URL | database_url | sqlite+aiosqlite:///<data_dir>/coordinator.db |
+| TROOP_DATABASE_POOL_SIZE | database_pool_size | 20 (database connections kept open) |
+| TROOP_DATABASE_MAX_OVERFLOW | database_max_overflow | 10 (more, opened under a burst) |
 | TROOP_REDIS_URL | redis_url | empty: liveness, replay sets and limits in-process |
 | TROOP_REDIS_PREFIX | redis_prefix | troop: (every Redis key starts with it) |
 | TROOP_REDIS_CHECK_SECONDS | redis_check_interval_s | 2 (how often Redis health is probed) |
@@ -62,6 +64,7 @@ from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.keys import is_public_key_hex
 from troop_common.ratelimit import TrustedProxies
 from troop_common.tls import TlsSettings
+from troop_coordinator.db.engine import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 from troop_coordinator.nodes import NODE_ADMISSION_MODES, NodeAdmission
 from troop_coordinator.pricing import ModelCatalog, parse_catalog, parse_parameters
 
@@ -93,6 +96,10 @@ class CoordinatorSettings:
     port: int = 50051
     data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR.expanduser())
     database_url: str = ""  # empty: SQLite inside data_dir
+    # Connections the coordinator keeps open to its database, and may open beyond them
+    # under a burst (docs/adr/0034): size it for the calls in flight at once.
+    database_pool_size: int = DEFAULT_POOL_SIZE
+    database_max_overflow: int = DEFAULT_MAX_OVERFLOW
     redis_url: str = ""  # empty: in-process registry, replay set and rate limiter
     redis_prefix: str = "troop:"
     redis_check_interval_s: float = 2.0
@@ -208,6 +215,10 @@ class CoordinatorSettings:
         caps = (self.max_open_jobs_per_user, self.audit_events_per_source)
         if min(*caps, self.audit_events_per_minute) < 1 or self.xff_trusted_hops < 0:
             raise ConfigError("open-job and audit-event caps must be positive, hops not negative")
+        if self.database_pool_size < 1:
+            raise ConfigError("TROOP_DATABASE_POOL_SIZE must be positive")
+        if self.database_max_overflow < 0:
+            raise ConfigError("TROOP_DATABASE_MAX_OVERFLOW must not be negative")
         if self.default_model_parameters <= 0 or self.max_prompt_tokens <= 0:
             raise ConfigError("model sizes and TROOP_MAX_PROMPT_TOKENS must be positive")
 
@@ -237,6 +248,8 @@ class CoordinatorSettings:
             port=env_int(env, "TROOP_COORDINATOR_PORT", 50051),
             data_dir=data_dir,
             database_url=env_text(env, "TROOP_DATABASE_URL", ""),
+            database_pool_size=env_int(env, "TROOP_DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE),
+            database_max_overflow=env_int(env, "TROOP_DATABASE_MAX_OVERFLOW", DEFAULT_MAX_OVERFLOW),
             redis_url=env_text(env, "TROOP_REDIS_URL", ""),
             redis_prefix=env_text(env, "TROOP_REDIS_PREFIX", "troop:"),
             redis_check_interval_s=env_float(env, "TROOP_REDIS_CHECK_SECONDS", 2.0),

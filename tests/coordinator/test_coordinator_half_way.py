@@ -1,40 +1,76 @@
 """A fault half-way through a ledger transaction leaves the ledger as it was.
 
-The fault is INJECTED (a repository write patched to raise after others in the same
-transaction succeeded): nothing real fails on demand between two SQL statements. The
-servers, the database (both backends) and the clients are real.
+The fault is INJECTED, in the database: a trigger refuses one kind of ledger entry, so
+the writes before it in the same transaction (on PostgreSQL: in the same stored
+function call, docs/adr/0034) have succeeded when it fires. Nothing real fails on
+demand between two SQL statements. The servers, the database (both backends) and the
+clients are real.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import text
 
 from troop_common.errors import TroopError
 from troop_coordinator.app import Coordinator
-from troop_coordinator.ledger.repository import LedgerRepository
 
 if TYPE_CHECKING:
     from conftest import Network
 
 MODEL = "smollm2-135m-instruct"
 
+_PG_FAULT = """
+CREATE FUNCTION troop_test_injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'injected fault between two writes';
+END
+$$
+"""
 
-def fail_on_append_number(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
-    """Make the n-th ledger entry written from now on raise, mid-transaction."""
-    calls: list[int] = []
-    real = LedgerRepository.append
 
-    async def append(self: LedgerRepository, **entry: Any) -> None:
-        calls.append(1)
-        if len(calls) == n:
-            raise RuntimeError("injected fault between two writes")
-        await real(self, **entry)
+@asynccontextmanager
+async def fail_on_entry(coordinator: Coordinator, kind: str) -> AsyncIterator[None]:
+    """While inside, writing a ledger entry of `kind` raises, mid-transaction."""
+    engine = coordinator.engine
+    postgres = engine.dialect.name == "postgresql"
+    create = (
+        [
+            _PG_FAULT,
+            "CREATE TRIGGER troop_test_fault BEFORE INSERT ON ledger_entries FOR EACH ROW"
+            f" WHEN (NEW.kind = '{kind}') EXECUTE FUNCTION troop_test_injected_fault()",
+        ]
+        if postgres
+        else [
+            "CREATE TRIGGER troop_test_fault BEFORE INSERT ON ledger_entries"
+            f" WHEN NEW.kind = '{kind}' BEGIN"
+            " SELECT RAISE(ABORT, 'injected fault between two writes'); END"
+        ]
+    )
+    drop = (
+        [
+            "DROP TRIGGER troop_test_fault ON ledger_entries",
+            "DROP FUNCTION troop_test_injected_fault()",
+        ]
+        if postgres
+        else ["DROP TRIGGER troop_test_fault"]
+    )
 
-    monkeypatch.setattr(LedgerRepository, "append", append)
-    return calls
+    async def run(statements: list[str]) -> None:
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+
+    await run(create)
+    try:
+        yield
+    finally:
+        await run(drop)
 
 
 async def snapshot(coordinator: Coordinator, *clients: Any) -> tuple[object, ...]:
@@ -45,7 +81,7 @@ async def snapshot(coordinator: Coordinator, *clients: Any) -> tuple[object, ...
 
 
 async def test_a_fault_mid_reservation_reserves_nothing(
-    coordinator: Coordinator, network: Network, monkeypatch: pytest.MonkeyPatch
+    coordinator: Coordinator, network: Network
 ) -> None:
     await network.node()
     user = network.user()
@@ -53,17 +89,16 @@ async def test_a_fault_mid_reservation_reserves_nothing(
     before = await snapshot(coordinator, user)
 
     # The debit and the job row are written; the RESERVE entry fails.
-    fail_on_append_number(monkeypatch, 1)
-    with pytest.raises(TroopError):
-        await user.authorize(MODEL)
-    monkeypatch.undo()
+    async with fail_on_entry(coordinator, "reserve"):
+        with pytest.raises(TroopError):
+            await user.authorize(MODEL)
 
     assert await snapshot(coordinator, user) == before
     assert (await user.authorize(MODEL)).reserved_millicredits > 0  # and it recovers
 
 
 async def test_a_fault_mid_settlement_settles_nothing_and_the_receipt_can_be_resent(
-    coordinator: Coordinator, network: Network, monkeypatch: pytest.MonkeyPatch
+    coordinator: Coordinator, network: Network
 ) -> None:
     node = await network.node()
     user = network.user()
@@ -73,12 +108,11 @@ async def test_a_fault_mid_settlement_settles_nothing_and_the_receipt_can_be_res
     receipt = node.receipt(job, user, duration_ms=2000)
     before = await snapshot(coordinator, user, owner)
 
-    # The node's claim is recorded, the job closed and the owner credited; the second
-    # entry (the release) fails: the claim goes too (one transaction).
-    fail_on_append_number(monkeypatch, 2)
-    with pytest.raises(TroopError):
-        await node.client.submit_receipt(receipt)
-    monkeypatch.undo()
+    # The node's claim is recorded, the job closed and the balances being credited; the
+    # RELEASE entry fails: the claim and the owner's pay go too (one transaction).
+    async with fail_on_entry(coordinator, "release"):
+        with pytest.raises(TroopError):
+            await node.client.submit_receipt(receipt)
 
     assert await snapshot(coordinator, user, owner) == before  # still open, nobody paid
     assert (await coordinator.ledger.settle_overdue(datetime.now(UTC) + timedelta(days=1))) == []

@@ -1,42 +1,86 @@
 """The async engine and session factory, with SQLite made safe for concurrent writers.
 
+PostgreSQL (docs/adr/0034): a pool sized for the coordinator's concurrency
+(`TROOP_DATABASE_POOL_SIZE` + `TROOP_DATABASE_MAX_OVERFLOW`) and no pre-ping:
+a checkout costs no round trip. A connection the server closed is noticed
+locally at checkout (the driver saw the socket close) and replaced; one that
+dies under a call is invalidated and the call fails once; connections are
+recycled after `POOL_RECYCLE_S`. TLS is whatever the URL says (asyncpg's
+default `prefer`, or `?ssl=`/`?sslmode=` disable, require, verify-full...):
+nothing here weakens it for any host.
+
 SQLite: every transaction starts with BEGIN IMMEDIATE, so two transactions
 never both read and then race to write (which SQLite answers with "database
-is locked" instead of waiting); a busy timeout makes writers queue; WAL lets
-readers run beside the writer; foreign keys are switched on. The database
-file is created 0600 before SQLite opens it (its directory 0700 when created
-here), so its -wal and -shm, which SQLite creates with the database's mode,
-are 0600 too; looser existing ones are tightened.
+is locked" instead of waiting); WAL lets readers run beside the writer;
+foreign keys are switched on. One writer at a time is all SQLite allows, so
+this process's transactions queue for it on an asyncio lock (one per engine,
+FIFO, taken before BEGIN IMMEDIATE and given back when the connection returns
+to the pool) instead of all polling in SQLite's busy handler, whose sleeps
+grow to 100 ms; the busy timeout still queues writers of other processes
+(`troop admin`, a second engine). Waiting longer than SQLITE_BUSY_TIMEOUT_S
+for the lock fails like SQLite's own timeout. `reading()` connections take
+neither (each statement reads its own WAL snapshot). The database file is
+created 0600 before SQLite opens it (its directory 0700 when created here),
+so its -wal and -shm, which SQLite creates with the database's mode, are 0600
+too; looser existing ones are tightened.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_
 
 from troop_common.private_files import PRIVATE_DIR_MODE, tighten_file, touch_private
 
 SQLITE_BUSY_TIMEOUT_S = 30
+# Connections kept open, and opened beyond them under a burst (closed again once idle).
+DEFAULT_POOL_SIZE = 20
+DEFAULT_MAX_OVERFLOW = 10
+# A pooled connection older than this is replaced at checkout (idle-timeouts of
+# proxies and firewalls drop connections silently; a closed socket is noticed sooner).
+POOL_RECYCLE_S = 1800
+# The execution option that makes a SQLite connection skip BEGIN IMMEDIATE (reads only).
+_NO_WRITE_LOCK = "troop_no_write_lock"
+# Marks (in the pool record's record_info) a connection that holds its engine's writer lock.
+_HOLDS_WRITER_LOCK = "troop_holds_writer_lock"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
+) -> AsyncEngine:
     """An engine for `url` (sqlite+aiosqlite or postgresql+asyncpg)."""
     parsed = make_url(url)
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": POOL_RECYCLE_S}
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        _private_sqlite_file(Path(parsed.database).expanduser())
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_async_engine(_asyncpg_url(parsed), **pool)
+        event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        return engine
+    memory = not parsed.database or parsed.database == ":memory:"
+    if not memory:
+        _private_sqlite_file(Path(parsed.database or "").expanduser())
+    engine = create_async_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **({} if memory else pool)
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -48,11 +92,57 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
 
+    _queue_writers(engine)
+    return engine
+
+
+def _queue_writers(engine: AsyncEngine) -> None:
+    """This process's SQLite transactions wait for each other on an asyncio lock."""
+    lock = asyncio.Lock()
+
+    async def acquire() -> None:
+        try:
+            await asyncio.wait_for(lock.acquire(), SQLITE_BUSY_TIMEOUT_S)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the SQLite database stayed locked by this process's other writers for "
+                f"{SQLITE_BUSY_TIMEOUT_S} s"
+            ) from None
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_NO_WRITE_LOCK):
+            return
+        info = connection.connection.record_info  # None only for a detached connection
+        if info is not None and not info.get(_HOLDS_WRITER_LOCK):  # else: held already
+            await_(acquire())
+            info[_HOLDS_WRITER_LOCK] = True
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return engine
+    def _give_back(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        # Returned to the pool (committed, rolled back, invalidated) or detached.
+        if record is not None and record.record_info.pop(_HOLDS_WRITER_LOCK, False):
+            lock.release()
+
+    event.listen(engine.sync_engine, "checkin", _give_back)
+    event.listen(engine.sync_engine, "detach", _give_back)
+
+
+def _asyncpg_url(parsed: URL) -> URL:
+    """libpq's `sslmode=` spelled as asyncpg's `ssl=` (same mode names); anything else as
+    given. No TLS default is changed here: asyncpg's own is `prefer`."""
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        mode = query.pop("sslmode")
+        query.setdefault("ssl", mode)
+    return parsed.set(query=query)
+
+
+def _replace_if_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Checkout without a round trip: a connection whose socket the driver saw close (a
+    server restart, an idle kill) is replaced; the pool retries with a fresh one."""
+    if record.driver_connection is not None and record.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -64,17 +154,50 @@ def _private_sqlite_file(path: Path) -> None:
         tighten_file(path.with_name(path.name + suffix))
 
 
-def dialect_name(session: AsyncSession) -> str:
-    """The name of the dialect ("sqlite", "postgresql") `session` is bound to."""
-    if session.bind is None:
+@contextlib.asynccontextmanager
+async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads outside any explicit transaction: each statement is its own
+    snapshot and one round trip. PostgreSQL: autocommit (no BEGIN, no ROLLBACK on
+    return); SQLite: no BEGIN IMMEDIATE, so a read takes no write lock. Never write
+    through it: each statement would commit on its own."""
+    async with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            await connection.execution_options(**{_NO_WRITE_LOCK: True})
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled PostgreSQL connection as the asyncpg connection itself, in autocommit: a
+    statement is one round trip (asyncpg's prepared-statement cache) and nothing is sent
+    at checkout or return. A call that fails without the server's answer (the connection
+    died, or the call was cancelled mid-flight) invalidates the connection."""
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except asyncpg.PostgresError:
+            raise  # the server answered: the connection is fine (the statement rolled back)
+        except BaseException:
+            await connection.invalidate()
+            raise
+
+
+def dialect_name(executor: AsyncSession | AsyncConnection) -> str:
+    """The name of the dialect ("sqlite", "postgresql") a session or connection uses."""
+    if isinstance(executor, AsyncConnection):
+        return executor.dialect.name
+    if executor.bind is None:
         raise RuntimeError("the session is not bound to an engine")
-    return session.bind.dialect.name
+    return executor.bind.dialect.name
 
 
-def dialect_insert(session: AsyncSession, table: Table) -> Any:
+def dialect_insert(executor: AsyncSession | AsyncConnection, table: Table) -> Any:
     """`INSERT INTO table` in the session's dialect, so `.on_conflict_do_nothing()` works
     on PostgreSQL and SQLite alike."""
-    insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
+    insert = postgresql.insert if dialect_name(executor) == "postgresql" else sqlite.insert
     return insert(table)
 
 

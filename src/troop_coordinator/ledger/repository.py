@@ -1,8 +1,11 @@
-"""SQL for the ledger, one statement per method, on the caller's AsyncSession.
+"""SQL for the ledger, one statement per method, on the caller's AsyncSession (or, for
+reads, an AsyncConnection from `db.engine.reading`).
 
 Every balance change is a single conditional UPDATE ... RETURNING, so it is
 correct with any number of coordinator processes on one database: there is no
-read-then-write anywhere. The caller (`Ledger`) owns the transactions.
+read-then-write anywhere. The caller (`Ledger`) owns the transactions. On
+PostgreSQL the money-moving flows run as stored functions instead (migration
+0007); the reads here serve both backends.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, case, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from troop_coordinator.db.engine import dialect_insert, dialect_name
 from troop_coordinator.db.models import EntryKind, JobStatus
@@ -24,7 +27,7 @@ from troop_coordinator.db.models import users_table as users
 
 
 class LedgerRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
 
     def _insert(self, table: Table) -> Any:

@@ -14,6 +14,13 @@ are credited in public-key order, so two settlements touching the same two
 accounts lock them in the same order and cannot deadlock; a deadlock or
 serialization failure that happens anyway rolls the whole transaction back and
 it is retried (each transaction is safe to repeat: the claim decides).
+
+Round trips (docs/adr/0034): on PostgreSQL each money-moving call (reserve,
+countersignature, receipt, one job of a sweep) is one stored function, one
+round trip, and the hot reads one statement each, straight through the driver
+(`troop_coordinator.ledger.postgres`). On SQLite the same flows run as Python
+transactions, this process's writers queued on an asyncio lock rather than in
+SQLite's busy handler (`db.engine`); reads take no lock (`db.engine.reading`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from troop_common.errors import (
     FieldViolation,
@@ -33,8 +40,11 @@ from troop_common.errors import (
     PermissionDenied,
 )
 from troop_coordinator import page_tokens
+from troop_coordinator.db.engine import reading
 from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.ledger import settlement, settling
 from troop_coordinator.ledger.audit import audit_ledger
+from troop_coordinator.ledger.postgres import PostgresCalls, Rules
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settling import Settling
 from troop_coordinator.ledger.types import (
@@ -88,6 +98,28 @@ class Ledger(Settling):
         self.starter_millicredits = starter_millicredits
         self.token_slack = token_slack
         self.countersign_s = countersign_s
+        engine = sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("the ledger's sessions must be bound to an AsyncEngine")
+        self._engine = engine
+        self._postgres = (
+            PostgresCalls(engine, self.rules, countersign_s=countersign_s)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
+
+    @property
+    def rules(self) -> Rules:
+        """The settlement rule's numbers (the PostgreSQL functions take them per call)."""
+        return Rules(
+            token_slack=self.token_slack,
+            dispute_factor=settling.DISPUTE_FACTOR,
+            agree_step=settling.AGREE_STEP,
+            failed_job_factor=settling.FAILED_JOB_FACTOR,
+            speed_sample_tokens=settlement.SPEED_SAMPLE_TOKENS,
+            slow_share=settlement.SLOW_SHARE,
+            slow_jobs_to_unprove=settlement.SLOW_JOBS_TO_UNPROVE,
+        )
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
@@ -96,7 +128,8 @@ class Ledger(Settling):
 
     async def _in_transaction(self, work: Callable[[LedgerRepository], Awaitable[T]]) -> T:
         """Run `work` in one transaction, again (whole) after a deadlock or serialization
-        failure; domain errors raised by `work` roll back and propagate."""
+        failure; domain errors raised by `work` roll back and propagate. (On SQLite the
+        transaction first waits its turn on this process's writer lock: db.engine.)"""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._sessions.begin() as session:
@@ -124,8 +157,10 @@ class Ledger(Settling):
 
     async def has_joined(self, public_key: str) -> bool:
         """True once the user had its starter grant."""
-        async with self._sessions() as session:
-            return await LedgerRepository(session).starter_granted(public_key)
+        if self._postgres is not None:
+            return await self._postgres.has_joined(public_key)
+        async with reading(self._engine) as connection:
+            return await LedgerRepository(connection).starter_granted(public_key)
 
     async def create_invite(self, code_hash: str, now: datetime) -> None:
         await self._in_transaction(lambda repo: repo.insert_invite(code_hash, now))
@@ -150,6 +185,9 @@ class Ledger(Settling):
 
     async def reserve(self, job: NewJob) -> None:
         """Hold the job's credits and record the job; InsufficientCredits writes nothing."""
+        if self._postgres is not None:
+            await self._postgres.reserve(job)
+            return
         await self._in_transaction(lambda repo: self._reserve(repo, job))
 
     async def _reserve(self, repo: LedgerRepository, job: NewJob) -> None:
@@ -183,8 +221,10 @@ class Ledger(Settling):
 
     async def job_bounds(self, job_id: str) -> JobBounds | None:
         """A job's node, user and ticket bounds, or None for an unknown job."""
-        async with self._sessions() as session:
-            job = await LedgerRepository(session).get_job(job_id)
+        if self._postgres is not None:
+            return await self._postgres.job_bounds(job_id)
+        async with reading(self._engine) as connection:
+            job = await LedgerRepository(connection).get_job(job_id)
         if job is None:
             return None
         return JobBounds(
@@ -196,8 +236,8 @@ class Ledger(Settling):
 
     async def job(self, job_id: str) -> JobView | None:
         """One job as the ledger holds it, or None for an unknown job."""
-        async with self._sessions() as session:
-            repo = LedgerRepository(session)
+        async with reading(self._engine) as connection:
+            repo = LedgerRepository(connection)
             job = await repo.get_job(job_id)
             disputed = job is not None and await repo.has_dispute(job_id)
         if job is None:
@@ -223,14 +263,18 @@ class Ledger(Settling):
 
     async def balance(self, public_key: str) -> tuple[int, int]:
         """(balance, open reservations); (0, 0) for an unknown key, which stays unknown."""
-        async with self._sessions() as session:
-            found = await LedgerRepository(session).balance_and_reserved(public_key)
+        if self._postgres is not None:
+            return await self._postgres.balance(public_key) or (0, 0)
+        async with reading(self._engine) as connection:
+            found = await LedgerRepository(connection).balance_and_reserved(public_key)
         return found or (0, 0)
 
     async def open_jobs(self, public_key: str) -> tuple[int, datetime | None]:
         """(open reservations, the earliest of their expiries) of one user."""
-        async with self._sessions() as session:
-            return await LedgerRepository(session).open_jobs(public_key)
+        if self._postgres is not None:
+            return await self._postgres.open_jobs(public_key)
+        async with reading(self._engine) as connection:
+            return await LedgerRepository(connection).open_jobs(public_key)
 
     async def transactions(
         self, public_key: str, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
@@ -238,8 +282,8 @@ class Ledger(Settling):
         """Entries newest first; keyset paging by id."""
         size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
         before = decode_page_token(page_token) if page_token else None
-        async with self._sessions() as session:
-            rows = await LedgerRepository(session).entries_before(public_key, before, size + 1)
+        async with reading(self._engine) as connection:
+            rows = await LedgerRepository(connection).entries_before(public_key, before, size + 1)
         page = [_entry(row) for row in rows[:size]]
         token = encode_page_token(page[-1].id) if len(rows) > size else ""
         return Page(page, token)

@@ -6,6 +6,11 @@ whole after a deadlock or serialization failure). Each public method is one
 transaction: a claim is recorded and, when both sides have spoken, the job is
 settled by the rule in `troop_coordinator.ledger.settlement` in the same
 transaction, so a failure half-way leaves neither the claim nor the money moved.
+
+These Python flows are what runs on SQLite. On PostgreSQL each public method is
+one call of a stored function that does the same, statement for statement, in
+one round trip (`troop_coordinator.ledger.postgres`, migration 0007; docs/adr/0034):
+a change to a flow here is a change to its function there, in a new migration.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from troop_common.errors import NotFound, PermissionDenied
+from troop_coordinator.db.engine import reading
 from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.ledger.postgres import PostgresCalls
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settlement import (
     SLOW_JOBS_TO_UNPROVE,
@@ -45,6 +52,8 @@ FAILED_JOB_FACTOR = 0.7
 
 class Settling:
     _sessions: async_sessionmaker[AsyncSession]
+    _engine: AsyncEngine
+    _postgres: PostgresCalls | None
     token_slack: int
     countersign_s: float
 
@@ -54,6 +63,8 @@ class Settling:
     async def record_receipt(self, claim: NodeClaim, now: datetime) -> Settlement:
         """Keep the node's claim and settle if the client has countersigned, in one
         transaction; later receipts change nothing and report the job as it stands."""
+        if self._postgres is not None:
+            return await self._postgres.record_receipt(claim, now)
         return await self._in_transaction(lambda repo: self._record_receipt(repo, claim, now))
 
     async def _record_receipt(
@@ -89,6 +100,8 @@ class Settling:
         """Keep the client's first report and settle if the node's receipt is there;
         (the job as it stands, True if this report was new). NotFound for an unknown
         job, PermissionDenied for another user's."""
+        if self._postgres is not None:
+            return await self._postgres.record_countersignature(claim, now)
         return await self._in_transaction(
             lambda repo: self._record_countersignature(repo, claim, now)
         )
@@ -202,13 +215,16 @@ class Settling:
     async def _sweep(
         self, now: datetime, candidates: Callable[[LedgerRepository, datetime, int], Any]
     ) -> list[Settlement]:
-        async with self._sessions() as session:
-            job_ids = await candidates(LedgerRepository(session), now, SWEEP_BATCH)
+        async with reading(self._engine) as connection:
+            job_ids = await candidates(LedgerRepository(connection), now, SWEEP_BATCH)
         settled = []
         for job_id in job_ids:
-            settlement = await self._in_transaction(
-                partial(self._close_open, job_id=job_id, now=now)
-            )
+            if self._postgres is not None:
+                settlement = await self._postgres.close_open(job_id, now)
+            else:
+                settlement = await self._in_transaction(
+                    partial(self._close_open, job_id=job_id, now=now)
+                )
             if settlement is not None:
                 settled.append(settlement)
         return settled
