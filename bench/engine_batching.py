@@ -23,8 +23,10 @@ import asyncio
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
+from bench.profile import recording
 from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
 from bench.streams import Stream, row, table
 from troop_worker.engine.torch_engine import TorchEngine
@@ -47,9 +49,15 @@ async def _stream(engine: TorchEngine, prompt: str, max_tokens: int) -> Stream:
 
 
 async def measure(
-    engine: TorchEngine, name: str, *, runs: int = 1, max_tokens: int = MAX_TOKENS
+    engine: TorchEngine,
+    name: str,
+    *,
+    runs: int = 1,
+    max_tokens: int = MAX_TOKENS,
+    profile: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One at a time, then 4 and 8 at once, on a loaded engine; one dict per mode."""
+    """One at a time, then 4 and 8 at once, on a loaded engine; one dict per mode.
+    With `profile`, py-spy records this process for 3 s of the 8-at-once mode."""
     await _stream(engine, PROMPTS[0], 8)  # warm up
     single: list[Stream] = []
     for _ in range(runs):
@@ -62,8 +70,12 @@ async def measure(
         for _ in range(runs):
             for start in range(0, len(PROMPTS), concurrency):
                 batch = PROMPTS[start : start + concurrency]
+                spied = profile if concurrency == 8 else None
                 began = time.perf_counter()
-                together += await asyncio.gather(*(_stream(engine, p, max_tokens) for p in batch))
+                with recording(spied, {"engine": os.getpid()}, 3):
+                    together += await asyncio.gather(
+                        *(_stream(engine, p, max_tokens) for p in batch)
+                    )
                 wall += time.perf_counter() - began
         rows.append(row(name, f"{concurrency} at once", concurrency, together, wall))
     baseline = rows[0]["tokens_per_s"]
@@ -72,11 +84,14 @@ async def measure(
     return rows
 
 
-async def _run(dtype: str, runs: int, max_tokens: int, threads: int | None) -> list[dict]:
+async def _run(
+    dtype: str, runs: int, max_tokens: int, threads: int | None, profile: Path | None
+) -> list[dict]:
     engine = TorchEngine(dtype=dtype, threads=threads, max_batch=8)
     await engine.load()
     try:
-        return await measure(engine, f"troop torch {dtype}", runs=runs, max_tokens=max_tokens)
+        name = f"troop torch {dtype}"
+        return await measure(engine, name, runs=runs, max_tokens=max_tokens, profile=profile)
     finally:
         await engine.close()
 
@@ -87,9 +102,10 @@ def run(
     runs: int = 1,
     max_tokens: int = MAX_TOKENS,
     threads: int | None = None,
+    profile: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Load the engine, measure the three modes, stop it."""
-    return asyncio.run(_run(dtype, runs, max_tokens, threads))
+    """Load the engine, measure the three modes, stop it (py-spy into `profile`/engine.txt)."""
+    return asyncio.run(_run(dtype, runs, max_tokens, threads, profile))
 
 
 def main() -> None:

@@ -44,7 +44,6 @@ import contextlib
 import dataclasses
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -52,13 +51,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.profile import recording
 from troop_client import ChatOptions, Message, TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.coordinator_client import CoordinatorClient
@@ -286,29 +286,6 @@ async def serve_bare(port: int) -> None:
     await server.stop(1)
 
 
-@contextlib.contextmanager
-def _profiling(out: Path | None, pids: dict[str, int], seconds: float) -> Iterator[None]:
-    """py-spy on each process for `seconds` (nothing when `out` is None or py-spy missing)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if out is None or not Path(spy).exists():
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    duration = str(max(1, round(seconds)))
-    recorders = []
-    for name, pid in pids.items():
-        command = [spy, "record", "--pid", str(pid), "--duration", duration, "--rate", "250"]
-        command += ["--format", "raw", "--output", str(out / f"{name}.txt"), "--nonblocking"]
-        recorders.append(
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-    try:
-        yield
-    finally:
-        for recorder in recorders:
-            recorder.wait(timeout=seconds + 30)
-
-
 # --- load --------------------------------------------------------------------------------
 
 
@@ -472,7 +449,7 @@ async def _ttft(
     )
     say(f"TTFT, {streams} streams: SDK → coordinator → worker")
     profile = options.profile / f"{streams}-streams" if options.profile else None
-    with _profiling(profile, pids, options.seconds):
+    with recording(profile, pids, options.seconds):
         path = await _closed_loop(
             streams, options.seconds, lambda: _sdk_stream(troop, PACED, tokens), at_least=20
         )

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from bench.profile import summarize_dir
 from bench.report import ROOT, Figure, Section, Spec
 from bench.streams import table
 
@@ -57,10 +60,79 @@ def _llama(section: Section) -> None:
     )
 
 
+def _value(value: float, unit: str) -> str:
+    return f"{value:,.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
+
+
+def _path(section: Section) -> None:
+    from bench import inference_path
+
+    with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
+        rows = inference_path.run(levels=(1, 16, 64), seconds=3.0, profile=Path(spy))
+        section.profile = "py-spy during each TTFT level:\n\n" + summarize_dir(Path(spy))
+    section.details = inference_path.markdown(rows)
+    for r in rows:
+        if r["goal"]:
+            section.figures.append(
+                Figure(
+                    f"{r['metric']}, {r['streams']} stream{'s' if r['streams'] > 1 else ''}",
+                    _value(r["value"], r["unit"]),
+                    r["goal"],
+                    r["met"],
+                )
+            )
+
+
+def _ledger(section: Section) -> None:
+    from bench import ledger_throughput
+
+    with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
+        rows = ledger_throughput.run(seconds=4.0, levels=(1, 16, 64), profile_dir=Path(spy))
+        section.profile = (
+            f"py-spy of the coordinator at {ledger_throughput.GOAL_CLIENTS} clients:\n\n"
+            + summarize_dir(Path(spy))
+        )
+    section.details = ledger_throughput.table(rows)
+    for r in rows:
+        if r["clients"] != ledger_throughput.GOAL_CLIENTS:
+            continue
+        cpu = r["coordinator_cpu_ms_per_cycle"]
+        floor = r["floor_tx_per_s"]
+        section.figures.append(
+            Figure(
+                f"authorize + settle cycles/s, {r['backend']}, {r['clients']} clients",
+                f"{r['cycles_per_s']:.0f}" + ("" if cpu is None else f" ({cpu:.1f} ms CPU/cycle)"),
+                "—" if r["goal_cycles_per_s"] is None else f"≥ {r['goal_cycles_per_s']:,.0f}",
+                r["meets_goal"],
+                "" if floor is None else f"database alone: {floor:,.0f} one-statement tx/s",
+            )
+        )
+
+
+def _heartbeats(section: Section) -> None:
+    from bench import heartbeats
+
+    rows = heartbeats.run(nodes=10_000, seconds=4.0)
+    section.details = heartbeats.table(rows)
+    for r in rows:
+        if r["goal"]:
+            section.figures.append(
+                Figure(
+                    f"{r['figure']} ({r['backend']})",
+                    _value(float(r["value"]), str(r["unit"])),
+                    str(r["goal"]),
+                    r["meets"],  # type: ignore[arg-type]
+                )
+            )
+
+
 def _engine(section: Section) -> None:
     from bench import engine_batching
 
-    rows = engine_batching.run(dtype="bfloat16") + engine_batching.run(dtype="float32")
+    with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
+        rows = engine_batching.run(dtype="bfloat16", profile=Path(spy))
+        section.profile = "py-spy, 3 s of 8 at once (bfloat16):\n\n" + summarize_dir(Path(spy))
+    rows += engine_batching.run(dtype="float32")
     _rows["engine"] = rows
     section.details = table(rows)
     for dtype in ("bfloat16", "float32"):
@@ -102,6 +174,25 @@ def _proof(section: Section) -> None:
 
 
 ALL = [
+    Spec(
+        "ledger",
+        "The ledger: authorize + countersign + settle (bench/ledger_throughput.py)",
+        ".venv/bin/python -m bench.ledger_throughput --seconds 4 --levels 1,16,64 --profile DIR",
+        _ledger,
+    ),
+    Spec(
+        "heartbeats",
+        "Heartbeats and discovery at 10,000 nodes (bench/heartbeats.py)",
+        ".venv/bin/python -m bench.heartbeats --nodes 10000 --seconds 4",
+        _heartbeats,
+    ),
+    Spec(
+        "path",
+        "The protocol path with a fake engine: added TTFT, token rate, relay ceiling "
+        "(bench/inference_path.py)",
+        ".venv/bin/python -m bench.inference_path --levels 1,16,64 --seconds 3 --profile DIR",
+        _path,
+    ),
     Spec(
         "one_user",
         "One user's concurrent requests through the OpenAI face (bench/one_user_concurrency.py)",
