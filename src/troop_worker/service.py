@@ -27,7 +27,13 @@ import grpc
 
 from troop_common import request_context
 from troop_common.endpoint_proof import sign_endpoint
-from troop_common.errors import FieldViolation, InvalidArgument, TicketInvalid, Unavailable
+from troop_common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    TicketInvalid,
+    TroopError,
+    Unavailable,
+)
 from troop_common.keys import Identity
 from troop_common.node_proof import PROOF_HEADER, is_nonce, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
@@ -229,11 +235,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if chunk.finish_reason is not None:
                     finished = True
                     break
-        except Exception:
+        except Exception as exc:
             failed = True
             if not sent:
                 raise  # nothing sent yet: the caller gets the error as a status
-            log.exception("job %s failed mid-stream", ticket.job_id)
+            if isinstance(exc, TroopError):  # expected (an upstream went away): one line
+                log.warning("job %s failed mid-stream: %s", ticket.job_id, exc)
+            else:
+                log.exception("job %s failed mid-stream", ticket.job_id)
             end = GenerationChunk(
                 "", FinishReason.ERROR, last.prompt_tokens, last.completion_tokens
             )
