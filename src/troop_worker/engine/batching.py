@@ -257,12 +257,19 @@ class BatchLoop:
         self.stats.rows_decoded += len(self._running)
         self._batch.cache = out.cache
         logits = out.logits[:, -1]
+        greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
         keep: list[int] = []
         for row, sequence in enumerate(self._running):
             if sequence.cancel.is_set():
                 continue
             assert sequence.generator is not None
-            if sequence.accept(pick(logits[row], sequence.request, sequence.generator), self.eos):
+            request = sequence.request
+            token = (
+                greedy[row]
+                if request.temperature <= 0
+                else pick(logits[row], request, sequence.generator)
+            )
+            if sequence.accept(token, self.eos):
                 self.stats.finished += 1
             else:
                 keep.append(row)
