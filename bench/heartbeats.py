@@ -38,28 +38,22 @@ import os
 import platform
 import random
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.ledger_throughput import (
     PG_ADMIN,
     REDIS_URL,
-    REPO_ROOT,
     clear_prefix,
-    free_port,
     percentile,
     postgres_database,
 )
+from bench.processes import COORDINATOR, free_port, running
 from troop_common.assertions import create_assertion
 from troop_common.keys import Identity
 from troop_common.proto import COORDINATOR_SERVICE
@@ -142,17 +136,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def _spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "troop_coordinator"]
-    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-
-
 @contextlib.asynccontextmanager
 async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[tuple[str, int]]:
     """A `python -m troop_coordinator` process; yields (address, pid) once it serves."""
     port = free_port()
     full = {
-        **os.environ,
         **env,
         "TROOP_COORDINATOR_PORT": str(port),
         "TROOP_DATA_DIR": str(data_dir),
@@ -164,29 +152,8 @@ async def coordinator(env: dict[str, str], data_dir: Path) -> AsyncIterator[tupl
         "TROOP_RATE_LIMITS": "",  # the coordinator's capacity, not the limits, is measured
         "TROOP_MAX_OPEN_JOBS_PER_USER": str(10**6),  # Authorize loops leave jobs open
     }
-    log = (data_dir / "coordinator.log").open("wb")
-    process = _spawn(full, log)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"coordinator did not start; see {log.name}")
-                await asyncio.sleep(0.1)
+    async with running("coordinator", COORDINATOR, full, data_dir, port) as (address, process):
         yield address, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 async def _beat(

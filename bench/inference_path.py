@@ -45,7 +45,6 @@ import dataclasses
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from typing import Any
 
 import grpc
 
+from bench.processes import free_port, running
 from bench.profile import recording
 from troop_client import ChatOptions, Message, TroopClient
 from troop_client.settings import ClientSettings
@@ -76,7 +76,6 @@ RELAYED = "relayed"  # the relay worker's id for MODEL (--engine torch)
 QUESTION = "Explain in a few sentences why the sky is blue."
 PACED = "fake-paced"  # the worker whose fake engine keeps --pace tokens/s per stream
 UNPACED = "fake-unpaced"  # the worker whose fake engine goes as fast as it can
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The goals (issue 12), on 2 cores over loopback.
 GOAL_ADDED_TTFT_P50_MS = 5.0
@@ -138,50 +137,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 Running = contextlib.AbstractAsyncContextManager[tuple[str, subprocess.Popen[bytes]]]
-
-
-async def _serving(address: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{log.stem} did not start:\n{log.read_text()[-3000:]}")
-            await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def _process(
-    name: str, command: list[str], env: dict[str, str], data: Path, port: int
-) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
-    log_path = data / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waited for below
-            command, env={**os.environ, **env}, cwd=REPO_ROOT, stdout=log, stderr=log
-        )
-        address = f"127.0.0.1:{port}"
-        try:
-            await _serving(address, process, log_path)
-            yield address, process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, 20)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def _coordinator(data: Path, database_url: str | None, redis_url: str | None) -> Running:
@@ -199,7 +155,7 @@ def _coordinator(data: Path, database_url: str | None, redis_url: str | None) ->
         env["TROOP_REDIS_URL"] = redis_url
         env["TROOP_REDIS_PREFIX"] = f"troop-bench-{port}:"
     command = [sys.executable, "-m", "troop_coordinator"]
-    return _process("coordinator", command, env, data, port)
+    return running("coordinator", command, env, data, port)
 
 
 def _worker(data: Path, coordinator: str, model: str, delay_s: float) -> Running:
@@ -213,13 +169,13 @@ def _worker(data: Path, coordinator: str, model: str, delay_s: float) -> Running
         "TROOP_WORKER_MAX_NEW_TOKENS": "100000",
     }
     command = [sys.executable, "-m", "bench.inference_path", "serve-worker", str(delay_s)]
-    return _process(model, command, env, data, port)
+    return running(model, command, env, data, port)
 
 
 def _bare(data: Path) -> Running:
     port = free_port()
     command = [sys.executable, "-m", "bench.inference_path", "serve-bare", str(port)]
-    return _process("bare-grpc", command, {}, data, port)
+    return running("bare-grpc", command, {}, data, port)
 
 
 async def serve_worker(delay_s: float) -> None:

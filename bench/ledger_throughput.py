@@ -34,8 +34,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -48,9 +46,9 @@ from typing import Any
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
+from bench.processes import COORDINATOR, free_port, running
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.node_proof import new_nonce
@@ -62,7 +60,6 @@ from troop_coordinator.db.engine import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 MODEL = "bench-model"
 PG_ADMIN = os.environ.get("TROOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TROOP_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("embedded", "postgresql+redis")
 GOAL_CYCLES_S = 1000.0
 GOAL_CLIENTS = 16
@@ -111,24 +108,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "troop_coordinator"]
-    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-
-
 @contextlib.asynccontextmanager
 async def coordinator(
     env: dict[str, str], data_dir: Path
 ) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     full = {
-        **os.environ,
         **env,
         "TROOP_COORDINATOR_PORT": str(port),
         "TROOP_DATA_DIR": str(data_dir),
@@ -138,29 +123,8 @@ async def coordinator(
         # The ledger's throughput, not the per-user limits' refusals, is what is measured.
         "TROOP_RATE_LIMITS": "",
     }
-    log = (data_dir / "coordinator.log").open("wb")
-    process = _spawn(full, log)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"coordinator did not start; see {log.name}")
-                await asyncio.sleep(0.1)
+    async with running("coordinator", COORDINATOR, full, data_dir, port) as (address, process):
         yield address, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 async def run_level(address: str, clients: int, seconds: float, node: Identity) -> Samples:

@@ -24,7 +24,6 @@ import contextlib
 import importlib.util
 import os
 import platform
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import httpx2 as httpx
 import openai
 
+from bench.processes import free_port
 from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
 from bench.streams import Stream, row, table
 
@@ -59,12 +59,6 @@ def smollm2_gguf() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     return path if path.is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LlamaServer:
@@ -100,7 +94,7 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         command = [
             str(self.python), "-m", "llama_cpp.server",
             "--model", str(self.model), "--model_alias", self.alias,
