@@ -1,6 +1,7 @@
 """Where a process's time went: a summary of py-spy's collapsed stacks (`--format raw`).
 
-Two views of the same samples (py-spy leaves idle threads out):
+Samples that wait rather than work (an event loop in `select`, a thread in `wait` or
+blocked on its work queue) are counted apart as "waiting", then two views of the rest:
 - by package, self time: the package of the innermost frame (`grpc`, `sqlalchemy`,
   `torch`, `asyncio`, `troop_common`, ...) — what the CPU was doing;
 - by Troop function, inclusive: the innermost frame in Troop's own code — which of our
@@ -20,6 +21,14 @@ from pathlib import Path
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 OURS = ("troop_common/", "troop_coordinator/", "troop_worker/", "troop_client/", "troop_cli/")
+# Innermost frames of a thread that is blocked, not computing (py-spy samples those too).
+WAITING = {
+    ("select", "selectors.py"),
+    ("wait", "threading.py"),
+    ("_wait_for_tstate_lock", "threading.py"),
+    ("_worker", "thread.py"),
+    ("get", "queue.py"),
+}
 
 
 def _package(file: str) -> str:
@@ -46,7 +55,7 @@ def summarize(path: Path, top: int = 6) -> str:
     """Markdown: the top packages (self) and Troop functions (inclusive), as shares."""
     packages: Counter[str] = Counter()
     ours: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -56,18 +65,25 @@ def summarize(path: Path, top: int = 6) -> str:
             continue
         samples = int(count)
         total += samples
+        function, file = frames[-1]
+        if (function.rsplit(".", 1)[-1], file.rsplit("/", 1)[-1]) in WAITING:
+            waiting += samples
+            continue
         packages[_package(frames[-1][1])] += samples
         mine = [f for f in frames if any(o in f[1] for o in OURS)]
         where = f"{mine[-1][0]} ({mine[-1][1].rsplit('/', 1)[-1]})" if mine else "outside Troop"
         ours[where] += samples
     if not total:
-        return f"{path.name}: no samples"
+        return f"- {path.stem}: no samples"
+
+    working = max(1, total - waiting)
 
     def shares(counter: Counter[str]) -> str:
-        return ", ".join(f"{name} {n / total:.0%}" for name, n in counter.most_common(top))
+        return ", ".join(f"{name} {n / working:.0%}" for name, n in counter.most_common(top))
 
     return (
-        f"- {path.stem} ({total} samples) — by package: {shares(packages)}\n"
+        f"- {path.stem} ({total} samples, {waiting / total:.0%} waiting) — of the rest, by package: "
+        f"{shares(packages)}\n"
         f"  - by Troop function: {shares(ours)}"
     )
 
