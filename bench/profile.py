@@ -82,8 +82,8 @@ def summarize(path: Path, top: int = 6) -> str:
         return ", ".join(f"{name} {n / working:.0%}" for name, n in counter.most_common(top))
 
     return (
-        f"- {path.stem} ({total} samples, {waiting / total:.0%} waiting) — of the rest, by package: "
-        f"{shares(packages)}\n"
+        f"- {path.stem} ({total} samples, {waiting / total:.0%} waiting) — of the rest, "
+        f"by package: {shares(packages)}\n"
         f"  - by Troop function: {shares(ours)}"
     )
 
