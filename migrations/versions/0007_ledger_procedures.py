@@ -298,21 +298,48 @@ BEGIN
 END
 $$
 """,
-    # Ledger.reserve: debit if covered, the job, its RESERVE entry; or nothing and the
-    # balance as it is.
+    # Ledger._reserve: the user joined? under the cap of open jobs? then debit if
+    # covered, the job, its RESERVE entry; or nothing and why (with the balance as it
+    # is, or the open jobs and the first of their expiries).
     """
 CREATE FUNCTION troop_ledger_reserve(
     p_job_id text, p_user text, p_node_id text, p_model text, p_reserved bigint,
     p_created_at timestamptz, p_expires_at timestamptz, p_max_prompt_tokens bigint,
     p_max_tokens bigint, p_prompt_price bigint, p_completion_price bigint,
-    OUT reserved_ok boolean, OUT balance_after bigint
+    p_max_open_jobs bigint,  -- NULL: no cap
+    OUT outcome text,        -- reserved, not_joined, over_cap, short (credits)
+    OUT balance_after bigint,
+    OUT open_jobs bigint,    -- over_cap: the user's open jobs and the first to expire
+    OUT first_expiry timestamptz
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    v_granted timestamptz;
 BEGIN
+    -- The user's row first, locked: one user's reservations queue here, and at READ
+    -- COMMITTED each statement below sees every earlier one committed, so the count
+    -- of open jobs cannot be raced past. (The only row this call locks: no new order.)
+    SELECT starter_granted_at, balance_millicredits INTO v_granted, balance_after
+      FROM users WHERE public_key = p_user FOR UPDATE;
+    IF NOT FOUND OR v_granted IS NULL THEN
+        outcome := 'not_joined';
+        balance_after := NULL;
+        RETURN;
+    END IF;
+    IF p_max_open_jobs IS NOT NULL THEN
+        SELECT count(*), min(expires_at) INTO open_jobs, first_expiry
+          FROM jobs WHERE user_public_key = p_user AND status = 'open';
+        IF open_jobs >= p_max_open_jobs THEN
+            outcome := 'over_cap';
+            RETURN;
+        END IF;
+        open_jobs := NULL;
+        first_expiry := NULL;
+    END IF;
     UPDATE users SET balance_millicredits = balance_millicredits - p_reserved
      WHERE public_key = p_user AND balance_millicredits >= p_reserved
     RETURNING balance_millicredits INTO balance_after;
     IF NOT FOUND THEN
-        reserved_ok := false;
+        outcome := 'short';
         SELECT balance_millicredits INTO balance_after FROM users WHERE public_key = p_user;
         RETURN;
     END IF;
@@ -324,7 +351,7 @@ BEGIN
     INSERT INTO ledger_entries
         (created_at, account, kind, amount_millicredits, job_id, balance_after_millicredits)
     VALUES (p_created_at, p_user, 'reserve', -p_reserved, p_job_id, balance_after);
-    reserved_ok := true;
+    outcome := 'reserved';
 END
 $$
 """,

@@ -34,7 +34,15 @@ from troop_common.tickets import TICKET_ALGORITHM, jwk, public_key_pem
 from troop_coordinator import convert
 from troop_coordinator.auth import current_caller
 from troop_coordinator.db.models import JobStatus
-from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
+from troop_coordinator.ledger import (
+    ClientClaim,
+    Ledger,
+    NewJob,
+    NodeClaim,
+    NotJoined,
+    Outcome,
+    TooManyOpenJobs,
+)
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.pricing import DEFAULT_MAX_TOKENS
 from troop_coordinator.proof import ChallengeBook
@@ -227,17 +235,14 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         user = current_caller()
         now = time.time()
         created = datetime.fromtimestamp(now, UTC)
-        if self.settings.admission == "open":
-            await self.ledger.ensure_user_with_grant(user, created)
-        elif not await self.ledger.has_joined(user):
-            # An implicit grant would bypass the invite or the puzzle.
-            raise FailedPrecondition(
-                f"join first: this coordinator admits by {self.settings.admission} "
-                "(see GetAdmission)"
-            )
-        await self._check_open_jobs(user, now)
         node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
         if node is None:
+            # Off the hot path, so the refusals keep their order: not joined (or the
+            # open admission's grant), over the cap, then no node.
+            await self._admit(user, created)
+            count, first_expiry = await self.ledger.open_jobs(user)
+            if count >= self.settings.max_open_jobs_per_user:
+                raise self._too_many_open_jobs(count, first_expiry, now)
             others = " other than those excluded" if request.exclude_node_ids else ""
             raise NodeUnavailable(
                 f"no live node{others} serves model {request.model}", model=request.model
@@ -255,23 +260,31 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         )
         # What the job can cost at most: the rest is released at settlement.
         reserved = price.charge(max_prompt_tokens, max_tokens)
-        await self.ledger.reserve(
-            NewJob(
-                job_id=job_id,
-                user_public_key=user,
-                node_id=node.node_id,
-                model=request.model,
-                reserved_millicredits=reserved,
-                created_at=created,
-                # A job may still be running when its ticket expires: its receipt is
-                # accepted for a grace period before the sweeper returns the credits.
-                expires_at=datetime.fromtimestamp(expires + self.settings.settle_grace_s, UTC),
-                max_prompt_tokens=max_prompt_tokens,
-                max_tokens=max_tokens,
-                prompt_price_per_1k=price.prompt_per_1k,
-                completion_price_per_1k=price.completion_per_1k,
-            )
+        job = NewJob(
+            job_id=job_id,
+            user_public_key=user,
+            node_id=node.node_id,
+            model=request.model,
+            reserved_millicredits=reserved,
+            created_at=created,
+            # A job may still be running when its ticket expires: its receipt is
+            # accepted for a grace period before the sweeper returns the credits.
+            expires_at=datetime.fromtimestamp(expires + self.settings.settle_grace_s, UTC),
+            max_prompt_tokens=max_prompt_tokens,
+            max_tokens=max_tokens,
+            prompt_price_per_1k=price.prompt_per_1k,
+            completion_price_per_1k=price.completion_per_1k,
         )
+        # One call (on PostgreSQL one round trip) checks the join, the cap on open jobs
+        # and the credits, and reserves; the cap is atomic (docs/adr/0034).
+        try:
+            await self._reserve(job, now)
+        except NotJoined:
+            if self.settings.admission != "open":
+                raise self._not_joined() from None
+            # A user's first Authorize under open admission: grant, then reserve.
+            await self.ledger.ensure_user_with_grant(user, created)
+            await self._reserve(job, now)
         return pb.AuthorizeResponse(
             job_id=job_id,
             ticket=ticket,
@@ -285,14 +298,33 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             price=convert.price_to_pb(price),
         )
 
-    async def _check_open_jobs(self, user: str, now: float) -> None:
+    async def _reserve(self, job: NewJob, now: float) -> None:
+        """The ledger's reservation under this coordinator's cap on open jobs."""
+        try:
+            await self.ledger.reserve(job, max_open_jobs=self.settings.max_open_jobs_per_user)
+        except TooManyOpenJobs as exc:
+            raise self._too_many_open_jobs(exc.open_jobs, exc.first_expiry, now) from None
+
+    async def _admit(self, user: str, created: datetime) -> None:
+        """Open admission grants on first sight; otherwise the user must have joined."""
+        if self.settings.admission == "open":
+            await self.ledger.ensure_user_with_grant(user, created)
+        elif not await self.ledger.has_joined(user):
+            raise self._not_joined()
+
+    def _not_joined(self) -> FailedPrecondition:
+        # An implicit grant would bypass the invite or the puzzle.
+        return FailedPrecondition(
+            f"join first: this coordinator admits by {self.settings.admission} (see GetAdmission)"
+        )
+
+    def _too_many_open_jobs(
+        self, count: int, first_expiry: datetime | None, now: float
+    ) -> RateLimited:
         """RESOURCE_EXHAUSTED once the user holds the most open reservations allowed."""
         cap = self.settings.max_open_jobs_per_user
-        count, first_expiry = await self.ledger.open_jobs(user)
-        if count < cap:
-            return
         wait_s = max(1.0, first_expiry.timestamp() - now) if first_expiry else 1.0
-        raise RateLimited(
+        return RateLimited(
             f"too many open jobs: {count} of at most {cap} per user; retry when one finishes "
             f"(settled or expired, in {wait_s:.0f} s at the latest); the coordinator's "
             "operator can raise TROOP_MAX_OPEN_JOBS_PER_USER",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
-from troop_common.errors import InsufficientCredits, InvalidArgument, NodeUnavailable, TroopError
+from troop_common.errors import (
+    InsufficientCredits,
+    InvalidArgument,
+    NodeUnavailable,
+    RateLimited,
+    TroopError,
+)
+from troop_common.proto import coordinator_pb2 as pb
 from troop_common.tickets import public_key_from_jwk, verify_ticket
 from troop_coordinator.app import Coordinator
 
@@ -126,3 +134,36 @@ async def test_nodes_the_client_could_not_reach_are_skipped(network: Network) ->
     with pytest.raises(InvalidArgument) as refused:
         await user.authorize(MODEL, exclude_node_ids=["x"] * 9)
     assert [v.field for v in refused.value.violations] == ["exclude_node_ids"]
+
+
+async def test_concurrent_authorizes_cannot_race_past_the_open_job_cap(launch: Launch) -> None:
+    """Three times the cap at once from one user: exactly `cap` are reserved, the rest are
+    refused as over the cap, and only those `cap` jobs' credits are held."""
+    cap = 4
+    _, net = await launch(max_open_jobs_per_user=cap)
+    await net.node(active_jobs=0, max_concurrent_jobs=64)
+    user = net.user()
+    await user.join()
+
+    async def attempt() -> pb.AuthorizeResponse | TroopError:
+        try:
+            return await user.authorize(MODEL, max_tokens=8, max_prompt_tokens=16)
+        except TroopError as exc:
+            return exc
+
+    results = await asyncio.gather(*(attempt() for _ in range(3 * cap)))
+
+    granted = [r for r in results if isinstance(r, pb.AuthorizeResponse)]
+    refused = [r for r in results if not isinstance(r, pb.AuthorizeResponse)]
+    assert len(granted) == cap, [str(r) for r in refused]
+    assert len(refused) == 2 * cap
+    for error in refused:
+        assert type(error) is RateLimited, error
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"too many open jobs: {cap} of at most {cap} per user" in error.message
+        assert "TROOP_MAX_OPEN_JOBS_PER_USER" in error.message
+        assert error.retry_after_seconds >= 1
+    held = sum(r.reserved_millicredits for r in granted)
+    assert held == cap * granted[0].reserved_millicredits
+    balance = await user.get_balance()
+    assert (balance.balance_millicredits, balance.reserved_millicredits) == (3_600_000 - held, held)

@@ -3,15 +3,17 @@
 On PostgreSQL each money-moving call is one stored function; on SQLite the same flow
 runs as Python. These tests hold the two to the same answers: the settlement rule
 over a grid of inputs, and every flow (both sides' claims in either order, disputes,
-failures, late claims, sweeps, a node with no row, a proof withdrawn) played on both
-backends with the same keys and clocks, comparing what a user and an operator see:
-settlements, balances, entries, jobs, disputes and the nodes' standing.
+failures, late claims, sweeps, a node with no row, a proof withdrawn, reservations
+refused as not joined, over the cap or short of credits) played on both backends with
+the same keys and clocks, comparing what a user and an operator see: settlements,
+balances, entries, jobs, disputes and the nodes' standing.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +41,7 @@ MODEL = "smollm2-135m-instruct"
 SLACK = 2
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 USER = "7" * 64
+STRANGER = "9" * 64  # never joined
 LOW_OWNER, HIGH_OWNER = "0" * 64, "f" * 64  # credited before / after the user
 
 
@@ -167,6 +170,24 @@ async def play(database_url: str) -> tuple[list[Any], dict[str, Any]]:
                     outcomes.append(await step(ledger, job_id))
                 except TroopError as exc:
                     outcomes.append((type(exc).__name__, str(exc)))
+        # Reservations refused, each for its own reason, writing nothing: a key that never
+        # joined, the cap on open jobs (with the first of their expiries), credits short.
+        for number in range(2):
+            later = T0 + timedelta(minutes=5 + number)
+            await ledger.reserve(
+                replace(job_for(f"held-{number}", "low"), expires_at=later), max_open_jobs=2
+            )
+        refused = [
+            (replace(job_for("refused-0", "low"), user_public_key=STRANGER), 2),
+            (job_for("refused-1", "low"), 2),
+            (replace(job_for("refused-2", "low"), reserved_millicredits=10**9), 3),
+        ]
+        for job, cap in refused:
+            try:
+                await ledger.reserve(job, max_open_jobs=cap)
+                outcomes.append("reserved")
+            except TroopError as exc:
+                outcomes.append((type(exc).__name__, str(exc), dict(vars(exc))))
         assert (await ledger.audit()).ok
         async with ledger.sessions() as session:
 
@@ -207,7 +228,15 @@ async def test_every_flow_ends_the_same_on_sqlite_and_postgresql(both) -> None:
     for table in on_sqlite[1]:
         assert on_postgres[1][table] == on_sqlite[1][table], table
     # The scenarios reach what they are about (on both, as they are equal).
-    assert {job["status"] for job in on_sqlite[1]["jobs"]} == {"charged", "refunded", "expired"}
+    statuses = {job["status"] for job in on_sqlite[1]["jobs"]}
+    assert statuses == {"charged", "refunded", "expired", "open"}  # open: the two held
     assert len(on_sqlite[1]["disputes"]) >= 3
+    refusals = [o[:2] for o in on_sqlite[0][-3:]]
+    assert refusals == [
+        ("NotJoined", "join first"),
+        ("TooManyOpenJobs", "too many open jobs: 2 of at most 2 per user"),
+        ("InsufficientCredits", refusals[2][1]),
+    ]
+    assert on_sqlite[0][-2][2]["first_expiry"] == T0 + timedelta(minutes=5)
     fast = next(n for n in on_sqlite[1]["nodes"] if n["node_id"] == "fast")
     assert (fast["multiplier"], fast["proven"]) == (1.0, False)  # the proof was withdrawn

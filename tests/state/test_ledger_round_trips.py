@@ -11,12 +11,14 @@ import asyncio
 import secrets
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from troop_common.errors import TroopError
 from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, driver_connection, session_factory
 from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
@@ -24,6 +26,7 @@ from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.registry import LiveNode
 
 MODEL = "smollm2-135m-instruct"
+CAP = 3
 
 
 class CountingProxy:
@@ -123,9 +126,8 @@ async def test_each_ledger_call_is_one_round_trip(proxied) -> None:
             return result
 
         job = await _job(ledger, user, "n1", now)
-        await counted("has_joined", ledger.has_joined(user))
-        await counted("open_jobs", ledger.open_jobs(user))
-        await counted("reserve", ledger.reserve(job))
+        # Authorize's whole ledger work: joined? under the cap? covered? then reserve.
+        await counted("reserve", ledger.reserve(job, max_open_jobs=CAP))
         await counted(
             "countersign", ledger.record_countersignature(ClientClaim(job.job_id, user, 7, 9), now)
         )
@@ -148,8 +150,6 @@ async def test_each_ledger_call_is_one_round_trip(proxied) -> None:
     counts = await cycle()
 
     assert counts == {
-        "has_joined": 1,
-        "open_jobs": 1,
         "reserve": 1,
         "countersign": 1,
         "job_bounds": 1,
@@ -158,6 +158,37 @@ async def test_each_ledger_call_is_one_round_trip(proxied) -> None:
         "sweep of one job": 2,  # which jobs are overdue, then the one job
     }
     assert (await ledger.audit()).ok
+
+
+async def test_each_refused_reservation_is_one_round_trip(proxied) -> None:
+    """Not joined, over the cap, credits short: each refusal is the same one call, and
+    writes nothing."""
+    ledger, proxy, _ = proxied
+    now = datetime.now(UTC)
+    user, stranger = secrets.token_hex(32), secrets.token_hex(32)
+    await ledger.ensure_user_with_grant(user, now)
+    for _ in range(CAP):
+        await ledger.reserve(await _job(ledger, user, "n1", now), max_open_jobs=CAP)
+    before = await ledger.balance(user)
+
+    async def refusal(job: NewJob, cap: int | None) -> tuple[str, int]:
+        start = proxy.round_trips
+        with pytest.raises(TroopError) as refused:
+            await ledger.reserve(job, max_open_jobs=cap)
+        return type(refused.value).__name__, proxy.round_trips - start
+
+    for _ in range(2):  # the first use of the statement on the connection prepares it
+        not_joined = await refusal(await _job(ledger, stranger, "n1", now), CAP)
+        over_cap = await refusal(await _job(ledger, user, "n1", now), CAP)
+        greedy = replace(await _job(ledger, user, "n1", now), reserved_millicredits=10**7)
+        short = await refusal(greedy, None)
+
+    assert not_joined == ("NotJoined", 1)
+    assert over_cap == ("TooManyOpenJobs", 1)
+    assert short == ("InsufficientCredits", 1)
+    assert await ledger.balance(user) == before
+    assert (await ledger.open_jobs(user))[0] == CAP
+    assert await ledger.balance(stranger) == (0, 0)
 
 
 async def test_a_pooled_connection_the_server_closed_is_replaced(proxied, eventually) -> None:

@@ -9,9 +9,11 @@ from troop_coordinator.ledger.types import (
     JobView,
     NewJob,
     NodeClaim,
+    NotJoined,
     Outcome,
     Page,
     Settlement,
+    TooManyOpenJobs,
 )
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "Ledger",
     "NewJob",
     "NodeClaim",
+    "NotJoined",
     "Outcome",
     "Page",
     "Settlement",
+    "TooManyOpenJobs",
 ]

@@ -29,8 +29,10 @@ from troop_coordinator.ledger.types import (
     JobBounds,
     NewJob,
     NodeClaim,
+    NotJoined,
     Outcome,
     Settlement,
+    TooManyOpenJobs,
 )
 
 log = logging.getLogger("troop.coordinator.ledger")
@@ -63,10 +65,10 @@ def _call(function: str, arguments: int) -> str:
     return f"SELECT * FROM {function}({params}, ROW({rules})::troop_ledger_rules)"
 
 
-RESERVE = "SELECT * FROM troop_ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-# The reads on every Authorize, receipt and balance, as LedgerRepository words them for
-# SQLite, sent straight through the driver (SQLAlchemy's statement handling cost more
-# CPU than the round trip; docs/adr/0034).
+RESERVE = "SELECT * FROM troop_ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+# The reads on receipts, balances and Authorize's rare paths, as LedgerRepository words
+# them for SQLite, sent straight through the driver (SQLAlchemy's statement handling cost
+# more CPU than the round trip; docs/adr/0034).
 HAS_JOINED = "SELECT starter_granted_at IS NOT NULL FROM users WHERE public_key = $1"
 OPEN_JOBS = (
     "SELECT count(*), min(expires_at) FROM jobs WHERE user_public_key = $1 AND status = 'open'"
@@ -125,7 +127,7 @@ class PostgresCalls:
         row = await self.fetchrow(BALANCE, public_key)
         return None if row is None else (int(row[0]), int(row[1]))
 
-    async def reserve(self, job: NewJob) -> None:
+    async def reserve(self, job: NewJob, max_open_jobs: int | None) -> None:
         row = await self.fetchrow(
             RESERVE,
             job.job_id,
@@ -139,8 +141,15 @@ class PostgresCalls:
             job.max_tokens,
             job.prompt_price_per_1k,
             job.completion_price_per_1k,
+            max_open_jobs,
         )
-        if not row["reserved_ok"]:
+        outcome = row["outcome"]
+        if outcome == "not_joined":
+            raise NotJoined(job.user_public_key)
+        if outcome == "over_cap":
+            assert max_open_jobs is not None
+            raise TooManyOpenJobs(int(row["open_jobs"]), max_open_jobs, row["first_expiry"])
+        if outcome == "short":
             raise InsufficientCredits(job.reserved_millicredits, row["balance_after"] or 0)
 
     async def record_receipt(self, claim: NodeClaim, now: datetime) -> Settlement:

@@ -53,7 +53,9 @@ from troop_coordinator.ledger.types import (
     JobBounds,
     JobView,
     NewJob,
+    NotJoined,
     Page,
+    TooManyOpenJobs,
 )
 
 T = TypeVar("T")
@@ -183,17 +185,32 @@ class Ledger(Settling):
         )
         return True
 
-    async def reserve(self, job: NewJob) -> None:
-        """Hold the job's credits and record the job; InsufficientCredits writes nothing."""
+    async def reserve(self, job: NewJob, *, max_open_jobs: int | None = None) -> None:
+        """Hold the job's credits and record the job, in one transaction (on PostgreSQL
+        one round trip). Refused with nothing written: NotJoined (no starter grant yet),
+        TooManyOpenJobs (the user already holds `max_open_jobs` open reservations;
+        None: no cap), InsufficientCredits. The cap is atomic: concurrent reservations
+        of one user are counted one after the other (docs/adr/0034)."""
         if self._postgres is not None:
-            await self._postgres.reserve(job)
+            await self._postgres.reserve(job, max_open_jobs)
             return
-        await self._in_transaction(lambda repo: self._reserve(repo, job))
+        await self._in_transaction(lambda repo: self._reserve(repo, job, max_open_jobs))
 
-    async def _reserve(self, repo: LedgerRepository, job: NewJob) -> None:
-        balance = await repo.debit_if_covered(job.user_public_key, job.reserved_millicredits)
+    async def _reserve(
+        self, repo: LedgerRepository, job: NewJob, max_open_jobs: int | None
+    ) -> None:
+        # Inside the writer's transaction (BEGIN IMMEDIATE: SQLite's one writer lock),
+        # so nothing changes between these reads and the writes below.
+        user = job.user_public_key
+        if not await repo.starter_granted(user):
+            raise NotJoined(user)
+        if max_open_jobs is not None:
+            count, first_expiry = await repo.open_jobs(user)
+            if count >= max_open_jobs:
+                raise TooManyOpenJobs(count, max_open_jobs, first_expiry)
+        balance = await repo.debit_if_covered(user, job.reserved_millicredits)
         if balance is None:
-            current = await repo.balance(job.user_public_key)
+            current = await repo.balance(user)
             raise InsufficientCredits(job.reserved_millicredits, current or 0)
         await repo.insert_job(
             {

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from troop_common.errors import FailedPrecondition, RateLimited
 from troop_coordinator.db.models import EntryKind, JobStatus
 
 
@@ -30,6 +31,27 @@ class NewJob:
     max_tokens: int
     prompt_price_per_1k: int
     completion_price_per_1k: int
+
+
+class NotJoined(FailedPrecondition):
+    """A reservation refused: the user has had no starter grant (nothing written). The
+    coordinator answers with its own wording (it knows the admission mode)."""
+
+    def __init__(self, public_key: str) -> None:
+        super().__init__("join first")
+        self.public_key = public_key
+
+
+class TooManyOpenJobs(RateLimited):
+    """A reservation refused: the user already holds `open_jobs` open reservations, at
+    least the cap (nothing written). `first_expiry`: the earliest of their expiries, when
+    one will have been settled or expired at the latest."""
+
+    def __init__(self, open_jobs: int, cap: int, first_expiry: datetime | None) -> None:
+        super().__init__(f"too many open jobs: {open_jobs} of at most {cap} per user", 1.0)
+        self.open_jobs = open_jobs
+        self.cap = cap
+        self.first_expiry = first_expiry
 
 
 @dataclass(frozen=True)
