@@ -67,9 +67,13 @@ def _value(value: float, unit: str) -> str:
 def _path(section: Section) -> None:
     from bench import inference_path
 
+    rows = inference_path.run(levels=(1, 16, 64), seconds=3.0)
+    # Profiled apart: py-spy's sampling slows the processes it samples.
     with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
-        rows = inference_path.run(levels=(1, 16, 64), seconds=3.0, profile=Path(spy))
-        section.profile = "py-spy during each TTFT level:\n\n" + summarize_dir(Path(spy))
+        inference_path.run(levels=(16,), seconds=2.0, profile=Path(spy))
+        section.profile = "py-spy at 16 streams (a separate, unmeasured pass):\n\n" + summarize_dir(
+            Path(spy)
+        )
     section.details = inference_path.markdown(rows)
     for r in rows:
         if r["goal"]:
@@ -86,15 +90,18 @@ def _path(section: Section) -> None:
 def _ledger(section: Section) -> None:
     from bench import ledger_throughput
 
+    goal_clients = ledger_throughput.GOAL_CLIENTS
+    rows = ledger_throughput.run(seconds=4.0, levels=(1, goal_clients, 64))
+    # Profiled apart: py-spy's sampling slows the process it samples.
     with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
-        rows = ledger_throughput.run(seconds=4.0, levels=(1, 16, 64), profile_dir=Path(spy))
+        ledger_throughput.run(seconds=3.0, levels=(goal_clients,), profile_dir=Path(spy))
         section.profile = (
-            f"py-spy of the coordinator at {ledger_throughput.GOAL_CLIENTS} clients:\n\n"
-            + summarize_dir(Path(spy))
+            f"py-spy of the coordinator at {goal_clients} clients (a separate, unmeasured "
+            "pass):\n\n" + summarize_dir(Path(spy))
         )
     section.details = ledger_throughput.table(rows)
     for r in rows:
-        if r["clients"] != ledger_throughput.GOAL_CLIENTS:
+        if r["clients"] != goal_clients:
             continue
         cpu = r["coordinator_cpu_ms_per_cycle"]
         floor = r["floor_tx_per_s"]
@@ -131,7 +138,10 @@ def _engine(section: Section) -> None:
 
     with tempfile.TemporaryDirectory(prefix="troop-bench-spy-") as spy:
         rows = engine_batching.run(dtype="bfloat16", profile=Path(spy))
-        section.profile = "py-spy, 3 s of 8 at once (bfloat16):\n\n" + summarize_dir(Path(spy))
+        section.profile = (
+            "py-spy, 3 s of 8 at once (bfloat16; an extra, unmeasured round):\n\n"
+            + summarize_dir(Path(spy))
+        )
     rows += engine_batching.run(dtype="float32")
     _rows["engine"] = rows
     section.details = table(rows)
