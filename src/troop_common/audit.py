@@ -60,9 +60,8 @@ def _scrubbed(value: Any) -> Any:
     return value
 
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(record.msg, separators=(",", ":"), sort_keys=True, default=str)
+def _json_line(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), sort_keys=True, default=str) + "\n"
 
 
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -71,6 +70,32 @@ class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     def _open(self):  # the supertype's return type varies between Python versions
         fd = open_private(Path(self.baseFilename))
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append whole lines with one flush, rolling over wherever the next line would
+        take the file past maxBytes (as `handle` does, one line at a time)."""
+        self.acquire()
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            size = self.stream.tell()
+            pending: list[str] = []
+            for line in lines:
+                length = len(line.encode())
+                if self.maxBytes > 0 and size > 0 and size + length >= self.maxBytes:
+                    self.stream.write("".join(pending))
+                    self.doRollover()
+                    size, pending = 0, []
+                pending.append(line)
+                size += length
+            self.stream.write("".join(pending))
+            self.stream.flush()
+        finally:
+            self.release()
+
+
+# Lines written (and flushed) together at most, when that many have piled up.
+WRITE_BATCH = 256
 
 
 class AuditLog:
@@ -110,7 +135,6 @@ class AuditLog:
                 log.exception("cannot write the audit log at %s; file auditing is off", self.path)
                 self.path = None
                 return
-            handler.setFormatter(_JsonLines())
             self._handler = handler
             self._writer = threading.Thread(
                 target=self._write_lines, name=f"audit-{component}", daemon=True
@@ -128,15 +152,34 @@ class AuditLog:
         )
 
     def _write_lines(self) -> None:
-        """The writer thread: everything queued, in order, until `None`."""
+        """The writer thread: everything queued, in order, until `None`; what has piled up
+        since the last write goes out as one write and one flush (not one per line)."""
         assert self._handler is not None
         while (item := self._events.get()) is not None:
-            try:
-                at, security, event = item
-                line = event if "ts" in event else self._line(at, security, event)
-                self._handler.handle(logging.makeLogRecord({"msg": line}))
-            except Exception:
-                log.exception("could not write an audit event")
+            batch = [item]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    more = self._events.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write_batch(batch)
+                    return
+                batch.append(more)
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[tuple[float, bool, dict[str, Any]]]) -> None:
+        handler = self._handler
+        assert isinstance(handler, _PrivateRotatingFileHandler)
+        try:
+            handler.write_lines(
+                [
+                    _json_line(event if "ts" in event else self._line(at, security, event))
+                    for at, security, event in batch
+                ]
+            )
+        except Exception:
+            log.exception("could not write %d audit events", len(batch))
 
     def record(self, event: dict[str, Any], *, security: bool = False) -> None:
         """Write one event (and, if security-relevant, send it to the sink). Never raises."""

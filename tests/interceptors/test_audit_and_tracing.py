@@ -239,3 +239,23 @@ async def test_no_log_line_contains_a_ticket_assertion_or_key(
         body = "".join(pem.splitlines()[1:-1])
         assert body[:40] not in logs
     assert "PRIVATE KEY" not in logs
+
+
+async def test_audit_lines_are_written_whole_and_rotate_at_the_size_limit(tmp_path: Path) -> None:
+    from troop_common.audit import AuditLog
+
+    audit = AuditLog(tmp_path, "unit", max_bytes=4096, backups=50)
+    events = [{"method": "/troop.v1.Test/Call", "n": n, "pad": "x" * 60} for n in range(500)]
+    for event in events:
+        audit.record(event)
+    await audit.close()
+    files = sorted(tmp_path.glob("unit-audit.jsonl*"))
+    assert len(files) > 5  # ~50 KB of lines in files of at most 4 KB
+    seen = []
+    for file in files:
+        text = file.read_text()
+        assert len(text.encode()) <= 4096 or text.count("\n") == 1
+        assert text.endswith("\n")
+        seen += [json.loads(line)["n"] for line in text.splitlines()]  # every line whole
+        assert file.stat().st_mode & 0o077 == 0  # private, rotated files too
+    assert sorted(seen) == list(range(500))
