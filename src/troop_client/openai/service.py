@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 
 import grpc
 from google.api import httpbody_pb2
@@ -120,27 +120,31 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
                 "TROOP_CLIENT_API_KEYS (send `Authorization: Bearer <key>`)."
             )
 
-    async def CreateChatCompletion(
+    def CreateChatCompletion(
         self, request: openai_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        try:
-            self._check_key(context)
-            job = chat_request(request, self.troop.settings.model)
-        except TroopError as exc:
-            raise OpenAIErrorResponse(exc) from exc
-        shape = ResponseShape(job.model, chat=True, include_usage=job.include_usage)
-        async for body in self._respond(job, shape):
-            yield body
+        return self._create(context, lambda: chat_request(request, self.troop.settings.model))
 
-    async def CreateCompletion(
+    def CreateCompletion(
         self, request: openai_pb2.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        parse = lambda: completion_request(request, self.troop.settings.model)  # noqa: E731
+        return self._create(context, parse, chat=False)
+
+    async def _create(
+        self,
+        context: grpc.aio.ServicerContext,
+        parse: Callable[[], OpenAIRequest],
+        *,
+        chat: bool = True,
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """Check the key and parse the request (an OpenAI error if either fails), then run."""
         try:
             self._check_key(context)
-            job = completion_request(request, self.troop.settings.model)
+            job = parse()
         except TroopError as exc:
             raise OpenAIErrorResponse(exc) from exc
-        shape = ResponseShape(job.model, chat=False, include_usage=job.include_usage)
+        shape = ResponseShape(job.model, chat=chat, include_usage=job.include_usage)
         async for body in self._respond(job, shape):
             yield body
 
