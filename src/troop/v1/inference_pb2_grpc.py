@@ -28,6 +28,9 @@ if _version_not_supported:
 class InferenceServiceStub:
     """A worker's inference service. Each call carries the coordinator-signed
     ticket for one job in `authorization: Bearer <ticket>` metadata.
+    gRPC only: no HTTP/JSON mapping (no google.api.http annotations), because
+    no Envoy stands in front of a worker; clients reach workers through the
+    SDK or the client sidecar's OpenAI face.
     """
 
     def __init__(self, channel):
@@ -56,6 +59,9 @@ class InferenceServiceStub:
 class InferenceServiceServicer:
     """A worker's inference service. Each call carries the coordinator-signed
     ticket for one job in `authorization: Bearer <ticket>` metadata.
+    gRPC only: no HTTP/JSON mapping (no google.api.http annotations), because
+    no Envoy stands in front of a worker; clients reach workers through the
+    SDK or the client sidecar's OpenAI face.
     """
 
     def ChatCompletion(self, request, context):
@@ -116,6 +122,9 @@ def add_InferenceServiceServicer_to_server(servicer, server):
 class InferenceService:
     """A worker's inference service. Each call carries the coordinator-signed
     ticket for one job in `authorization: Bearer <ticket>` metadata.
+    gRPC only: no HTTP/JSON mapping (no google.api.http annotations), because
+    no Envoy stands in front of a worker; clients reach workers through the
+    SDK or the client sidecar's OpenAI face.
     """
 
     @staticmethod
