@@ -69,8 +69,14 @@ def format_ms(value: float) -> str:
     return f"{max(0.0, value):.3f}"
 
 
+# The most `x-troop-overhead-ms` is believed to say: a worker reports it, and a first
+# token later than an hour is a lie (or a bug), not a figure to add into a header.
+MAX_OVERHEAD_MS = 3_600_000.0
+
+
 def parse_ms(value: object) -> float | None:
-    """`x-troop-overhead-ms` read back: a finite number ≥ 0, or None for anything else."""
+    """`x-troop-overhead-ms` read back: a number from 0 to MAX_OVERHEAD_MS, or None for
+    anything else (text, NaN, negative, absurdly large)."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if not isinstance(value, str) or len(value) > 32:
@@ -79,7 +85,7 @@ def parse_ms(value: object) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if 0 <= number < float("inf") else None
+    return number if 0 <= number <= MAX_OVERHEAD_MS else None
 
 
 def add_initial_metadata(key: str, value: str) -> None:

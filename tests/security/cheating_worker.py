@@ -20,6 +20,8 @@ node key and submitted by the real sender, which logs a refusal.
 - unpresented  for each job id read from stdin: receipts for a job never presented to it
                (none; one "signed" by the node's own key)
 - resend       honest; for each job id read from stdin: a second receipt claiming max_tokens
+- overhead     honest, but the first chunk's `x-troop-overhead-ms` says `--overhead`
+               (default 1e300: finite, absurd)
 - proof        for each line read from stdin ("fast" or "garbage"): a proof of hardware
                reporting 1 ms, of the real product (fast) or of garbage opened consistently
 
@@ -54,7 +56,7 @@ from troop_common.merkle import MerkleTree
 from troop_common.node_proof import new_nonce
 from troop_common.presentation import sign_presentation
 from troop_common.proto import coordinator_pb2 as pb
-from troop_common.request_context import REQUEST_ID, current
+from troop_common.request_context import OVERHEAD, REQUEST_ID, current
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.fake import FakeEngine
@@ -68,6 +70,7 @@ from troop_worker.settings import WorkerSettings
 
 MODEL = "smollm2-135m-instruct"
 CHEATS = (
+    "overhead",
     "inflate",
     "overflow",
     "hold",
@@ -95,6 +98,7 @@ class State:
     outcomes: Path
     hold_s: float = 30.0
     abort_after: int = 0
+    overhead: str = "1e300"
     tickets: dict[str, Ticket] = dataclasses.field(default_factory=dict)
     records: dict[str, JobRecord] = dataclasses.field(default_factory=dict)
 
@@ -200,6 +204,19 @@ class CheatingServicer(InferenceServicer):
         self, ticket: Ticket, generation: GenerationRequest, presented: Presented
     ) -> AsyncIterator[Any]:
         honest = super()._run(ticket, generation, presented)
+        if STATE.cheat == "overhead":
+            try:
+                async for response in honest:
+                    info = current.get()  # its headers go out with this first chunk
+                    if info is not None:
+                        info.initial_metadata[:] = [
+                            (k, STATE.overhead if k == OVERHEAD else v)
+                            for k, v in info.initial_metadata
+                        ]
+                    yield response
+            finally:
+                await honest.aclose()
+            return
         if STATE.cheat != "abort":
             try:
                 async for response in honest:
@@ -370,9 +387,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outcomes", required=True)
     parser.add_argument("--hold-s", type=float, default=30.0)
     parser.add_argument("--abort-after", type=int, default=0)
+    parser.add_argument("--overhead", default="1e300", help="for cheat overhead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    STATE = State(args.cheat, Path(args.outcomes), hold_s=args.hold_s, abort_after=args.abort_after)
+    STATE = State(
+        args.cheat,
+        Path(args.outcomes),
+        hold_s=args.hold_s,
+        abort_after=args.abort_after,
+        overhead=args.overhead,
+    )
     asyncio.run(run(args))
 
 

@@ -546,3 +546,20 @@ async def test_a_proof_reporting_one_millisecond_or_over_garbage_sets_nothing(
                 return await listed_multiplier() == pytest.approx(fast["multiplier"])
 
             await eventually(listed_as_measured)
+
+
+@pytest.mark.parametrize("lie", ["1e300", "nan", "-5", "99999999999"])
+async def test_a_lying_overhead_header_is_ignored_and_the_job_is_unharmed(
+    cheater_factory, database_url: str, lie: str
+) -> None:
+    """Cheat: the worker's `x-troop-overhead-ms` (its own share of the time to the first
+    token, which the sidecar adds into its HTTP header) is absurd: 10^300 ms, NaN,
+    negative, or three years. Protection: the client reads only a finite number from 0
+    to an hour (`request_context.MAX_OVERHEAD_MS`), else none; the answer is unharmed."""
+    async with cheater_factory(database_url, "overhead", "--overhead", lie) as cheater:
+        async with TroopClient(cheater.coordinator.address, Identity.generate()) as troop:
+            chunks, error = await stream(troop)
+    assert error is None and received_tokens(chunks) == ANSWER_TOKENS
+    overheads = [c.overhead for c in chunks if c.overhead is not None]
+    assert overheads, "the SDK reports the protocol's overhead on the first chunk"
+    assert all(o.worker_ms is None for o in overheads)
