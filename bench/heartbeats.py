@@ -50,10 +50,10 @@ from bench.ledger_throughput import (
     PG_ADMIN,
     REDIS_URL,
     clear_prefix,
-    percentile,
     postgres_database,
 )
 from bench.processes import COORDINATOR, free_port, running
+from bench.streams import percentile
 from troop_common.assertions import create_assertion
 from troop_common.keys import Identity
 from troop_common.proto import COORDINATOR_SERVICE

@@ -59,6 +59,7 @@ import grpc
 
 from bench.processes import free_port, running
 from bench.profile import recording
+from bench.streams import percentile
 from troop_client import ChatOptions, Message, TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.coordinator_client import CoordinatorClient
@@ -103,13 +104,6 @@ class Sample:
         """Tokens/s between the first and the last token (None for a single token)."""
         span = self.last_s - self.first_s
         return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else None
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def figure(

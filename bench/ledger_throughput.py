@@ -49,6 +49,7 @@ import grpc
 from redis.asyncio import Redis
 
 from bench.processes import COORDINATOR, free_port, running
+from bench.streams import percentile
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.node_proof import new_nonce
@@ -99,13 +100,6 @@ class Row:
         if self.goal_cycles_per_s is None:
             return None
         return self.cycles_per_s >= self.goal_cycles_per_s
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @contextlib.asynccontextmanager
