@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
 import platform
 import secrets
-import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -48,6 +45,7 @@ import asyncpg
 import grpc
 from redis.asyncio import Redis
 
+from bench import profile
 from bench.processes import COORDINATOR, free_port, running
 from bench.streams import percentile
 from troop_common.coordinator_client import CoordinatorClient
@@ -234,54 +232,6 @@ def cpu_seconds(pid: int) -> float | None:
 # -- profiling -----------------------------------------------------------------------
 
 
-def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        raise RuntimeError("--profile needs py-spy (pip install -e '.[dev]')")
-    command = [py_spy, "record", "-p", str(pid), "-d", f"{seconds:g}", "-f", "raw"]
-    return subprocess.Popen(
-        [*command, "--nonblocking", "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-# Frames every busy sample of the main thread or a worker thread sits under.
-_GENERIC = frozenset(
-    "_run_module_as_main _run_code <module> main run_until_done run Runner.run "
-    "BaseEventLoop.run_until_complete BaseEventLoop.run_forever BaseEventLoop._run_once "
-    "Handle._run Thread._bootstrap Thread._bootstrap_inner Thread.run".split()
-)
-
-
-def summarize_profile(raw: Path, top: int = 20) -> str:
-    """The frames the coordinator's samples spent the most time in (inclusive, generic
-    event-loop and thread frames left out), from py-spy's raw (collapsed stack) output."""
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
-        if not stack:
-            inclusive["(no Python frame: native code, GIL waits)"] += int(count)
-            continue
-        seen = set()
-        for frame in stack.split(";"):
-            name, _, where = frame.partition(" (")
-            module = where.rsplit("/", 1)[-1].split(":")[0]
-            key = f"{name} ({module})" if module else name or "(native)"
-            if name not in _GENERIC and key not in seen:
-                seen.add(key)
-                inclusive[key] += int(count)
-    if not total:
-        return "(no samples)"
-    lines = [f"{total} samples; share of them in (inclusive):"]
-    lines += [f"  {n / total:6.1%}  {k}" for k, n in inclusive.most_common(top)]
-    return "\n".join(lines)
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -310,7 +260,7 @@ async def bench_backend(
                 profiler, raw = None, None
                 if profile_dir is not None and clients == GOAL_CLIENTS:
                     raw = profile_dir / f"py-spy-{name.replace('+', '-')}-{clients}.txt"
-                    profiler = start_profile(process.pid, min(PROFILE_S, seconds), raw)
+                    profiler = profile.start(process.pid, min(PROFILE_S, seconds), raw)
                 cpu_before = cpu_seconds(process.pid)
                 s = await run_level(address, clients, seconds, node)
                 cpu_after = cpu_seconds(process.pid)
@@ -475,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in rows:
         if r["profile"]:
             print(f"\npy-spy, {r['backend']}, {r['clients']} clients ({r['profile']}):")
-            print(summarize_profile(Path(r["profile"])))
+            print(profile.summarize(Path(r["profile"])))
 
 
 if __name__ == "__main__":

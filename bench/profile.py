@@ -97,25 +97,29 @@ def summarize_dir(directory: Path, top: int = 6) -> str:
     )
 
 
+def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording `pid` for `seconds` into `out` (collapsed stacks), in the background;
+    None when py-spy is missing."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    command = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
+    command += ["--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextlib.contextmanager
 def recording(out: Path | None, pids: dict[str, int], seconds: float) -> Iterator[None]:
     """py-spy on each process for `seconds`, into `out/<name>.txt` (nothing when `out` is
     None or py-spy is missing)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if out is None or not Path(spy).exists():
+    if out is None:
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
-    duration = str(max(1, round(seconds)))
-    recorders = []
-    for name, pid in pids.items():
-        command = [spy, "record", "--pid", str(pid), "--duration", duration, "--rate", "250"]
-        command += ["--format", "raw", "--output", str(out / f"{name}.txt"), "--nonblocking"]
-        recorders.append(
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
+    recorders = [start(pid, seconds, out / f"{name}.txt") for name, pid in pids.items()]
     try:
         yield
     finally:
         for recorder in recorders:
-            recorder.wait(timeout=seconds + 30)
+            if recorder is not None:
+                recorder.wait(timeout=seconds + 30)
