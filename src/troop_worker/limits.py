@@ -31,12 +31,16 @@ class JobLimiter:
         self.max_jobs_per_user = max_jobs_per_user
         self.max_queued = max_queued
         self.active = 0
-        self.queued = 0
         self._running: Counter[str] = Counter()
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # each user's FIFO
         # When each user with jobs running or waiting was last given a slot.
         self._served: dict[str, int] = {}
         self._grants = 0
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a slot."""
+        return sum(len(futures) for futures in self._waiting.values())
 
     @asynccontextmanager
     async def admit(self, user: str) -> AsyncIterator[None]:
@@ -65,7 +69,6 @@ class JobLimiter:
             )
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(user, deque()).append(granted)
-        self.queued += 1
         try:
             await granted
         except asyncio.CancelledError:
@@ -95,7 +98,6 @@ class JobLimiter:
             granted = futures.popleft()
             if not futures:
                 del self._waiting[user]
-            self.queued -= 1
             if granted.done():  # its caller was cancelled and has not run yet: skip it
                 continue
             self._take(user)
@@ -108,6 +110,5 @@ class JobLimiter:
         if futures is None or granted not in futures:
             return
         futures.remove(granted)
-        self.queued -= 1
         if not futures:
             del self._waiting[user]
