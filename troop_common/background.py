@@ -14,8 +14,11 @@ Here they queue instead:
   caller's one channel: one at a time, since a burst of concurrent writes would queue at
   the coordinator's database ahead of the next job's Authorize. `send` raising
   `Unavailable` (the peer could not be reached) puts the item back for another try
-  after `backoff_s`·2^attempt (±20 %), up to `retries` times; anything else `send`
-  raises is logged and the item dropped (`send` itself logs refusals it expects).
+  after `backoff_s`·2^attempt (±20 %, at most `max_backoff_s`), up to `retries` times
+  (None: until it goes; `send` then decides when an item is too old to matter); anything
+  else `send` raises is logged and the item dropped (`send` itself logs refusals it
+  expects). `durable`: the items are kept on disk by the caller (troop_common.outbox), so
+  one undelivered at shutdown is not lost, only late.
 - `drain(timeout_s)` sends everything still queued, retries included and due at once,
   without waiting for quiet, and waits up to `timeout_s` for it; `close(timeout_s)`, at
   a clean shutdown, drains, then logs what is still undelivered, item by item.
@@ -94,9 +97,11 @@ class BackgroundSender(Generic[T]):
         hot: HotPath | None = None,
         batch: int = 16,
         max_wait_s: float = 0.5,
-        retries: int = 0,
+        retries: int | None = 0,
         backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
         describe: Callable[[T], str] = repr,
+        durable: bool = False,
     ) -> None:
         self.hot = hot or HotPath()
         self.name = name
@@ -105,7 +110,9 @@ class BackgroundSender(Generic[T]):
         self._max_wait_s = max_wait_s
         self._retries = retries
         self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
         self._describe = describe
+        self._durable = durable
         self._ready: list[_Item[T]] = []
         self._waiting: dict[asyncio.TimerHandle, _Item[T]] = {}  # retries not yet due
         self._in_flight = 0
@@ -162,14 +169,18 @@ class BackgroundSender(Generic[T]):
         try:
             await self._send(item.value)
         except Unavailable as exc:
-            if item.attempt >= self._retries:
+            if self._retries is not None and item.attempt >= self._retries:
                 log.error("%s: %s not delivered: %s", self.name, self._describe(item.value), exc)
                 return
             item.attempt += 1
-            if self._flushing or self._closing:
+            draining = self._flushing or self._closing
+            if draining and self._retries is not None:
                 self._ready.append(item)  # draining: the next tries go at once
                 return
-            delay = self._backoff_s * 2 ** (item.attempt - 1) * random.uniform(0.8, 1.2)
+            delay = min(self._max_backoff_s, self._backoff_s * 2 ** min(item.attempt - 1, 30))
+            if draining:  # tries without end: still spaced, but within the drain's time
+                delay = min(delay, 1.0)
+            delay *= random.uniform(0.8, 1.2)
             log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
             handle = asyncio.get_running_loop().call_later(delay, self._due, item)
             self._waiting[handle] = item
@@ -207,7 +218,10 @@ class BackgroundSender(Generic[T]):
         self._closing = True
         try:
             await self.drain(timeout_s)
-            lost = [item.value for item in self._ready]
+            for handle in self._waiting:
+                handle.cancel()
+            lost = [item.value for item in (*self._ready, *self._waiting.values())]
+            self._waiting = {}
             stuck = self._in_flight
             if self._task is not None:
                 self._task.cancel()
@@ -215,7 +229,12 @@ class BackgroundSender(Generic[T]):
                 self._task = None
             self._ready = []
             for value in lost:
-                log.error("%s: %s not delivered before shutdown", self.name, self._describe(value))
+                if self._durable:
+                    log.warning("%s: %s kept for the next start", self.name, self._describe(value))
+                else:
+                    log.error(
+                        "%s: %s not delivered before shutdown", self.name, self._describe(value)
+                    )
             if stuck:
                 log.error("%s: %d still unanswered at shutdown", self.name, stuck)
         finally:

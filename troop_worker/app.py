@@ -120,9 +120,16 @@ class Worker:
                 node_key=identity.public_key_hex,
                 replay=self.used_tickets,
             )
+            # Receipts wait on disk until the coordinator answers: none is lost to an
+            # outage or a restart; what an earlier run left goes first.
             self._receipts = ReceiptSender(
-                client, identity.key, identity.node_id, backoff_s=settings.receipt_backoff_s
+                client,
+                identity.key,
+                identity.node_id,
+                outbox=settings.data_dir / "receipts-outbox",
+                backoff_s=settings.receipt_backoff_s,
             )
+            self._receipts.resume()
             servicer = InferenceServicer(
                 self.engine,
                 verifier=verifier,

@@ -1,12 +1,16 @@
-"""Signed job receipts, sent to the coordinator in the background, batched, with retries.
+"""Signed job receipts, sent to the coordinator in the background, batched, never lost.
 
 A user's stream never waits on (or fails because of) the coordinator, and no job's
-first token waits on another job's receipt: the servicer queues the job's record and
-returns; a `troop_common.background.BackgroundSender` signs each with the node key
-and submits it once no job is starting (`hot`, the servicer's HotPath), every
-receipt that is ready by then in one go. A coordinator that cannot be reached is
-retried 3 times (1 s, 2 s, 4 s, with jitter); other refusals are logged, not retried.
-`drain` at a clean shutdown sends what is still queued (ADR 36).
+first token waits on another job's receipt: the servicer hands the job's record over and
+returns; the receipt is signed with the node key at once, kept in the worker's outbox on
+disk (troop_common.outbox) and queued; a `troop_common.background.BackgroundSender`
+submits it once no job is starting (`hot`, the servicer's HotPath), every receipt that is
+ready by then in one go. A coordinator that cannot be reached is tried again with backoff
+(1 s, 2 s, 4 s … at most 60 s, with jitter) for as long as the receipt can still settle
+its job (`max_age_s`: the ticket's life plus the coordinator's settle grace, 10 minutes by
+default, with room to spare); an answer, or a refusal, removes it from the outbox. A
+worker that stops (cleanly or not) with receipts undelivered sends them at its next start
+(`resume`). `drain` at a clean shutdown sends what it can within the grace (ADR 36, 44).
 """
 
 from __future__ import annotations
@@ -14,20 +18,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 from troop_common.background import BackgroundSender, HotPath
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import TroopError, Unavailable
 from troop_common.keys import Identity
+from troop_common.outbox import Outbox
 from troop_common.proto import coordinator_pb2
 from troop_common.receipts import sign_receipt
 from troop_worker.engine.types import usage_pb
 
 log = logging.getLogger("troop.worker.receipts")
 
-RETRIES = 3
+# A receipt older than this cannot settle its job any more (ticket TTL 300 s + settle grace
+# 300 s by default): it is dropped rather than retried for ever.
+MAX_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,30 @@ class JobRecord:
         )
 
 
+@dataclass(frozen=True)
+class SignedReceipt:
+    """A receipt as it is sent: the signed request, and what the sender needs to know of it."""
+
+    job_id: str
+    finished_at_s: float
+    request: coordinator_pb2.SubmitReceiptRequest
+
+    @classmethod
+    def parse(cls, data: bytes) -> SignedReceipt:
+        """From the outbox's bytes (a serialized SubmitReceiptRequest); ValueError if not one."""
+        try:
+            request = coordinator_pb2.SubmitReceiptRequest.FromString(data)
+            receipt = coordinator_pb2.JobReceipt.FromString(request.receipt)
+        except DecodeError as exc:
+            raise ValueError(f"not a signed receipt: {exc}") from exc
+        if not receipt.job_id:
+            raise ValueError("a receipt without a job id")
+        return cls(receipt.job_id, receipt.finished_at.ToNanoseconds() / 1e9, request)
+
+
 class ReceiptSender:
-    """`submit(record)` returns at once; `drain(timeout)` sends what is queued (at stop)."""
+    """`submit(record)` returns at once; `drain(timeout)` sends what is queued (at stop);
+    `resume()` sends what an earlier run left in the outbox."""
 
     def __init__(
         self,
@@ -72,20 +103,26 @@ class ReceiptSender:
         node: Identity,
         node_id: str,
         *,
+        outbox: Path | None = None,
         backoff_s: float = 1.0,
         max_wait_s: float = 0.5,
+        max_age_s: float = MAX_AGE_S,
     ) -> None:
-        """`max_wait_s`: how long receipts wait for a moment when no job is starting."""
+        """`outbox`: the directory receipts are kept in until answered (None: memory only).
+        `max_wait_s`: how long receipts wait for a moment when no job is starting."""
         self._client = client
         self._node = node
         self._node_id = node_id
-        self._sender: BackgroundSender[JobRecord] = BackgroundSender(
+        self._max_age_s = max_age_s
+        self.outbox = Outbox(outbox) if outbox is not None else None
+        self._sender: BackgroundSender[SignedReceipt] = BackgroundSender(
             self._send,
             name="receipts",
-            retries=RETRIES,
+            retries=None,
             backoff_s=backoff_s,
             max_wait_s=max_wait_s,
-            describe=lambda record: f"the receipt for job {record.job_id}",
+            describe=lambda receipt: f"the receipt for job {receipt.job_id}",
+            durable=self.outbox is not None,
         )
 
     @property
@@ -103,25 +140,59 @@ class ReceiptSender:
         """How many batches were sent (each: every receipt ready at the time)."""
         return self._sender.batches
 
-    def submit(self, record: JobRecord) -> None:
-        self._sender.submit(record)
-
-    async def _send(self, record: JobRecord) -> None:
+    def sign(self, record: JobRecord) -> SignedReceipt:
         request = sign_receipt(self._node, record.to_pb(self._node_id))
-        try:
-            response = await self._client.submit_receipt(request)
-        except Unavailable:
-            raise  # retried by the sender
-        except TroopError as exc:
-            log.error("coordinator refused the receipt for job %s: %s", record.job_id, exc)
+        return SignedReceipt(record.job_id, time.time(), request)
+
+    def submit(self, record: JobRecord) -> None:
+        self.send_signed(self.sign(record))
+
+    def send_signed(self, receipt: SignedReceipt) -> None:
+        """Keep `receipt` in the outbox, then queue it."""
+        if self.outbox is not None:
+            self.outbox.put(receipt.job_id, receipt.request.SerializeToString())
+        self._sender.submit(receipt)
+
+    def resume(self) -> int:
+        """Queue every receipt an earlier run left in the outbox; how many."""
+        if self.outbox is None:
+            return 0
+        kept = self.outbox.load(SignedReceipt.parse)
+        for receipt in kept:
+            self._sender.submit(receipt)
+        if kept:
+            log.info("%d receipt(s) left by an earlier run queued for the coordinator", len(kept))
+        return len(kept)
+
+    def _done(self, receipt: SignedReceipt) -> None:
+        if self.outbox is not None:
+            self.outbox.remove(receipt.job_id)
+
+    async def _send(self, receipt: SignedReceipt) -> None:
+        age_s = time.time() - receipt.finished_at_s
+        if age_s > self._max_age_s:
+            log.error(
+                "the receipt for job %s is %.0f s old, past the %.0f s in which it could "
+                "settle the job: dropped", receipt.job_id, age_s, self._max_age_s,
+            )  # fmt: skip
+            self._done(receipt)
             return
+        try:
+            response = await self._client.submit_receipt(receipt.request)
+        except Unavailable:
+            raise  # tried again by the sender; the outbox keeps it meanwhile
+        except TroopError as exc:
+            log.error("coordinator refused the receipt for job %s: %s", receipt.job_id, exc)
+            self._done(receipt)
+            return
+        self._done(receipt)
         log.debug(
             "job %s receipt taken: %s, charged %d millicredits",
-            record.job_id,
+            receipt.job_id,
             coordinator_pb2.SettlementKind.Name(response.kind),
             response.charged_millicredits,
         )
 
     async def drain(self, timeout_s: float) -> None:
-        """Send every receipt still queued (within `timeout_s`); the rest is logged."""
+        """Send every receipt still queued (within `timeout_s`); the outbox keeps the rest."""
         await self._sender.close(timeout_s)

@@ -159,6 +159,10 @@ class CheatingReceipts(ReceiptSender):
         STATE.records[record.job_id] = record
         self.spawn(self._cheat(record, STATE.tickets[record.job_id]))
 
+    async def send_record(self, record: JobRecord) -> None:
+        """Sign `record` as it is and send it now (no queue, no outbox)."""
+        await self._send(self.sign(record))
+
     def spawn(self, work: Any) -> None:
         """Run `work` as one of the sender's tasks (drained at shutdown)."""
         task = asyncio.get_running_loop().create_task(work)
@@ -170,23 +174,25 @@ class CheatingReceipts(ReceiptSender):
         cheat = STATE.cheat
         if cheat == "inflate":
             completion = min(10 * record.completion_tokens, ticket.max_tokens)
-            await self._send(replace(record, completion_tokens=completion))
+            await self.send_record(replace(record, completion_tokens=completion))
         elif cheat == "overflow":
-            await self._send(replace(record, duration_ms=UINT64_MAX))
-            await self._send(replace(record, prompt_tokens=0, completion_tokens=UINT32_MAX))
-            await self._send(replace(record, prompt_tokens=UINT32_MAX, completion_tokens=0))
+            await self.send_record(replace(record, duration_ms=UINT64_MAX))
+            await self.send_record(replace(record, prompt_tokens=0, completion_tokens=UINT32_MAX))
+            await self.send_record(replace(record, prompt_tokens=UINT32_MAX, completion_tokens=0))
         elif cheat == "hold":
             held = time.monotonic()
             await asyncio.sleep(STATE.hold_s)
             waited_ms = round((time.monotonic() - held) * 1000)
-            await self._send(replace(record, duration_ms=record.duration_ms + waited_ms))
+            await self.send_record(replace(record, duration_ms=record.duration_ms + waited_ms))
         elif cheat == "overbound":
-            await self._send(replace(record, completion_tokens=ticket.max_tokens + 1))
-            await self._send(replace(record, completion_tokens=ticket.max_tokens))
+            await self.send_record(replace(record, completion_tokens=ticket.max_tokens + 1))
+            await self.send_record(replace(record, completion_tokens=ticket.max_tokens))
         elif cheat == "abort":
-            await self._send(replace(record, completed=True, completion_tokens=ticket.max_tokens))
+            await self.send_record(
+                replace(record, completed=True, completion_tokens=ticket.max_tokens)
+            )
         else:  # unpresented, resend, proof: the stream's own receipt is honest
-            await self._send(record)
+            await self.send_record(record)
 
 
 class CheatingServicer(InferenceServicer):
@@ -295,7 +301,7 @@ async def run_proof(client: CoordinatorClient, node_id: str, kind: str) -> dict[
 async def _one_after_another(receipts: CheatingReceipts, records: list[JobRecord]) -> None:
     """Send `records` in this order, each once the last was answered."""
     for record in records:
-        await receipts._send(record)
+        await receipts.send_record(record)
 
 
 async def on_line(worker: worker_app.Worker, line: str) -> None:
@@ -316,7 +322,7 @@ async def on_line(worker: worker_app.Worker, line: str) -> None:
         more = dataclasses.replace(
             first, completion_tokens=ticket.max_tokens, duration_ms=first.duration_ms * 100
         )
-        receipts.spawn(receipts._send(more))
+        receipts.spawn(receipts.send_record(more))
     elif STATE.cheat == "proof":
         STATE.write(await run_proof(client, node.node_id, line))
     else:

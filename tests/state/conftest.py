@@ -106,9 +106,11 @@ async def start_coordinator(
     env: dict[str, str],
     log: Path,
     timeout_s: float = 30,
+    port: int | None = None,
 ) -> Process:
-    """`python -m troop_coordinator` on a free port; returns once its health says SERVING."""
-    port = free_port()
+    """`python -m troop_coordinator` on `port` (default: a free one); returns once its health
+    says SERVING."""
+    port = port or free_port()
     process = start("troop_coordinator", {**env, "TROOP_COORDINATOR_PORT": str(port)}, log)
     process.address = f"127.0.0.1:{port}"
     loop = asyncio.get_running_loop()
