@@ -27,6 +27,7 @@ import grpc
 from troop_common import request_context
 from troop_common.endpoint_proof import sign_endpoint
 from troop_common.errors import (
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     TicketInvalid,
@@ -145,6 +146,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
             if request.model not in self.engine.models:
                 raise InvalidArgument([FieldViolation("model", "not served by this node")])
+            if generation.continuation and not getattr(self.engine, "continues_answers", False):
+                raise FailedPrecondition(
+                    "this node's engine cannot continue an answer (continuation); "
+                    "resume on another node"
+                )
             generation = within_ticket(request, generation, ticket)
             presented = presentation_of(ticket, context.invocation_metadata() or ())
             async with self.limiter.admit(ticket.user):

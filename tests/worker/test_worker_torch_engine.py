@@ -176,3 +176,23 @@ async def test_eight_concurrent_jobs_batch_and_match_their_answers_alone(
     together = await asyncio.gather(*(answer(p) for p in prompts))
     assert together == alone
     assert (stats.rows_decoded - rows) / (stats.decode_steps - steps) > 3  # shared steps
+
+
+async def test_a_greedy_answer_continued_from_its_first_tokens_is_the_same_answer(
+    torch_engine_fp32,
+) -> None:
+    """Resuming on another node: the reply so far goes back as `continuation`, and greedy
+    decoding carries on exactly where it stopped (no token lost or repeated at the seam).
+    In float32: bfloat16 may round a near-tie differently once the reply so far is prefilled
+    at once instead of decoded token by token (the same tolerance as batching, ADR 38)."""
+    torch_engine = torch_engine_fp32
+    story = (Message("user", "Tell me a short story about a fox and a crow."),)
+    whole = await run(torch_engine, messages=story, max_tokens=40)
+    full = text(whole)
+    assert len(whole) > 20
+    for cut in (1, len(whole) // 2, len(whole) - 2):
+        said = text(whole[:cut])
+        delivered = whole[cut - 1].completion_tokens
+        rest = await run(torch_engine, messages=story, max_tokens=40 - delivered, continuation=said)
+        assert said + text(rest) == full, (cut, said)
+        assert rest[-1].completion_tokens == whole[-1].completion_tokens - delivered

@@ -18,6 +18,8 @@ from troop_worker.engine.types import FinishReason, GenerationChunk, GenerationR
 class FakeEngine:
     """Echo engine: `FakeEngine(["fake-model"], delay_s=0.02)`."""
 
+    continues_answers = True
+
     def __init__(
         self, models: Sequence[str] = ("smollm2-135m-instruct",), *, delay_s: float = 0.02
     ):
@@ -38,10 +40,26 @@ class FakeEngine:
         words = ["You", "said:", *last.split()] if last.split() else ["Hello!"]
         return [words[0], *(" " + w for w in words[1:])]
 
+    @classmethod
+    def remaining(cls, request: GenerationRequest) -> list[str]:
+        """The words still to say: after `request.continuation`, when the answer begins with
+        it word for word (as one this engine started elsewhere does); else the whole answer."""
+        words = cls.answer(request)
+        said = ""
+        for n, word in enumerate(words):
+            if said == request.continuation:
+                return words[n:]
+            said += word
+        return [] if said == request.continuation else words
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
+        prompt_tokens += len(request.continuation.split())
         request.check_prompt(prompt_tokens)
-        words = self.answer(request)
+        words = self.remaining(request)
+        if not words:  # the continuation was the whole answer
+            yield GenerationChunk("", FinishReason.STOP, prompt_tokens, 0)
+            return
         scanner = StopScanner(request.stop)
         count = min(len(words), request.max_tokens)
         reason = FinishReason.LENGTH if len(words) > count else FinishReason.STOP

@@ -42,6 +42,9 @@ class OpenAIUpstreamEngine:
     """Serves `served` (the model id on the network) with `upstream_model` upstream."""
 
     device_name = "openai-upstream"
+    # The chat API has no way to continue an assistant reply (a trailing assistant message
+    # starts a new turn on most servers), so a resumed answer is never sent here.
+    continues_answers = False
 
     def __init__(
         self,

@@ -58,6 +58,8 @@ def default_model_path() -> Path:
 class TorchEngine:
     """`TorchEngine()` then `await load()`; `stream(request)` yields chunks as decoded."""
 
+    continues_answers = True
+
     def __init__(
         self,
         model_id: str = "smollm2-135m-instruct",
@@ -191,7 +193,13 @@ class TorchEngine:
             messages, add_generation_prompt=True, tokenize=True, return_dict=True,
             return_tensors="pt",
         ))  # fmt: skip
-        inputs = encoded["input_ids"].to(self.device)
+        inputs = encoded["input_ids"]
+        if request.continuation:  # resuming: the reply so far, then what follows it
+            continued = tokenizer(
+                request.continuation, add_special_tokens=False, return_tensors="pt"
+            )["input_ids"]
+            inputs = torch.cat([inputs, continued], dim=1)
+        inputs = inputs.to(self.device)
         prompt_tokens = int(inputs.shape[1])
         request.check_prompt(prompt_tokens)
         if prompt_tokens >= self._context:

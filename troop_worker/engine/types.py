@@ -49,6 +49,9 @@ class GenerationRequest:
     # The prompt tokens the ticket was reserved for: an engine that counts before it
     # works refuses a longer prompt (`check_prompt`) before any token.
     max_prompt_tokens: int | None = None
+    # The answer so far, when resuming one another node started: the engine continues it
+    # (it is prompt, not completion).
+    continuation: str = ""
 
     def check_prompt(self, prompt_tokens: int) -> None:
         """InvalidArgument if the prompt is longer than the ticket allows."""
@@ -72,6 +75,7 @@ class GenerationRequest:
             max_tokens=request.max_tokens if request.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
             stop=tuple(request.stop),
             seed=request.seed if request.HasField("seed") else None,
+            continuation=request.continuation,
         )
 
 
@@ -116,6 +120,9 @@ class Engine(Protocol):
     """
 
     models: list[str]
+    # Whether `stream` honours `GenerationRequest.continuation` (the servicer refuses a
+    # continuation before the ticket is spent otherwise).
+    continues_answers: bool
 
     async def load(self) -> None: ...
 
