@@ -99,6 +99,13 @@ class Worker:
             raise RuntimeError("the worker is not started")
         return self.identity.node_id
 
+    @property
+    def receipts(self) -> ReceiptSender:
+        """The sender of this worker's receipts (its `submitted` counts every job's)."""
+        if self._receipts is None:
+            raise RuntimeError("the worker is not started")
+        return self._receipts
+
     async def start(self) -> None:
         settings = self.settings
         self.identity = identity = load_node_identity(settings)
