@@ -1,8 +1,8 @@
 """How a long-running Troop process waits for its end, and stops its child processes.
 
-    async with until_signalled() as stopping, Coordinator(settings) as coordinator:
-        ending = await stopping.wait(sidecar.wait())   # SIGTERM/SIGINT, or a part died
-    return ending.exit_code                            # 0 when signalled, 1 when a part died
+    async with until_signalled() as stopping, ClientSidecar(settings) as sidecar:
+        ending = await stopping.wait(sidecar.wait())  # SIGTERM/SIGINT, or Envoy died
+    return ending.exit_code                           # 0 when signalled, 1 when it died
 
 `until_signalled()` installs SIGTERM and SIGINT handlers for as long as the block runs
 (where the loop cannot, off the main thread, it installs none and `request()` is the only
@@ -10,7 +10,8 @@ way to stop). `wait(*lifelines)` returns when a signal arrives or when any lifel
 awaitable the process cannot live without: Envoy, a child process) ends, whichever is
 first. The stop steps themselves are the `async with` exits, run in reverse order of
 entry, each with its own grace (see ADR 43). `stop_processes` is the step for children:
-SIGTERM to each, newest first, then SIGKILL to any still running after the grace.
+SIGTERM to each, newest first, then SIGKILL to any still running after the grace (`troop up`
+stops its coordinator and worker with it, `EnvoySidecar` its Envoy).
 """
 
 from __future__ import annotations
