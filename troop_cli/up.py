@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -23,8 +21,10 @@ from troop_client.settings import ClientSettings
 from troop_client.sidecar import ClientSidecar, SidecarSettings
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.health import health_problem
+from troop_common.shutdown import Stopping, stop_processes, until_signalled
 
 READY_TIMEOUT_S = 180.0
+CHILD_GRACE_S = 10.0  # after SIGTERM, then SIGKILL (the children drain within 5 s)
 
 
 def default_data_dir() -> Path:
@@ -71,6 +71,12 @@ async def _spawn(args: list[str], log: Path, env: dict[str, str]) -> asyncio.sub
 
 
 async def run_up(args: argparse.Namespace) -> int:
+    """Start both, serve until SIGTERM/SIGINT (0) or until a component exits (1)."""
+    async with until_signalled() as stopping:
+        return await _up(args, stopping)
+
+
+async def _up(args: argparse.Namespace, stopping: Stopping) -> int:
     data = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     data.mkdir(parents=True, exist_ok=True)
     coordinator = f"127.0.0.1:{args.coordinator_port}"
@@ -79,10 +85,6 @@ async def run_up(args: argparse.Namespace) -> int:
     logs = [data / "coordinator.log", data / "worker.log"]
     procs: list[asyncio.subprocess.Process] = []
     sidecar: ClientSidecar | None = None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         procs.append(
             await _spawn(
@@ -155,27 +157,14 @@ async def run_up(args: argparse.Namespace) -> int:
             "ready: press Ctrl-C to stop",
             flush=True,
         )
-        waiters: list[asyncio.Task[object]] = [asyncio.create_task(p.wait()) for p in procs]
-        waiters.append(asyncio.create_task(sidecar.wait()))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
-        if stopper not in done:
+        ending = await stopping.wait(*(p.wait() for p in procs), sidecar.wait())
+        if not ending.signalled:
             print("troop up: a component exited; stopping", file=sys.stderr)
-            return 1
-        return 0
+        return ending.exit_code
     except _Failed as exc:
         print(f"troop up: {exc}", file=sys.stderr)
         return 1
-    finally:
+    finally:  # the sidecar, then the worker, then the coordinator
         if sidecar is not None:
             await sidecar.stop()
-        for proc in reversed(procs):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+        await stop_processes(procs, CHILD_GRACE_S)

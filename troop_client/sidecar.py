@@ -32,7 +32,6 @@ import dataclasses
 import ipaddress
 import logging
 import os
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
 from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
+from troop_common.shutdown import until_signalled
 
 log = logging.getLogger("troop.client")
 
@@ -233,11 +233,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Side
 async def run_client(args: argparse.Namespace) -> int:
     """`troop client`: serve until Ctrl-C / SIGTERM (or until Envoy dies: exit 1)."""
     settings = settings_from_args(args, os.environ)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with ClientSidecar(settings) as sidecar:
+    async with until_signalled() as stopping, ClientSidecar(settings) as sidecar:
         keys = "required (TROOP_CLIENT_API_KEYS)" if settings.api_keys else "any key accepted"
         print(
             f"troop client: OpenAI API on {sidecar.url}  (API keys: {keys})\n"
@@ -248,15 +244,10 @@ async def run_client(args: argparse.Namespace) -> int:
             '"stream":true}\'',
             flush=True,
         )
-        watcher = asyncio.create_task(sidecar.wait())
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([watcher, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in (watcher, stopper):
-            task.cancel()
-        if watcher in done and not watcher.cancelled() and watcher.exception() is not None:
-            print(f"troop client: {watcher.exception()}", flush=True)
-            return 1
-    return 0
+        ending = await stopping.wait(sidecar.wait())
+        if not ending.signalled:  # Envoy died: the sidecar cannot serve without it
+            print(f"troop client: {ending.died or 'envoy exited'}", flush=True)
+        return ending.exit_code
 
 
 __all__ = [

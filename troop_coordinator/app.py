@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from datetime import UTC, datetime
 
 from grpc_health.v1 import health_pb2
@@ -28,6 +27,7 @@ from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
 from troop_common.ratelimit import RateLimiter
 from troop_common.replay import ReplaySet
 from troop_common.server import TroopServer
+from troop_common.shutdown import until_signalled
 from troop_common.stores import RedisHealthMonitor
 from troop_coordinator.audit_store import AuditStore
 from troop_coordinator.auth import AuthInterceptor
@@ -265,22 +265,12 @@ async def _database_cleanups_done(timeout_s: float = 2.0) -> None:
 
 
 async def serve(settings: CoordinatorSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run a coordinator until SIGTERM or SIGINT."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stopping.set)
-    try:
-        async with Coordinator(settings) as coordinator:
-            if ready is not None:
-                ready.set()
-            await stopping.wait()
-            log.info("coordinator on %s stopping", coordinator.address)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
+    """Run a coordinator until SIGTERM or SIGINT; `Coordinator.stop` is the stop steps."""
+    async with until_signalled() as stopping, Coordinator(settings) as coordinator:
+        if ready is not None:
+            ready.set()
+        await stopping.wait()
+        log.info("coordinator on %s stopping", coordinator.address)
 
 
 def main() -> None:

@@ -11,10 +11,8 @@ receipts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from functools import partial
 
@@ -28,6 +26,7 @@ from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2
 from troop_common.ratelimit import MemoryRateLimiter
 from troop_common.resilience import NO_RETRY
 from troop_common.server import TroopServer
+from troop_common.shutdown import until_signalled
 from troop_worker.auth import TicketInterceptor
 from troop_worker.engine import Engine, make_engine
 from troop_worker.hardware import detect_hardware
@@ -99,6 +98,13 @@ class Worker:
         if self.identity is None:
             raise RuntimeError("the worker is not started")
         return self.identity.node_id
+
+    @property
+    def receipts(self) -> ReceiptSender:
+        """The sender of this worker's receipts (its `submitted` counts every job's)."""
+        if self._receipts is None:
+            raise RuntimeError("the worker is not started")
+        return self._receipts
 
     async def start(self) -> None:
         settings = self.settings
@@ -255,22 +261,11 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run a worker until SIGTERM or SIGINT; `ready` is set once it serves."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stopping.set)
-            installed.append(sig)
-    try:
-        async with Worker(settings, engine=engine):
-            if ready is not None:
-                ready.set()
-            await stopping.wait()
-            log.info("shutting down")
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    async with until_signalled() as stopping, Worker(settings, engine=engine):
+        if ready is not None:
+            ready.set()
+        await stopping.wait()
+        log.info("shutting down")
 
 
 def main() -> None:

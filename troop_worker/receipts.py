@@ -124,6 +124,7 @@ class ReceiptSender:
             describe=lambda receipt: f"the receipt for job {receipt.job_id}",
             durable=self.outbox is not None,
         )
+        self.submitted = 0  # this run's jobs whose receipt was queued, sent or not
 
     @property
     def hot(self) -> HotPath:
@@ -145,6 +146,7 @@ class ReceiptSender:
         return SignedReceipt(record.job_id, time.time(), request)
 
     def submit(self, record: JobRecord) -> None:
+        self.submitted += 1
         self.send_signed(self.sign(record))
 
     def send_signed(self, receipt: SignedReceipt) -> None:

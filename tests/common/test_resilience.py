@@ -52,7 +52,17 @@ def test_the_breaker_opens_after_five_failures_and_half_opens_after_the_cooldown
     assert breaker.state == "closed"
 
 
-async def test_an_idempotent_call_rides_out_a_coordinator_that_comes_back(tmp_path: Path) -> None:
+async def test_an_idempotent_call_rides_out_a_coordinator_that_comes_back(
+    tmp_path: Path, monkeypatch
+) -> None:
+    backing_off = asyncio.Event()  # set when the client waits to retry a failed attempt
+    sleep = asyncio.sleep
+
+    async def backoff(delay: float) -> None:
+        backing_off.set()
+        await sleep(delay)
+
+    monkeypatch.setattr("troop_common.coordinator_client.asyncio.sleep", backoff)
     port = free_port()
     settings = dataclasses.replace(
         CoordinatorSettings.from_env({}), port=port, data_dir=tmp_path / "coordinator"
@@ -62,7 +72,7 @@ async def test_an_idempotent_call_rides_out_a_coordinator_that_comes_back(tmp_pa
     )
     try:
         call = asyncio.create_task(client.get_balance())  # nothing listens yet
-        await asyncio.sleep(0)  # let its first attempt fail
+        await asyncio.wait_for(backing_off.wait(), 10)  # its first attempt failed
         async with Coordinator(settings):
             reply = await asyncio.wait_for(call, 30)
         assert reply.balance_millicredits == 0

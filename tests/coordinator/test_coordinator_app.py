@@ -1,4 +1,5 @@
-"""Lifecycle: serve() until SIGTERM, and the console entry from an unrelated directory."""
+"""Lifecycle: health on the real port, and the console entry from an unrelated directory
+(SIGTERM to a real coordinator process: tests/e2e/test_shutdown.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from troop_common.coordinator_client import CoordinatorClient
-from troop_coordinator.app import Coordinator, serve
-from troop_coordinator.settings import CoordinatorSettings
+from troop_coordinator.app import Coordinator
 
 
 async def test_coordinator_reports_serving_on_its_real_port(coordinator: Coordinator) -> None:
@@ -25,16 +25,6 @@ async def test_coordinator_reports_serving_on_its_real_port(coordinator: Coordin
             health_pb2.HealthCheckRequest(service="troop.v1.CoordinatorService")
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-async def test_serve_stops_on_sigterm(settings: CoordinatorSettings) -> None:
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(settings, ready=ready))
-    await asyncio.wait_for(ready.wait(), timeout=10)
-
-    os.kill(os.getpid(), signal.SIGTERM)
-
-    await asyncio.wait_for(task, timeout=10)
 
 
 async def test_main_runs_from_any_directory(sqlite_url: str, tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +56,7 @@ from troop_common.node_proof import new_nonce
 from troop_common.presentation import sign_presentation
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.request_context import OVERHEAD, REQUEST_ID, current
+from troop_common.shutdown import until_signalled
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.fake import FakeEngine
@@ -355,12 +355,9 @@ async def run(args: argparse.Namespace) -> None:
     # The worker's own parts, swapped for the cheat's before it builds them.
     worker_app.ReceiptSender = CheatingReceipts  # type: ignore[misc]
     worker_app.InferenceServicer = CheatingServicer  # type: ignore[misc]
-    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     engine = FakeEngine([MODEL], delay_s=TOKEN_DELAY_S)
-    async with worker_app.Worker(settings, engine=engine) as worker:
+    async with until_signalled() as stopping, worker_app.Worker(settings, engine=engine) as worker:
         assert worker.identity is not None
         ready = {
             "address": worker.address,
@@ -372,11 +369,10 @@ async def run(args: argparse.Namespace) -> None:
         os.replace(partial, args.ready)
         log.info("cheating worker (%s) serving on %s", STATE.cheat, worker.address)
         lines = loop.create_task(read_lines(worker))
-        stop = loop.create_task(stopping.wait())
-        await asyncio.wait({lines, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if lines.done():
+        ending = await stopping.wait(asyncio.shield(lines))
+        if not ending.signalled:
             lines.result()  # a failure in the cheat itself ends the process loudly
-            await stop
+            await stopping.wait()  # stdin closed: serve on until signalled
         lines.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lines

@@ -6,14 +6,15 @@ import time
 
 import grpc
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import signed_receipt
 from troop_client import Message, TroopClient
 from troop_common.errors import TroopError
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
-from troop_coordinator.db.models import Job
+from troop_coordinator.db.models import Job, nodes_table
+from troop_coordinator.ledger.settling import AGREE_STEP
 from troop_coordinator.usage import UsageBook
 
 MODEL = "smollm2-135m-instruct"
@@ -32,23 +33,30 @@ def receipt(worker, grant, user, *, tokens: int, duration_ms: int) -> pb.SubmitR
 
 
 async def test_an_honest_job_agrees(mesh, eventually) -> None:
+    sessions = mesh.coordinator.ledger.sessions
+    book = UsageBook(sessions)
+    async with sessions.begin() as session:  # earlier disputes cost every node standing
+        await session.execute(update(nodes_table).values(reputation=0.5))
     async with TroopClient(mesh.address, Identity.generate()) as troop:
         answer = await troop.complete([Message("user", "count my words please")], model=MODEL)
         await troop.drain_reports(5)
-    sessions = mesh.coordinator.ledger.sessions
-    book = UsageBook(sessions)
 
-    async def both_claims() -> bool:
+    async def settled() -> Job | None:
         async with sessions() as session:
             row = (
                 await session.execute(select(Job).where(Job.job_id == answer.job_id))
             ).scalar_one()
-            return row.node_duration_ms is not None and row.usage_reported_at is not None
+            return row if row.usage_reported_at is not None and row.settled_at else None
 
-    await eventually(both_claims)
+    job = await eventually(settled)
+    # Both sides claimed what was delivered, the two were compared and agreed: no dispute,
+    # and the serving node (only it) won standing back.
+    assert job.node_completion_tokens == job.client_completion_tokens
+    assert job.client_completion_tokens == answer.usage.completion_tokens > 0
+    assert await book.disputes_of(job.node_id) == []
     for worker in mesh.workers:
-        assert await book.disputes_of(worker.node_id) == []
-        assert await book.reputation(worker.node_id) == 1.0
+        want = 0.5 + AGREE_STEP if worker.node_id == job.node_id else 0.5
+        assert await book.reputation(worker.node_id) == pytest.approx(want)
 
 
 async def test_an_inflated_receipt_is_a_dispute_either_order(mesh) -> None:
@@ -104,11 +112,11 @@ async def test_discovery_prefers_the_reputable_node(mesh, eventually) -> None:
         )
         disputed += 1
     assert (await book.reputation(cheat.node_id) or 1.0) < 0.7
-    started = time.monotonic()
 
     async def listed_with_reputation() -> bool:
         # The registry learns the new reputation from the cheat's next heartbeat.
-        return time.monotonic() - started > mesh.workers[0].settings.heartbeat_interval_s
+        live = await mesh.coordinator.registry.live_nodes(time.time(), MODEL)
+        return any(n.node_id == cheat.node_id and n.reputation < 0.7 for n in live)
 
     await eventually(listed_with_reputation, timeout_s=20)
     picks = [(await user.authorize(MODEL)).node_id for _ in range(6)]

@@ -1,10 +1,8 @@
-"""Starting and stopping a worker: serve(), signals, an absent coordinator."""
+"""Starting and stopping a worker: health, an absent coordinator (SIGTERM to a real worker
+process: tests/e2e/test_shutdown.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 from pathlib import Path
 
 import grpc
@@ -13,21 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from worker_testing import worker_settings
 
 from troop_common.errors import Unavailable
-from troop_worker import Worker, serve
+from troop_worker import Worker
 from troop_worker.engine import FakeEngine
-
-
-async def test_serve_until_sigterm(tmp_path: Path, recording_coordinator) -> None:
-    settings = worker_settings(tmp_path, recording_coordinator.address)
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(settings, engine=FakeEngine(), ready=ready))
-    await asyncio.wait_for(ready.wait(), 10)
-    await recording_coordinator.wait_for(lambda c: len(c.heartbeats) >= 1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    await asyncio.wait_for(task, 10)
-    beats = len(recording_coordinator.heartbeats)
-    await asyncio.sleep(0.5)
-    assert len(recording_coordinator.heartbeats) == beats  # heartbeats stopped with it
 
 
 async def test_not_serving_once_stopping(tmp_path: Path, recording_coordinator) -> None:

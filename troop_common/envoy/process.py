@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from troop_common.envoy.config import EnvoyConfig, bootstrap_json
+from troop_common.shutdown import stop_processes
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
@@ -129,15 +129,8 @@ class EnvoySidecar:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        if process is not None:
+            await stop_processes([process], STOP_TIMEOUT_S)
         self.port = None
         if self._dir is not None:
             self._dir.cleanup()
