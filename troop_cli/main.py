@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from troop_cli import format as fmt
 from troop_client.chat import ChatOptions, Message
@@ -22,22 +20,16 @@ from troop_common.assertions import create_assertion
 from troop_common.config import ConfigError
 from troop_common.entrypoint import configure_logging
 from troop_common.errors import TroopError, Unreachable
-from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, new_nonce
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
+from troop_common.settings_spec import add_flags
 from troop_common.tickets import unverified_ticket_claims
 
 DEFAULT_QUESTION_MODEL = "smollm2-135m-instruct"
 
 
 def _client(args: argparse.Namespace) -> TroopClient:
-    settings = ClientSettings.from_env(os.environ)
-    if args.coordinator:
-        settings = dataclasses.replace(settings, coordinator=args.coordinator)
-    if args.identity:
-        identity = Identity.load_or_create(Path(args.identity).expanduser())
-        return TroopClient(settings.coordinator, identity, settings)
-    return TroopClient.from_settings(settings)
+    return TroopClient.from_settings(ClientSettings.from_args(args, os.environ))
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
@@ -224,14 +216,7 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
     from troop_coordinator.app import serve
     from troop_coordinator.settings import CoordinatorSettings
 
-    settings = CoordinatorSettings.from_env(os.environ)
-    changes = {
-        "host": args.host,
-        "port": args.port,
-        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
-        "database_url": args.database_url,
-    }
-    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    settings = CoordinatorSettings.from_args(args, os.environ)
     if args.http_port is None:
         await serve(settings)
         return 0
@@ -262,22 +247,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from troop_worker.app import serve
     from troop_worker.settings import WorkerSettings
 
-    settings = WorkerSettings.from_env(os.environ)
-    changes = {
-        "host": args.host,
-        "port": args.port,
-        "coordinator": args.coordinator,
-        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
-        "node_id": args.node_id,
-        "engine": args.engine,
-        "model": args.model,
-        "advertise": args.advertise,
-        "invite_code": args.invite,
-        "upstream_url": args.upstream,
-        "upstream_model": args.upstream_model,
-    }
-    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
-    await serve(settings)
+    await serve(WorkerSettings.from_args(args, os.environ))
     return 0
 
 
@@ -291,12 +261,7 @@ async def cmd_admin(args: argparse.Namespace) -> int:
     from troop_coordinator import admin
     from troop_coordinator.settings import CoordinatorSettings
 
-    settings = CoordinatorSettings.from_env(os.environ)
-    changes = {
-        "data_dir": Path(args.data_dir).expanduser() if args.data_dir else None,
-        "database_url": args.database_url,
-    }
-    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    settings = CoordinatorSettings.from_args(args, os.environ)
     if args.admin_command == "audit-ledger":
         return await admin.audit_ledger(settings)
     if args.admin_command == "verify-audit":
@@ -315,15 +280,31 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--coordinator", help="coordinator host:port (env TROOP_COORDINATOR, 127.0.0.1:50051)"
-    )
-    parser.add_argument(
-        "--identity", help="the user's key file (default: identity.key in TROOP_CONFIG_DIR)"
-    )
+    # `--model` is each command's own (a request's model, a filter), not the default model.
+    add_flags(parser, ClientSettings, only=("coordinator", "identity_file"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _coordinator_settings() -> type:
+    from troop_coordinator.settings import CoordinatorSettings
+
+    return CoordinatorSettings
+
+
+def _worker_settings() -> type:
+    from troop_worker.settings import WorkerSettings
+
+    return WorkerSettings
+
+
+def _sidecar_settings() -> type:
+    from troop_client.sidecar import SidecarSettings
+
+    return SidecarSettings
+
+
+def build_parser(command_line: str | None = None) -> argparse.ArgumentParser:
+    """The `troop` parser; for `command_line` (the command about to run), only that command
+    imports its component to add the flags its settings declare (`troop chat` stays light)."""
     parser = argparse.ArgumentParser(
         prog="troop", description="Troop: peer-to-peer AI inference with an honest ledger."
     )
@@ -336,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    def settings_flags(
+        p: argparse.ArgumentParser,
+        settings: Callable[[], type],
+        only: tuple[str, ...] | None = None,
+    ) -> None:
+        if command_line in (None, p.prog.split()[-1]):
+            add_flags(p, settings(), only or None)
+
     p = command("up", cmd_up, "run a coordinator and one worker on this machine (embedded default)")
     p.add_argument("--engine", choices=["torch", "openai", "fake"], default="torch")
     p.add_argument("--model", default=DEFAULT_QUESTION_MODEL)
@@ -347,10 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=9000, help="OpenAI API port (0: any free)")
 
     p = command("coordinator", cmd_coordinator, "run the coordinator (gRPC, default port 50051)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--data-dir")
-    p.add_argument("--database-url")
+    settings_flags(p, _coordinator_settings)
     p.add_argument("--http-port", type=int, help="also serve the REST/JSON API through Envoy")
 
     p = command("admin", cmd_admin, "operator commands on the coordinator's database")
@@ -361,8 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hash chain; invite: print a one-time admission code; rotate-ticket-key: "
         "start signing tickets with a new key",
     )
-    p.add_argument("--data-dir", help="the coordinator's data dir (env TROOP_DATA_DIR)")
-    p.add_argument("--database-url", help="the ledger database (env TROOP_DATABASE_URL)")
+    settings_flags(p, _coordinator_settings, only=("data_dir", "database_url"))
 
     p = command("worker", cmd_worker, "run a worker (gRPC, default port 50052)")
     p.add_argument(
@@ -373,31 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=2.0, help="benchmark: how long to run")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--coordinator")
-    p.add_argument("--data-dir")
-    p.add_argument("--node-id")
-    p.add_argument("--engine", choices=["torch", "openai", "fake"])
-    p.add_argument("--model", help="the model id on the network")
-    p.add_argument("--advertise", help="host:port clients should dial")
-    p.add_argument(
-        "--invite", help="a node invite code (coordinators with TROOP_NODE_ADMISSION=invite)"
-    )
-    p.add_argument(
-        "--upstream",
-        metavar="URL",
-        help="engine openai: an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 "
-        "(env TROOP_WORKER_UPSTREAM_URL; its key: TROOP_WORKER_UPSTREAM_API_KEY)",
-    )
-    p.add_argument("--upstream-model", help="the model's name upstream (default: --model)")
-
-    from troop_client.sidecar import add_client_arguments
+    settings_flags(p, _worker_settings)
 
     p = command(
         "client", cmd_client, "run the OpenAI-compatible sidecar (http://localhost:9000/v1)"
     )
-    add_client_arguments(p)
+    settings_flags(p, _sidecar_settings)
 
     p = command(
         "chat",
@@ -470,7 +436,8 @@ SERVER_COMMANDS = {"up", "coordinator", "worker", "client"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     configure_logging("INFO" if args.command in SERVER_COMMANDS else "WARNING")
     try:
         code = asyncio.run(args.handler(args))

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import grpc
 
-from troop_client.settings import ClientSettings
 from troop_client.sidecar import ClientSidecar, SidecarSettings
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.health import health_problem
@@ -137,14 +136,10 @@ async def _up(args: argparse.Namespace, stopping: Stopping) -> int:
             # discovery call counted against this machine's IP.
             await _wait_for("the worker's registration", registered, procs, logs, interval_s=1.0)
         # The OpenAI face runs in this process: a gRPC service behind its Envoy.
+        settings = SidecarSettings.from_env(os.environ)
+        user = dataclasses.replace(settings.client, coordinator=coordinator)
         sidecar = ClientSidecar(
-            dataclasses.replace(
-                SidecarSettings.from_env(os.environ),
-                http_port=args.http_port,
-                client=dataclasses.replace(
-                    ClientSettings.from_env(os.environ), coordinator=coordinator
-                ),
-            )
+            dataclasses.replace(settings, http_port=args.http_port, client=user)
         )
         await sidecar.start()
         print(

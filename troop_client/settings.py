@@ -1,13 +1,19 @@
-"""The client's settings: where the coordinator is and where the user's identity lives."""
+"""The client's settings: where the coordinator is and where the user's identity lives.
+
+Each setting is declared once below; the README's table and the flags of `troop chat`,
+`troop client` and the other user commands come from these declarations
+(troop_common.settings_spec).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from troop_common.config import env_int
+from troop_common.settings_spec import Settings, group, integer, path, setting
 from troop_common.tls import TlsSettings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -18,32 +24,52 @@ def default_config_dir(env: Mapping[str, str]) -> Path:
     return Path(base).expanduser() / "troop"
 
 
-@dataclass(frozen=True)
-class ClientSettings:
+def _config_dir(values: Mapping[str, Any], env: Mapping[str, str]) -> Path:
+    return default_config_dir(env)
+
+
+@dataclass(frozen=True, repr=False)
+class ClientSettings(Settings):
     """Where the coordinator is, where the user's identity lives, timeouts and TLS."""
 
-    coordinator: str = "127.0.0.1:50051"
-    config_dir: Path = field(default_factory=lambda: Path.home() / ".config" / "troop")
-    model: str = DEFAULT_MODEL
+    coordinator: str = setting(
+        "127.0.0.1:50051",
+        env="TROOP_COORDINATOR",
+        flag="--coordinator",
+        help="where the coordinator is (host:port)",
+    )
+    config_dir: Path = setting(
+        default_factory=lambda: Path.home() / ".config" / "troop",
+        env="TROOP_CONFIG_DIR",
+        parse=path,
+        derive=_config_dir,
+        shown_default="`$XDG_CONFIG_HOME/troop` (`~/.config/troop`)",
+        help="where your identity lives",
+    )
+    identity_file: Path | None = setting(
+        None,
+        flag="--identity",
+        parse=path,
+        shown_default="`identity.key` in the config dir",
+        help="the user's key file",
+    )
+    model: str = setting(
+        DEFAULT_MODEL,
+        env="TROOP_MODEL",
+        flag="--model",
+        help="the model asked for when a request names none",
+    )
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
     inference_timeout_s: float = 300.0
-    # Nodes tried for one request when a node cannot be reached at all (before any token).
-    node_attempts: int = 3
-    tls: TlsSettings = field(default_factory=TlsSettings)
+    node_attempts: int = setting(
+        3,
+        env="TROOP_NODE_ATTEMPTS",
+        parse=integer(1),
+        help="nodes tried for one request when a node cannot be reached at all (before any token)",
+    )
+    tls: TlsSettings = group(TlsSettings)
 
     @property
     def identity_path(self) -> Path:
-        return self.config_dir / "identity.key"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ClientSettings:
-        return cls(
-            coordinator=env.get("TROOP_COORDINATOR", cls.coordinator),
-            config_dir=Path(env["TROOP_CONFIG_DIR"]).expanduser()
-            if env.get("TROOP_CONFIG_DIR")
-            else default_config_dir(env),
-            model=env.get("TROOP_MODEL", cls.model),
-            node_attempts=env_int(env, "TROOP_NODE_ATTEMPTS", cls.node_attempts, minimum=1),
-            tls=TlsSettings.from_env(env),
-        )
+        return self.identity_file or self.config_dir / "identity.key"

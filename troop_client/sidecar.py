@@ -13,29 +13,19 @@ other than loopback without API keys is refused (`check_bind`, a ConfigError)
 unless `allow_public_without_keys` says otherwise, which then logs a WARNING
 on every start.
 
-| variable                  | field          | default                              |
-|---------------------------|----------------|--------------------------------------|
-| TROOP_CLIENT_HTTP_HOST    | http_host      | 127.0.0.1                            |
-| TROOP_CLIENT_HTTP_PORT    | http_port      | 9000 (0: any free port)              |
-| TROOP_CLIENT_GRPC_PORT    | grpc_port      | 0 (any free port, on 127.0.0.1)      |
-| TROOP_CLIENT_API_KEYS     | api_keys       | none: any key (comma-separated list) |
-| TROOP_CLIENT_ALLOW_PUBLIC_WITHOUT_KEYS | allow_public_without_keys | off |
-| TROOP_CLIENT_KEEPALIVE_S  | keepalive_s    | 3 (SSE comment while nothing comes)  |
-| TROOP_COORDINATOR, TROOP_CONFIG_DIR, TROOP_MODEL: see `ClientSettings` |
+Its settings are declared once in `SidecarSettings` (with `ClientSettings` inside);
+the README's table and `troop client`'s flags come from those declarations.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from troop_client.openai.errors import (
     ENVOY_LOCAL_REPLY,
@@ -46,11 +36,20 @@ from troop_client.openai.errors import (
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
-from troop_common.config import ConfigError, env_float, env_int, env_text
+from troop_common.config import ConfigError
 from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
 from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
+from troop_common.settings_spec import (
+    Settings,
+    comma_list,
+    group,
+    integer,
+    number,
+    setting,
+    switch,
+)
 from troop_common.shutdown import until_signalled
 
 log = logging.getLogger("troop.client")
@@ -60,32 +59,51 @@ HEALTH_INTERVAL_S = 2.0
 ALLOW_PUBLIC_ENV = "TROOP_CLIENT_ALLOW_PUBLIC_WITHOUT_KEYS"
 
 
-@dataclass(frozen=True)
-class SidecarSettings:
-    client: ClientSettings = field(default_factory=ClientSettings)
-    http_host: str = "127.0.0.1"
-    http_port: int = DEFAULT_HTTP_PORT
-    grpc_port: int = 0
-    api_keys: tuple[str, ...] = ()
-    keepalive_s: float = DEFAULT_KEEPALIVE_S
+@dataclass(frozen=True, repr=False)
+class SidecarSettings(Settings):
+    client: ClientSettings = group(ClientSettings)
+    http_host: str = setting(
+        "127.0.0.1", env="TROOP_CLIENT_HTTP_HOST", flag="--host", help="the OpenAI API's address"
+    )
+    http_port: int = setting(
+        DEFAULT_HTTP_PORT,
+        env="TROOP_CLIENT_HTTP_PORT",
+        flag="--port",
+        parse=integer(),
+        help="the OpenAI API's port (0: any free port)",
+    )
+    grpc_port: int = setting(
+        0,
+        env="TROOP_CLIENT_GRPC_PORT",
+        flag="--grpc-port",
+        parse=integer(),
+        help="the OpenAI gRPC service's port, on 127.0.0.1 (0: any free port)",
+    )
+    api_keys: tuple[str, ...] = setting(
+        (),
+        env="TROOP_CLIENT_API_KEYS",
+        parse=comma_list,
+        secret=True,
+        shown_default="none (any key)",
+        help="comma-separated keys the sidecar accepts (`Authorization: Bearer`)",
+    )
+    keepalive_s: float = setting(
+        DEFAULT_KEEPALIVE_S,
+        env="TROOP_CLIENT_KEEPALIVE_S",
+        parse=number(positive=True),
+        help="SSE keep-alive comment after this long without a token",
+    )
+    # Not from the environment: an embedder's identity file (`--identity` is the client's).
     identity_path: Path | None = None
-    # Serve a non-loopback address without API keys (anyone who reaches it spends credits).
-    allow_public_without_keys: bool = False
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SidecarSettings:
-        raw_keys = env.get("TROOP_CLIENT_API_KEYS", "").split(",")
-        keys = tuple(k.strip() for k in raw_keys if k.strip())
-        return cls(
-            client=ClientSettings.from_env(env),
-            http_host=env_text(env, "TROOP_CLIENT_HTTP_HOST", cls.http_host),
-            http_port=env_int(env, "TROOP_CLIENT_HTTP_PORT", cls.http_port),
-            grpc_port=env_int(env, "TROOP_CLIENT_GRPC_PORT", cls.grpc_port),
-            api_keys=keys,
-            keepalive_s=env_float(env, "TROOP_CLIENT_KEEPALIVE_S", cls.keepalive_s, positive=True),
-            allow_public_without_keys=env_text(env, ALLOW_PUBLIC_ENV).lower()
-            in ("1", "true", "yes"),
-        )
+    allow_public_without_keys: bool = setting(
+        False,
+        env=ALLOW_PUBLIC_ENV,
+        flag="--allow-public-without-keys",
+        parse=switch,
+        help="`1`: serve a non-loopback `TROOP_CLIENT_HTTP_HOST` without API keys, logging a "
+        "WARNING at every start. Off, the sidecar refuses (exit 2): anyone who reaches it "
+        "would spend your credits",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -190,49 +208,9 @@ class ClientSidecar:
         await self.stop()
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `troop client` flags (each overrides its TROOP_* variable)."""
-    parser.add_argument("--coordinator", help="coordinator host:port (env TROOP_COORDINATOR)")
-    parser.add_argument("--identity", help="the user's key file (default: in TROOP_CONFIG_DIR)")
-    parser.add_argument("--host", help="HTTP listen address (env TROOP_CLIENT_HTTP_HOST)")
-    parser.add_argument(
-        "--port", type=int, help="HTTP port, 0 for any (env TROOP_CLIENT_HTTP_PORT, 9000)"
-    )
-    parser.add_argument("--grpc-port", type=int, help="the OpenAI gRPC service's port (0: any)")
-    parser.add_argument("--model", help="model when a request names none (env TROOP_MODEL)")
-    parser.add_argument(
-        "--allow-public-without-keys",
-        action="store_true",
-        default=None,
-        help="serve a non-loopback --host without TROOP_CLIENT_API_KEYS: anyone who reaches "
-        f"it spends your credits (env {ALLOW_PUBLIC_ENV})",
-    )
-
-
-def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SidecarSettings:
-    settings = SidecarSettings.from_env(env)
-    client = settings.client
-    if getattr(args, "coordinator", None):
-        client = dataclasses.replace(client, coordinator=args.coordinator)
-    if getattr(args, "model", None):
-        client = dataclasses.replace(client, model=args.model)
-    changes: dict[str, Any] = {"client": client}
-    if getattr(args, "host", None):
-        changes["http_host"] = args.host
-    if getattr(args, "port", None) is not None:
-        changes["http_port"] = args.port
-    if getattr(args, "grpc_port", None) is not None:
-        changes["grpc_port"] = args.grpc_port
-    if getattr(args, "identity", None):
-        changes["identity_path"] = Path(args.identity).expanduser()
-    if getattr(args, "allow_public_without_keys", None):
-        changes["allow_public_without_keys"] = True
-    return dataclasses.replace(settings, **changes)
-
-
 async def run_client(args: argparse.Namespace) -> int:
     """`troop client`: serve until Ctrl-C / SIGTERM (or until Envoy dies: exit 1)."""
-    settings = settings_from_args(args, os.environ)
+    settings = SidecarSettings.from_args(args, os.environ)
     async with until_signalled() as stopping, ClientSidecar(settings) as sidecar:
         keys = "required (TROOP_CLIENT_API_KEYS)" if settings.api_keys else "any key accepted"
         print(
@@ -254,9 +232,7 @@ __all__ = [
     "OPENAI_SERVICE",
     "ClientSidecar",
     "SidecarSettings",
-    "add_client_arguments",
     "check_bind",
     "is_loopback",
     "run_client",
-    "settings_from_args",
 ]

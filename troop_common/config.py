@@ -1,9 +1,10 @@
-"""What every component's settings share: reading `TROOP_*` variables, and the error
-for a setting it cannot use.
+"""What every component's settings share: parsing a `TROOP_*` value, and the error for a
+setting it cannot use.
 
 A `ConfigError` names the setting (environment variable or flag) and says what it must
-be; the `troop` command prints it in one line instead of a traceback. The `env_*`
-readers return the default for an unset or empty variable.
+be; the `troop` command prints it in one line instead of a traceback. Each `parse_*`
+takes the setting's name and its text; the `env_*` readers return the default for an
+unset or empty variable. Settings are declared with these in `troop_common.settings_spec`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,7 @@ class ConfigError(ValueError):
     """A setting that cannot be used: the message names it and what it must be."""
 
 
-def env_text(env: Mapping[str, str], name: str, default: str = "") -> str:
-    return env.get(name, "").strip() or default
-
-
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env_text(env, name)
-    if not raw:
-        return default
+def parse_int(name: str, raw: str, minimum: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError as exc:
@@ -32,13 +26,8 @@ def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -
     return value
 
 
-def env_float(
-    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
-) -> float:
+def parse_float(name: str, raw: str, *, positive: bool = False) -> float:
     """A number, at least 0 (`positive`: more than 0)."""
-    raw = env_text(env, name)
-    if not raw:
-        return default
     try:
         value = float(raw)
     except ValueError as exc:
@@ -50,6 +39,29 @@ def env_float(
     return value
 
 
+def parse_choice(name: str, raw: str, choices: tuple[str, ...], *, casefold: bool = False) -> str:
+    value = raw.lower() if casefold else raw
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def env_text(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, "").strip() or default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env_text(env, name)
+    return parse_int(name, raw, minimum) if raw else default
+
+
+def env_float(
+    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
+) -> float:
+    raw = env_text(env, name)
+    return parse_float(name, raw, positive=positive) if raw else default
+
+
 def env_choice(
     env: Mapping[str, str],
     name: str,
@@ -58,12 +70,16 @@ def env_choice(
     *,
     casefold: bool = False,
 ) -> str:
-    value = env_text(env, name, default)
-    if casefold:
-        value = value.lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    return parse_choice(name, env_text(env, name, default), choices, casefold=casefold)
 
 
-__all__ = ["ConfigError", "env_choice", "env_float", "env_int", "env_text"]
+__all__ = [
+    "ConfigError",
+    "env_choice",
+    "env_float",
+    "env_int",
+    "env_text",
+    "parse_choice",
+    "parse_float",
+    "parse_int",
+]

