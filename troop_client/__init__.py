@@ -1,8 +1,17 @@
-"""Troop's client: the async SDK, and (with the HTTP issue) the OpenAI face."""
+"""Troop's client: the async SDK, its typed results, and the OpenAI face."""
 
-from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, ModelOffer, Usage
-from troop_client.jobs import Job
-from troop_client.sdk import Balance, TroopClient
+from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
+from troop_client.results import (
+    Balance,
+    Grant,
+    Job,
+    Joined,
+    ModelOffer,
+    Node,
+    Page,
+    Transaction,
+)
+from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 
 __all__ = [
@@ -11,9 +20,14 @@ __all__ = [
     "ChatOptions",
     "ClientSettings",
     "Completion",
+    "Grant",
     "Job",
+    "Joined",
     "Message",
     "ModelOffer",
+    "Node",
+    "Page",
+    "Transaction",
     "TroopClient",
     "Usage",
 ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+
 import troop_client
+from troop_client import TroopClient
 
 
 def test_the_sdk_exports_exactly_its_public_names() -> None:
@@ -12,11 +17,45 @@ def test_the_sdk_exports_exactly_its_public_names() -> None:
         "ChatOptions",
         "ClientSettings",
         "Completion",
+        "Grant",
         "Job",
+        "Joined",
         "Message",
         "ModelOffer",
+        "Node",
+        "Page",
+        "Transaction",
         "TroopClient",
         "Usage",
     ]
     for name in troop_client.__all__:
         assert getattr(troop_client, name).__doc__, f"{name} has no docstring"
+
+
+def _protobuf_in(annotation: object, seen: set[object]) -> list[str]:
+    """The protobuf types an annotation mentions, also inside the SDK's own dataclasses."""
+    if annotation in seen:
+        return []
+    seen.add(annotation)
+    module = getattr(annotation, "__module__", "")
+    if module.endswith("_pb2") or module.startswith("google.protobuf"):
+        return [repr(annotation)]
+    inner = list(typing.get_args(annotation))
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        inner += typing.get_type_hints(annotation).values()
+    return [found for arg in inner for found in _protobuf_in(arg, seen)]
+
+
+def test_no_public_sdk_method_takes_or_returns_protobuf() -> None:
+    methods = {
+        name: member
+        for name, member in inspect.getmembers(TroopClient, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    assert {"authorize", "balance", "chat", "history", "job", "join", "models", "nodes"} <= set(
+        methods
+    )
+    for name, method in methods.items():
+        for where, annotation in typing.get_type_hints(method).items():
+            found = _protobuf_in(annotation, set())
+            assert not found, f"TroopClient.{name} ({where}) mentions {found}"
