@@ -8,28 +8,51 @@ import typing
 
 import troop_client
 from troop_client import TroopClient
+from troop_common import errors
 
 
 def test_the_sdk_exports_exactly_its_public_names() -> None:
     assert sorted(troop_client.__all__) == [
+        "AuthError",
         "Balance",
         "ChatChunk",
         "ChatOptions",
         "ClientSettings",
         "Completion",
+        "FailedPrecondition",
         "Grant",
+        "InsufficientCredits",
+        "InvalidArgument",
         "Job",
         "Joined",
         "Message",
         "ModelOffer",
         "Node",
+        "NodeProofInvalid",
+        "NodeUnavailable",
+        "NotFound",
         "Page",
+        "PermissionDenied",
+        "RateLimited",
         "Transaction",
         "TroopClient",
+        "TroopError",
+        "Unavailable",
+        "Unreachable",
         "Usage",
     ]
     for name in troop_client.__all__:
         assert getattr(troop_client, name).__doc__, f"{name} has no docstring"
+
+
+def test_every_kind_of_failure_has_a_class_to_catch_in_troop_client() -> None:
+    exported = [getattr(troop_client, name) for name in troop_client.__all__]
+    raised = [cls for cls in exported if isinstance(cls, type) and issubclass(cls, Exception)]
+    # The very classes the SDK raises (troop_common's), not copies that `except` would miss.
+    assert raised and all(cls in errors.ERROR_CLASSES for cls in raised)
+    for cls in errors.ERROR_CLASSES:
+        if cls.__bases__ == (errors.TroopError,):  # one per status code
+            assert cls in raised, f"{cls.__name__} is not exported"
 
 
 def _protobuf_in(annotation: object, seen: set[object]) -> list[str]:
