@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from troop_common.proto import coordinator_pb2
+from datetime import datetime
 
 
 def credits(millicredits: int) -> str:
@@ -25,13 +23,6 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def transaction_kind(kind: int) -> str:
-    name = coordinator_pb2.TransactionKind.Name(kind)
-    return name.removeprefix("TRANSACTION_KIND_").lower()
-
-
-def timestamp(ts) -> str:
-    if not ts.seconds and not ts.nanos:
-        return "-"
-    when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
-    return when.strftime("%Y-%m-%d %H:%M:%S")
+def timestamp(when: datetime | None) -> str:
+    """An SDK result's (UTC) datetime, to the second; "-" when there is none."""
+    return when.strftime("%Y-%m-%d %H:%M:%S") if when is not None else "-"

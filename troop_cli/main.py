@@ -119,11 +119,11 @@ async def cmd_balance(args: argparse.Namespace) -> int:
 
 async def cmd_join(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
-        reply = await troop.join(invite_code=args.invite or "")
-        if reply.already_joined:
-            print(f"already joined; balance {fmt.credits(reply.balance_millicredits)} credits")
+        joined = await troop.join(invite_code=args.invite or "")
+        if joined.already_joined:
+            print(f"already joined; balance {fmt.credits(joined.balance_millicredits)} credits")
         else:
-            print(f"joined: {fmt.credits(reply.granted_millicredits)} starter credits granted")
+            print(f"joined: {fmt.credits(joined.granted_millicredits)} starter credits granted")
     return 0
 
 
@@ -135,9 +135,9 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
             n.node_id,
             n.endpoint,
             ",".join(n.models),
-            f"{n.load.active_jobs}/{n.load.max_concurrent_jobs}",
+            f"{n.active_jobs}/{n.max_concurrent_jobs}",
             f"{n.multiplier:.2f}",
-            n.hardware.device or "-",
+            n.device or "-",
             fmt.timestamp(n.last_seen),
         ]
         for n in nodes
@@ -170,12 +170,12 @@ async def cmd_history(args: argparse.Namespace) -> int:
     rows = [
         [
             fmt.timestamp(t.created_at),
-            fmt.transaction_kind(t.kind),
+            t.kind,
             fmt.credits(t.amount_millicredits),
             fmt.credits(t.balance_after_millicredits),
             t.job_id or "-",
         ]
-        for t in page.transactions
+        for t in page.items
     ]
     headers = ["WHEN (UTC)", "KIND", "AMOUNT", "BALANCE", "JOB"]
     print(fmt.table(headers, rows) if rows else "no transactions")

@@ -129,24 +129,3 @@ class Completion:
     usage: Usage
     node_id: str = ""
     overhead: Overhead | None = None  # what the protocol cost before the first chunk
-
-
-@dataclass(frozen=True)
-class ModelOffer:
-    """A model live nodes serve, with what a job on it costs (the coordinator's catalog)."""
-
-    id: str
-    node_count: int
-    prompt_millicredits_per_1k: int = 0
-    completion_millicredits_per_1k: int = 0
-    parameters: int = 0
-
-    @classmethod
-    def from_pb(cls, model: common_pb2.ModelInfo) -> ModelOffer:
-        return cls(
-            id=model.id,
-            node_count=model.node_count,
-            prompt_millicredits_per_1k=model.price.prompt_millicredits_per_1k_tokens,
-            completion_millicredits_per_1k=model.price.completion_millicredits_per_1k_tokens,
-            parameters=model.price.parameters,
-        )

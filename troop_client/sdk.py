@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 
@@ -29,13 +28,22 @@ from troop_client.chat import (
     ChatOptions,
     Completion,
     Message,
-    ModelOffer,
     Overhead,
     Usage,
     prompt_token_bound,
     vouched_tokens,
 )
-from troop_client.jobs import Job
+from troop_client.results import (
+    Balance,
+    Grant,
+    Job,
+    Joined,
+    ModelOffer,
+    Node,
+    Page,
+    Transaction,
+    transaction_page,
+)
 from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.background import BackgroundSender
@@ -53,25 +61,14 @@ log = logging.getLogger("troop.client")
 REPORT_DRAIN_S = 5.0
 
 
-@dataclass(frozen=True)
-class Balance:
-    """A user's spendable credits and the credits held by open reservations."""
-
-    public_key: str
-    balance_millicredits: int
-    reserved_millicredits: int
-
-    @property
-    def credits(self) -> float:
-        return self.balance_millicredits / 1000
-
-
 class TroopClient:
     """A user of the network: authorizes jobs with the coordinator, streams from workers.
 
     Built from an identity (`Identity.load_or_create(path)`) or from settings
     (`TroopClient.from_settings(ClientSettings.from_env(os.environ))`); use it
-    as `async with`. Failures raise `troop_common.errors.TroopError` subclasses.
+    as `async with`. Its methods return troop_client.results' dataclasses, never protobuf;
+    failures raise TroopError subclasses, exported by `troop_client`. (`coordinator` is the
+    wire client it shares with the worker, speaking protobuf: not part of this surface.)
     """
 
     def __init__(
@@ -178,7 +175,7 @@ class TroopClient:
         first_failure: Unavailable | None = None
         while True:
             try:
-                grant = await self.coordinator.authorize(
+                grant = await self.authorize(
                     model,
                     request_id=request_id,
                     exclude_node_ids=skipped,
@@ -233,7 +230,7 @@ class TroopClient:
 
     async def _stream(
         self,
-        grant: coordinator_pb2.AuthorizeResponse,
+        grant: Grant,
         messages: Sequence[Message],
         model: str,
         options: ChatOptions,
@@ -309,7 +306,28 @@ class TroopClient:
             stream_ms = round((time.monotonic() - started) * 1000)
             self._report_usage(grant.job_id, tokens, stream_ms)
 
-    async def join(self, invite_code: str = "") -> coordinator_pb2.JoinResponse:
+    async def authorize(
+        self,
+        model: str | None = None,
+        *,
+        max_tokens: int = 0,
+        max_prompt_tokens: int = 0,
+        exclude_node_ids: Sequence[str] = (),
+        request_id: str | None = None,
+    ) -> Grant:
+        """Reserve credits for one job and get its ticket for a node: what `chat` does
+        before it streams. The reservation is held until the job settles, or returns when
+        the ticket expires unused. 0 bounds mean the coordinator's defaults."""
+        reply = await self.coordinator.authorize(
+            model or self.settings.model,
+            request_id=request_id,
+            exclude_node_ids=exclude_node_ids,
+            max_tokens=max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+        )
+        return Grant.from_pb(reply)
+
+    async def join(self, invite_code: str = "") -> Joined:
         """Create this identity's account with its starter credits (once; idempotent).
 
         Meets the coordinator's admission rule: `invite_code` where it admits by
@@ -319,23 +337,25 @@ class TroopClient:
         nonce = ""
         if admission.mode == coordinator_pb2.ADMISSION_MODE_POW:
             nonce = await asyncio.to_thread(solve_pow, self.public_key, admission.pow_bits)
-        return await self.coordinator.join(invite_code=invite_code, pow_nonce=nonce)
+        return Joined.from_pb(await self.coordinator.join(invite_code=invite_code, pow_nonce=nonce))
 
     async def job(self, job_id: str) -> Job:
         """One of your jobs: whether it settled, and for how much."""
         return Job.from_pb(await self.coordinator.get_job(job_id))
 
     async def balance(self) -> Balance:
-        reply = await self.coordinator.get_balance()
-        return Balance(reply.public_key, reply.balance_millicredits, reply.reserved_millicredits)
+        """Your spendable credits, and those open reservations hold."""
+        return Balance.from_pb(await self.coordinator.get_balance())
 
-    async def history(
-        self, page_size: int = 20, page_token: str = ""
-    ) -> coordinator_pb2.ListTransactionsResponse:
-        return await self.coordinator.list_transactions(page_size=page_size, page_token=page_token)
+    async def history(self, page_size: int = 20, page_token: str = "") -> Page[Transaction]:
+        """Your ledger entries, newest first, `page_size` (at most 100) at a time: pass a
+        page's `next_page_token` for the next."""
+        reply = await self.coordinator.list_transactions(page_size=page_size, page_token=page_token)
+        return transaction_page(reply)
 
-    async def nodes(self, model: str = "") -> list[coordinator_pb2.NodeInfo]:
-        return list((await self.coordinator.list_nodes(model)).nodes)
+    async def nodes(self, model: str = "") -> list[Node]:
+        """The live nodes (serving `model`, when given), best ranked first."""
+        return [Node.from_pb(n) for n in (await self.coordinator.list_nodes(model)).nodes]
 
     async def models(self) -> list[ModelOffer]:
         """The models live nodes serve, with their node counts and prices."""
@@ -343,14 +363,4 @@ class TroopClient:
         return [ModelOffer.from_pb(m) for m in reply.models]
 
 
-__all__ = [
-    "Balance",
-    "ChatChunk",
-    "ChatOptions",
-    "Completion",
-    "Job",
-    "Message",
-    "ModelOffer",
-    "TroopClient",
-    "Usage",
-]
+__all__ = ["TroopClient"]

@@ -95,6 +95,8 @@ class TroopError(Exception):
 
 
 class InvalidArgument(TroopError):
+    """The request itself is wrong; `violations` name each bad field (do not retry as is)."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
@@ -123,6 +125,8 @@ class InvalidArgument(TroopError):
 
 
 class AuthError(TroopError):
+    """The caller's identity, ticket or signature was not accepted."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
@@ -156,6 +160,8 @@ class NodeProofInvalid(AuthError):
 
 
 class PermissionDenied(TroopError):
+    """The caller is known but may not do this (a spent or wrong invite, another's job)."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
@@ -167,16 +173,23 @@ class PresentationInvalid(PermissionDenied):
 
 
 class NotFound(TroopError):
+    """What the request names does not exist (a job id, a node id)."""
+
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class FailedPrecondition(TroopError):
+    """The request is well formed but the state refuses it now (e.g. not joined yet)."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
 
 class InsufficientCredits(FailedPrecondition):
+    """The job's reservation is more than the balance: `needed` and `balance`, in
+    millicredits."""
+
     reason = "INSUFFICIENT_CREDITS"
 
     def __init__(self, needed_millicredits: int, balance_millicredits: int) -> None:

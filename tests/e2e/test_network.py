@@ -63,7 +63,7 @@ async def test_credits_are_conserved_across_completed_and_abandoned_jobs(
         await user.complete([Message("user", "one")], options=ChatOptions(max_tokens=4))
         await settled(user, eventually)
         # A job authorized but never run: its reservation stays open until it expires.
-        await user.coordinator.authorize("smollm2-135m-instruct")
+        await user.authorize("smollm2-135m-instruct")
         user_balance = await user.balance()
         owner_balance = await owner.balance()
         assert user_balance.reserved_millicredits > 0
@@ -155,9 +155,9 @@ async def test_an_unreachable_node_is_skipped_for_another(start_mesh, eventually
         # The client countersigned 0 tokens for the ghost's job: its reservation returned at
         # once (not when the ticket expires), refunded whole.
         await eventually(nothing_is_held, timeout_s=20)
-        entries = (await user.history()).transactions
-        refunds = [t for t in entries if t.kind == pb.TRANSACTION_KIND_REFUND]
-        reserves = [t for t in entries if t.kind == pb.TRANSACTION_KIND_RESERVE]
+        entries = (await user.history()).items
+        refunds = [t for t in entries if t.kind == "refund"]
+        reserves = [t for t in entries if t.kind == "reserve"]
         assert len(refunds) == 1 and len(reserves) == 2
         ghost_job = refunds[0].job_id
         assert [-t.amount_millicredits for t in reserves if t.job_id == ghost_job] == [

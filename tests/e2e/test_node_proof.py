@@ -43,10 +43,8 @@ async def test_an_impostor_at_the_nodes_address_gets_no_token_through(
         Worker(impostor_settings) as impostor,
         TroopClient(network.coordinator, Identity.generate()) as user,
     ):
-        grant = await user.coordinator.authorize(MODEL)
-        hijacked = type(grant)()
-        hijacked.CopyFrom(grant)
-        hijacked.endpoint = impostor.address
+        grant = await user.authorize(MODEL)
+        hijacked = dataclasses.replace(grant, endpoint=impostor.address)
         received = []
         with pytest.raises(NodeProofInvalid):
             async for chunk in user._stream(

@@ -11,8 +11,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from troop_client.chat import ModelOffer, Usage
+from troop_client.chat import Usage
 from troop_client.openai.errors import OpenAIError
+from troop_client.results import ModelOffer
 
 SSE = "text/event-stream"
 JSON = "application/json"
