@@ -150,7 +150,7 @@ class NodeDirectory:
         self._forgotten[node_id] = self._forgotten.get(node_id, 0) + 1
 
     @property
-    def _sessions(self) -> async_sessionmaker[AsyncSession]:
+    def _sessions(self) -> async_sessionmaker[AsyncSession]:  # older tests' name; see `db`
         return self.db.sessions
 
     async def _read_standings(self, ids: list[str]) -> dict[str, tuple[str, NodeStanding]]:

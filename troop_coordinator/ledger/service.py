@@ -113,6 +113,7 @@ class Ledger(Settling):
         """The session factory, for stores that share the ledger's database."""
         return self.db.sessions
 
+    # `_sessions` and `_engine`: the names older tests read; `db` is the way in.
     @property
     def _sessions(self) -> async_sessionmaker[AsyncSession]:
         return self.db.sessions
