@@ -29,14 +29,18 @@ from troop_common.replay import ReplaySet
 from troop_common.server import TroopServer
 from troop_common.shutdown import until_signalled
 from troop_common.stores import RedisHealthMonitor
+from troop_coordinator.admission import Admission
 from troop_coordinator.audit_store import AuditStore
 from troop_coordinator.auth import AuthInterceptor
+from troop_coordinator.authorization import JobAuthorizer, JobLimits
 from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
+from troop_coordinator.heartbeats import Heartbeats
 from troop_coordinator.ledger import Ledger
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook, ProofShape
 from troop_coordinator.reachability import EndpointProofs
+from troop_coordinator.receipts import Receipts
 from troop_coordinator.redis_registry import RedisNodeRegistry
 from troop_coordinator.registry import NodeRegistry
 from troop_coordinator.service import CoordinatorServicer
@@ -113,13 +117,27 @@ class Coordinator:
             grace_s=settings.effective_ticket_key_grace_s,
             reload_s=settings.ticket_key_reload_s,
         )
+        admission = Admission(self.ledger, mode=settings.admission, pow_bits=settings.pow_bits)
         servicer = CoordinatorServicer(
-            settings=settings,
             ledger=self.ledger,
             nodes=self.nodes,
             registry=self.registry,
             signer=signer,
-            endpoint_proofs=self.endpoint_proofs,
+            admission=admission,
+            authorizer=JobAuthorizer(
+                ledger=self.ledger,
+                registry=self.registry,
+                signer=signer,
+                catalog=settings.catalog(),
+                admission=admission,
+                limits=JobLimits(
+                    max_open_jobs_per_user=settings.max_open_jobs_per_user,
+                    settle_grace_s=settings.settle_grace_s,
+                ),
+            ),
+            heartbeats=Heartbeats(self.nodes, self.registry, self.endpoint_proofs),
+            receipts=Receipts(self.ledger, self.nodes),
+            heartbeat_interval_s=settings.heartbeat_interval_s,
             challenges=ChallengeBook(
                 self.stores.challenges,
                 shape=ProofShape(

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from troop_coordinator.db.models import AuditEvent, AuditHead
+from troop_coordinator.db.transactions import Database
+from troop_coordinator.repositories.audit_chain import (
+    AuditChainRepository,
+    AuditRecord,
+    ChainHead,
+)
 
 GENESIS = "0" * 64
 
@@ -40,54 +44,49 @@ class ChainReport:
 
 class AuditStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+        self.db = Database(sessions)
 
     async def append(self, event: dict[str, Any]) -> int:
         """Append one event; its sequence number."""
-        async with self._sessions.begin() as session:
-            seq, prev_hash = (
-                await session.execute(
-                    update(AuditHead)
-                    .where(AuditHead.id == 1)
-                    .values(seq=AuditHead.seq + 1)
-                    .returning(AuditHead.seq, AuditHead.last_hash)
-                )
-            ).one()
-            digest = chain_hash(prev_hash, event)
-            session.add(
-                AuditEvent(
-                    seq=seq,
-                    created_at=datetime.now(UTC),
-                    event=event,
-                    prev_hash=prev_hash,
-                    hash=digest,
-                )
-            )
-            await session.execute(
-                update(AuditHead).where(AuditHead.id == 1).values(last_hash=digest)
-            )
-            return int(seq)
+        return await self.db.transaction(lambda session: _append(session, event))
 
-    async def events(self, limit: int = 100) -> list[AuditEvent]:
-        async with self._sessions() as session:
-            rows = await session.scalars(select(AuditEvent).order_by(AuditEvent.seq).limit(limit))
-            return list(rows)
+    async def events(self, limit: int = 100) -> list[AuditRecord]:
+        return await self.db.read(lambda c: AuditChainRepository(c).events(limit))
 
     async def verify(self) -> ChainReport:
         """Walk the whole chain; the first broken link, if any."""
+        head, records = await self.db.snapshot(_head_and_events)
         expected_prev, expected_seq, count = GENESIS, 1, 0
-        async with self._sessions() as session:
-            head = (await session.execute(select(AuditHead))).scalar_one()
-            rows = await session.scalars(select(AuditEvent).order_by(AuditEvent.seq))
-            for row in rows:
-                count += 1
-                if row.seq != expected_seq:
-                    return ChainReport(count, row.seq, f"expected event {expected_seq}")
-                if row.prev_hash != expected_prev:
-                    return ChainReport(count, row.seq, "does not follow the previous event")
-                if chain_hash(row.prev_hash, row.event) != row.hash:
-                    return ChainReport(count, row.seq, "its content does not match its hash")
-                expected_prev, expected_seq = row.hash, expected_seq + 1
+        for row in records:
+            count += 1
+            if row.seq != expected_seq:
+                return ChainReport(count, row.seq, f"expected event {expected_seq}")
+            if row.prev_hash != expected_prev:
+                return ChainReport(count, row.seq, "does not follow the previous event")
+            if chain_hash(row.prev_hash, row.event) != row.hash:
+                return ChainReport(count, row.seq, "its content does not match its hash")
+            expected_prev, expected_seq = row.hash, expected_seq + 1
         if head.seq != count or head.last_hash != expected_prev:
             return ChainReport(count, count + 1, "events are missing from the end of the chain")
         return ChainReport(count, None)
+
+
+async def _append(session: AsyncSession, event: dict[str, Any]) -> int:
+    chain = AuditChainRepository(session)
+    head = await chain.advance()
+    digest = chain_hash(head.last_hash, event)
+    await chain.append(
+        AuditRecord(
+            seq=head.seq,
+            created_at=datetime.now(UTC),
+            event=event,
+            prev_hash=head.last_hash,
+            hash=digest,
+        )
+    )
+    return head.seq
+
+
+async def _head_and_events(session: AsyncSession) -> tuple[ChainHead, list[AuditRecord]]:
+    chain = AuditChainRepository(session)
+    return await chain.head(), await chain.events()

@@ -20,6 +20,9 @@ This coordinator's own changes to a node's standing (a proof, an endpoint proven
 (a read by primary key, not a write) before answering; changes made elsewhere
 (another replica, a settlement on the countersignature or by the sweep) within about
 `standing_refresh_s`. Money never reads this memory: the ledger reads the row.
+
+The SQL is `troop_coordinator.repositories.nodes`, run through the coordinator's one
+transaction helper (`troop_coordinator.db.transactions`).
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from troop_common.admission import hash_invite
 from troop_common.errors import NotFound, PermissionDenied
-from troop_coordinator.db.engine import dialect_insert
-from troop_coordinator.db.models import invites_table as invites
-from troop_coordinator.db.models import nodes_table as nodes
+from troop_coordinator.db.transactions import Database
 from troop_coordinator.registry import LiveNode
+from troop_coordinator.repositories.invites import InviteRepository
+from troop_coordinator.repositories.nodes import NodeFacts, NodeRepository, NodeStanding
+
+__all__ = ["NODE_ADMISSION_MODES", "NodeAdmission", "NodeDirectory", "NodeStanding"]
 
 NODE_ADMISSION_MODES = ("open", "allowlist", "invite")
 # How often a remembered node's standing is read again (each node's period is drawn
@@ -72,15 +76,6 @@ class NodeAdmission:
 
 
 @dataclass(frozen=True)
-class NodeStanding:
-    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint."""
-
-    multiplier: float
-    reputation: float
-    proven_endpoint: str | None
-
-
-@dataclass(frozen=True)
 class _Remembered:
     """What a heartbeat needs of a node's row, and until when it may go without it."""
 
@@ -100,7 +95,7 @@ class NodeDirectory:
         standing_refresh_s: float = STANDING_REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._sessions = sessions
+        self.db = Database(sessions)
         self.admission = admission or NodeAdmission()
         self.standing_refresh_s = standing_refresh_s
         self._clock = clock
@@ -154,22 +149,13 @@ class NodeDirectory:
             self._forgotten.clear()
         self._forgotten[node_id] = self._forgotten.get(node_id, 0) + 1
 
+    @property
+    def _sessions(self) -> async_sessionmaker[AsyncSession]:  # older tests' name; see `db`
+        return self.db.sessions
+
     async def _read_standings(self, ids: list[str]) -> dict[str, tuple[str, NodeStanding]]:
         """node id -> (bound key, standing) of those of `ids` that have a row."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(
-                    nodes.c.node_id,
-                    nodes.c.node_public_key,
-                    nodes.c.multiplier,
-                    nodes.c.reputation,
-                    nodes.c.proven_endpoint,
-                ).where(nodes.c.node_id.in_(ids))
-            )
-            return {
-                node_id: (key, NodeStanding(float(multiplier), float(reputation), proven))
-                for node_id, key, multiplier, reputation, proven in rows
-            }
+        return await self.db.read(lambda c: NodeRepository(c).standings(ids))
 
     def _refresh_soon(self, node_id: str) -> None:
         self._due.add(node_id)
@@ -216,64 +202,44 @@ class NodeDirectory:
     async def _write(
         self, node: LiveNode, owner: str, now: datetime, invite_code: str
     ) -> NodeStanding:
-        values = {
-            "owner_public_key": owner,
-            "endpoint": node.endpoint,
-            "models": list(node.models),
-            "load": asdict(node.load),
-            "hardware": asdict(node.hardware),
-            "last_seen": now,
-        }
-        try:
-            async with self._sessions.begin() as session:
-                terms = await self._refresh(session, node, values)
-                if terms is None:
-                    await self._admit(session, node, now, invite_code)
-                    created = await session.execute(
-                        dialect_insert(session, nodes)
-                        .values(
-                            node_id=node.node_id,
-                            node_public_key=node.node_public_key,
-                            multiplier=1.0,
-                            proven=False,
-                            created_at=now,
-                            **values,
-                        )
-                        .on_conflict_do_nothing(index_elements=["node_id"])
-                    )
-                    if cast(CursorResult[Any], created).rowcount != 1:
-                        raise _BoundMeanwhile  # roll back: the invite stays unspent
-                    terms = await self._refresh(session, node, values)
-        except _BoundMeanwhile:
-            async with self._sessions.begin() as session:
-                terms = await self._refresh(session, node, values)
-        if terms is None:
-            raise PermissionDenied(f"node id {node.node_id} is bound to another node key")
-        return NodeStanding(float(terms[0]), float(terms[1]), terms[2])
-
-    @staticmethod
-    async def _refresh(session: AsyncSession, node: LiveNode, values: dict[str, Any]) -> Any:
-        statement = (
-            update(nodes)
-            .where(
-                nodes.c.node_id == node.node_id,
-                nodes.c.node_public_key == node.node_public_key,
-            )
-            .values(**values)
-            .returning(nodes.c.multiplier, nodes.c.reputation, nodes.c.proven_endpoint)
+        facts = NodeFacts(
+            owner_public_key=owner,
+            endpoint=node.endpoint,
+            models=list(node.models),
+            load=asdict(node.load),
+            hardware=asdict(node.hardware),
+            last_seen=now,
         )
-        return (await session.execute(statement)).first()
+
+        async def refresh(session: AsyncSession) -> NodeStanding | None:
+            return await NodeRepository(session).update_facts(
+                node.node_id, node.node_public_key, facts
+            )
+
+        async def bind_or_refresh(session: AsyncSession) -> NodeStanding | None:
+            repo = NodeRepository(session)
+            standing = await repo.update_facts(node.node_id, node.node_public_key, facts)
+            if standing is not None:
+                return standing
+            await self._admit(session, node, now, invite_code)
+            if not await repo.bind(node.node_id, node.node_public_key, facts, now):
+                raise _BoundMeanwhile  # roll back: the invite stays unspent
+            return await repo.update_facts(node.node_id, node.node_public_key, facts)
+
+        try:
+            standing = await self.db.transaction(bind_or_refresh)
+        except _BoundMeanwhile:
+            standing = await self.db.transaction(refresh)
+        if standing is None:
+            raise PermissionDenied(f"node id {node.node_id} is bound to another node key")
+        return standing
 
     async def _admit(
         self, session: AsyncSession, node: LiveNode, now: datetime, invite_code: str
     ) -> None:
         """PermissionDenied unless a new node id may be bound to this key."""
         admission = self.admission
-        held = (
-            await session.execute(
-                select(func.count()).where(nodes.c.node_public_key == node.node_public_key)
-            )
-        ).scalar_one()
+        held = await NodeRepository(session).count_bound_to(node.node_public_key)
         if held >= admission.max_nodes_per_key:
             raise PermissionDenied(
                 f"this node key already holds {held} node ids, the most one key may "
@@ -284,15 +250,10 @@ class NodeDirectory:
                 "this coordinator admits listed node keys only (TROOP_NODE_ALLOWLIST)"
             )
         if admission.mode == "invite":
-            claimed = await session.execute(
-                update(invites)
-                .where(
-                    invites.c.code_hash == hash_invite(invite_code),
-                    invites.c.used_at.is_(None),
-                )
-                .values(used_at=now, used_by=node.node_public_key)
+            claimed = await InviteRepository(session).claim(
+                hash_invite(invite_code), node.node_public_key, now
             )
-            if not invite_code or cast(CursorResult[Any], claimed).rowcount != 1:
+            if not invite_code or not claimed:
                 raise PermissionDenied(
                     "this coordinator admits nodes by invite: heartbeat with an unused "
                     "invite_code from `troop admin invite`"
@@ -301,17 +262,9 @@ class NodeDirectory:
     async def set_proven_endpoint(self, node_id: str, node_key: str, endpoint: str) -> None:
         """Record that `endpoint` answered with `node_key`; any other node that claimed the
         endpoint loses it (one endpoint, one node key)."""
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(nodes)
-                .where(nodes.c.proven_endpoint == endpoint, nodes.c.node_id != node_id)
-                .values(proven_endpoint=None)
-            )
-            await session.execute(
-                update(nodes)
-                .where(nodes.c.node_id == node_id, nodes.c.node_public_key == node_key)
-                .values(proven_endpoint=endpoint)
-            )
+        await self.db.transaction(
+            lambda s: NodeRepository(s).set_proven_endpoint(node_id, node_key, endpoint)
+        )
         # Rare (a node's first beats, or a new endpoint): a look at every node is fine.
         losers = [k for k, v in self._known.items() if v.standing.proven_endpoint == endpoint]
         for changed in [node_id, *losers]:
@@ -319,12 +272,7 @@ class NodeDirectory:
 
     async def bound_key(self, node_id: str) -> str | None:
         """The node key a node id is bound to, or None if it never heartbeated."""
-        async with self._sessions() as session:
-            return (
-                await session.execute(
-                    select(nodes.c.node_public_key).where(nodes.c.node_id == node_id)
-                )
-            ).scalar_one_or_none()
+        return await self.db.read(lambda c: NodeRepository(c).bound_key(node_id))
 
     async def require_bound_to(self, node_id: str, public_key: str) -> None:
         """NotFound for a node that never heartbeated; PermissionDenied for another key."""
@@ -335,10 +283,5 @@ class NodeDirectory:
             raise PermissionDenied(f"node id {node_id} is bound to another node key")
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(nodes)
-                .where(nodes.c.node_id == node_id)
-                .values(multiplier=multiplier, proven=True)
-            )
+        await self.db.transaction(lambda s: NodeRepository(s).set_multiplier(node_id, multiplier))
         self.forget(node_id)

@@ -7,7 +7,7 @@ ROLLBACK on return), on a pooled asyncpg connection with its prepared
 statement cached, so a reservation, a countersignature, a receipt or one job
 of a sweep costs one round trip. The settlement rule's numbers come from
 Python (`Rules`), so they are defined once. A deadlock or serialization
-failure rolled the call back whole and it runs again (docs/adr/0010); a
+failure rolled the call back whole and it runs again (docs/adr/0010, 0040); a
 domain refusal comes back as a row (`outcome`), not an exception (docs/adr/0034).
 """
 
@@ -18,12 +18,9 @@ from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from troop_common.errors import InsufficientCredits, NotFound, PermissionDenied
-from troop_coordinator.db.engine import driver_connection
 from troop_coordinator.db.models import JobStatus
+from troop_coordinator.db.transactions import Database
 from troop_coordinator.ledger.types import (
     ClientClaim,
     JobBounds,
@@ -36,11 +33,6 @@ from troop_coordinator.ledger.types import (
 )
 
 log = logging.getLogger("troop.coordinator.ledger")
-
-# PostgreSQL's serialization_failure and deadlock_detected: the call was rolled back
-# as a whole and may simply run again.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-MAX_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -86,23 +78,15 @@ CLOSE_OPEN = _call("troop_ledger_close_open", 2)
 
 
 class PostgresCalls:
-    def __init__(self, engine: AsyncEngine, rules: Rules, *, countersign_s: float) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, rules: Rules, *, countersign_s: float) -> None:
+        self._db = db
         self._rules = astuple(rules)
         self.countersign_s = countersign_s
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
-        """One statement in its own transaction, again (whole) after a deadlock or a
-        serialization failure."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                async with driver_connection(self._engine) as connection:
-                    return await connection.fetchrow(sql, *args)
-            except asyncpg.PostgresError as exc:
-                if attempt == MAX_ATTEMPTS or exc.sqlstate not in RETRYABLE_SQLSTATES:
-                    raise
-                log.warning("ledger call rolled back (%s); retrying", exc)
-        raise AssertionError("unreachable")
+        """One statement in its own transaction (again, whole, after a deadlock or a
+        serialization failure: db.transactions)."""
+        return await self._db.call(lambda connection: connection.fetchrow(sql, *args))
 
     async def has_joined(self, public_key: str) -> bool:
         row = await self.fetchrow(HAS_JOINED, public_key)

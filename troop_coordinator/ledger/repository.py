@@ -1,9 +1,13 @@
 """SQL for the ledger, one statement per method, on the caller's AsyncSession (or, for
-reads, an AsyncConnection from `db.engine.reading`).
+reads, an AsyncConnection from `db.engine.reading`); rows come back as the dataclasses of
+`troop_coordinator.ledger.types`. The node, dispute and invite statements a ledger
+transaction also makes are their own repositories' (`troop_coordinator.repositories`),
+on the same session (`nodes`, `disputes`, `invites`).
 
 Every balance change is a single conditional UPDATE ... RETURNING, so it is
 correct with any number of coordinator processes on one database: there is no
-read-then-write anywhere. The caller (`Ledger`) owns the transactions. On
+read-then-write anywhere. The caller (`Ledger`) owns the transactions, through
+`troop_coordinator.db.transactions`. On
 PostgreSQL the money-moving flows run as stored functions instead (migration
 0007); the reads here serve both backends.
 """
@@ -16,19 +20,41 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from troop_coordinator.db.engine import dialect_insert, dialect_name
+from troop_coordinator.db.engine import dialect_insert
 from troop_coordinator.db.models import EntryKind, JobStatus
-from troop_coordinator.db.models import disputes_table as disputes
 from troop_coordinator.db.models import entries_table as entries
-from troop_coordinator.db.models import invites_table as invites
 from troop_coordinator.db.models import jobs_table as jobs
-from troop_coordinator.db.models import nodes_table as nodes
 from troop_coordinator.db.models import users_table as users
+from troop_coordinator.ledger.types import Entry, JobRecord
+from troop_coordinator.repositories.disputes import DisputeRepository
+from troop_coordinator.repositories.invites import InviteRepository
+from troop_coordinator.repositories.nodes import NodeRepository
+
+
+def job_record(row: Any) -> JobRecord | None:
+    """A `jobs` row as its dataclass (None stays None)."""
+    if row is None:
+        return None
+    values = dict(row._mapping)
+    return JobRecord(**{**values, "status": JobStatus(values["status"])})
 
 
 class LedgerRepository:
     def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
+
+    @property
+    def nodes(self) -> NodeRepository:
+        return NodeRepository(self.session)
+
+    @property
+    def disputes(self) -> DisputeRepository:
+        return DisputeRepository(self.session)
+
+    @property
+    def invites(self) -> InviteRepository:
+        assert isinstance(self.session, AsyncSession), "writes need a transaction"
+        return InviteRepository(self.session)
 
     def _insert(self, table: Table) -> Any:
         return dialect_insert(self.session, table)
@@ -56,18 +82,6 @@ class LedgerRepository:
             .returning(users.c.balance_millicredits)
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
-
-    async def insert_invite(self, code_hash: str, now: datetime) -> None:
-        await self.session.execute(invites.insert().values(code_hash=code_hash, created_at=now))
-
-    async def claim_invite(self, code_hash: str, public_key: str, now: datetime) -> bool:
-        """Spend an unused invite for `public_key`; False if unknown or used (nothing changed)."""
-        statement = (
-            update(invites)
-            .where(invites.c.code_hash == code_hash, invites.c.used_at.is_(None))
-            .values(used_at=now, used_by=public_key)
-        )
-        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
 
     async def debit_if_covered(self, public_key: str, amount: int) -> int | None:
         """Take `amount` if the balance covers it; the new balance, or None (nothing taken)."""
@@ -112,8 +126,9 @@ class LedgerRepository:
     async def insert_job(self, values: dict[str, Any]) -> None:
         await self.session.execute(jobs.insert().values(status=JobStatus.OPEN.value, **values))
 
-    async def get_job(self, job_id: str) -> Any:
-        return (await self.session.execute(select(jobs).where(jobs.c.job_id == job_id))).first()
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        statement = select(jobs).where(jobs.c.job_id == job_id)
+        return job_record((await self.session.execute(statement)).first())
 
     async def close_job(self, job_id: str, status: JobStatus, charged: int, now: datetime) -> bool:
         """Move an open job to `status`; False if it was settled already (nothing changed)."""
@@ -132,7 +147,7 @@ class LedgerRepository:
         completion_tokens: int,
         duration_ms: int,
         deadline: datetime,
-    ) -> Any:
+    ) -> JobRecord | None:
         """Keep a job's first receipt (a closed job's too, to be compared); the job row
         after it, or None (claimed before: nothing changed)."""
         statement = (
@@ -146,11 +161,11 @@ class LedgerRepository:
             )
             .returning(*jobs.c)
         )
-        return (await self.session.execute(statement)).first()
+        return job_record((await self.session.execute(statement)).first())
 
     async def record_client_claim(
         self, job_id: str, *, completion_tokens: int, stream_ms: int, now: datetime
-    ) -> Any:
+    ) -> JobRecord | None:
         """Keep a job's first countersignature; the job row after it, or None (reported
         before: nothing changed)."""
         statement = (
@@ -163,86 +178,11 @@ class LedgerRepository:
             )
             .returning(*jobs.c)
         )
-        return (await self.session.execute(statement)).first()
+        return job_record((await self.session.execute(statement)).first())
 
     async def overdue_job_ids(self, now: datetime, limit: int) -> list[str]:
         """Open jobs whose receipt waited past its countersign deadline."""
         return await self._open_jobs_past(jobs.c.countersign_deadline, now, limit)
-
-    async def insert_dispute(self, job: Any, reason: str, now: datetime) -> bool:
-        """Record a disagreement on the job's node and user, once; True if new."""
-        statement = (
-            self._insert(disputes)
-            .values(
-                job_id=job.job_id,
-                node_id=job.node_id,
-                user_public_key=job.user_public_key,
-                created_at=now,
-                reason=reason[:200],
-                node_completion_tokens=job.node_completion_tokens,
-                client_completion_tokens=job.client_completion_tokens,
-                node_duration_ms=job.node_duration_ms,
-                client_stream_ms=job.client_stream_ms,
-            )
-            .on_conflict_do_nothing(index_elements=["job_id"])
-        )
-        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
-
-    async def has_dispute(self, job_id: str) -> bool:
-        statement = select(disputes.c.job_id).where(disputes.c.job_id == job_id)
-        return (await self.session.execute(statement)).first() is not None
-
-    async def scale_reputation(self, node_id: str, factor: float) -> None:
-        await self.session.execute(
-            update(nodes)
-            .where(nodes.c.node_id == node_id)
-            .values(reputation=nodes.c.reputation * factor)
-        )
-
-    async def raise_reputation(self, node_id: str, step: float) -> None:
-        """Add `step`, never above 1.0 (the dialect's smaller-of function)."""
-        smaller = func.min if dialect_name(self.session) == "sqlite" else func.least
-        await self.session.execute(
-            update(nodes)
-            .where(nodes.c.node_id == node_id)
-            .values(reputation=smaller(1.0, nodes.c.reputation + step))
-        )
-
-    async def note_speed(self, node_id: str, *, slow: bool, withdraw_after: int) -> bool:
-        """Count a countersigned job far below the node's proven speed (or reset the
-        count); withdraw the proof at `withdraw_after` in a row. True if withdrawn."""
-        if not slow:
-            await self.session.execute(
-                update(nodes).where(nodes.c.node_id == node_id).values(slow_jobs=0)
-            )
-            return False
-        count = (
-            await self.session.execute(
-                update(nodes)
-                .where(nodes.c.node_id == node_id)
-                .values(slow_jobs=nodes.c.slow_jobs + 1)
-                .returning(nodes.c.slow_jobs)
-            )
-        ).scalar_one_or_none()
-        if count is None or count < withdraw_after:
-            return False
-        await self.session.execute(
-            update(nodes)
-            .where(nodes.c.node_id == node_id)
-            .values(slow_jobs=0, multiplier=1.0, proven=False)
-        )
-        return True
-
-    async def node_terms(self, node_id: str) -> tuple[str, float] | None:
-        """(owner public key, multiplier) of a node, or None."""
-        row = (
-            await self.session.execute(
-                select(nodes.c.owner_public_key, nodes.c.multiplier).where(
-                    nodes.c.node_id == node_id
-                )
-            )
-        ).first()
-        return None if row is None else (row[0], float(row[1]))
 
     async def balance(self, public_key: str) -> int | None:
         statement = select(users.c.balance_millicredits).where(users.c.public_key == public_key)
@@ -269,12 +209,25 @@ class LedgerRepository:
         count, first_expiry = (await self.session.execute(statement)).one()
         return int(count), first_expiry
 
-    async def entries_before(self, public_key: str, before_id: int | None, limit: int) -> list:
+    async def entries_before(
+        self, public_key: str, before_id: int | None, limit: int
+    ) -> list[Entry]:
+        """An account's entries, newest first, older than `before_id` if given."""
         statement = select(entries).where(entries.c.account == public_key)
         if before_id is not None:
             statement = statement.where(entries.c.id < before_id)
         statement = statement.order_by(entries.c.id.desc()).limit(limit)
-        return list((await self.session.execute(statement)).all())
+        return [
+            Entry(
+                id=int(row.id),
+                created_at=row.created_at,
+                kind=EntryKind(row.kind),
+                amount_millicredits=int(row.amount_millicredits),
+                job_id=row.job_id,
+                balance_after_millicredits=int(row.balance_after_millicredits),
+            )
+            for row in await self.session.execute(statement)
+        ]
 
     async def unbalanced_jobs(self) -> list[str]:
         """Jobs whose own entries do not add up: an open job's entries are its reservation
@@ -329,7 +282,22 @@ class LedgerRepository:
         statement = select(func.coalesce(func.sum(column), 0)).where(*where)
         return int((await self.session.execute(statement)).scalar_one())
 
-    async def balances_and_entry_sums(self) -> list:
+    async def charged_jobs_after(self, after: str, limit: int) -> list[JobRecord]:
+        """Jobs charged something, by job id after `after` (the audit's batches)."""
+        statement = (
+            select(jobs)
+            .where(
+                jobs.c.status == JobStatus.CHARGED.value,
+                jobs.c.charged_millicredits > 0,
+                jobs.c.job_id > after,
+            )
+            .order_by(jobs.c.job_id)
+            .limit(limit)
+        )
+        rows = (await self.session.execute(statement)).all()
+        return [record for record in map(job_record, rows) if record is not None]
+
+    async def balances_and_entry_sums(self) -> list[tuple[str, int, int]]:
         """(account, cached balance, sum of its entries) for every user."""
         sums = (
             select(
@@ -344,4 +312,4 @@ class LedgerRepository:
             users.c.balance_millicredits,
             func.coalesce(sums.c.total, 0),
         ).select_from(users.outerjoin(sums, sums.c.account == users.c.public_key))
-        return list((await self.session.execute(statement)).all())
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in await self.session.execute(statement)]

@@ -21,16 +21,16 @@ round trip, and the hot reads one statement each, straight through the driver
 (`troop_coordinator.ledger.postgres`). On SQLite the same flows run as Python
 transactions, this process's writers queued on an asyncio lock rather than in
 SQLite's busy handler (`db.engine`); reads take no lock (`db.engine.reading`).
+Every transaction, read and driver call goes through one `Database`
+(`troop_coordinator.db.transactions`), which owns the retry (docs/adr/0040).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from troop_common.errors import (
@@ -40,8 +40,8 @@ from troop_common.errors import (
     PermissionDenied,
 )
 from troop_coordinator import page_tokens
-from troop_coordinator.db.engine import reading
-from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.db.models import EntryKind
+from troop_coordinator.db.transactions import Database
 from troop_coordinator.ledger import settlement, settling
 from troop_coordinator.ledger.audit import audit_ledger
 from troop_coordinator.ledger.postgres import PostgresCalls, Rules
@@ -49,8 +49,8 @@ from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settling import Settling
 from troop_coordinator.ledger.types import (
     AuditReport,
-    Entry,
     JobBounds,
+    JobRecord,
     JobView,
     NewJob,
     NotJoined,
@@ -59,13 +59,8 @@ from troop_coordinator.ledger.types import (
 )
 
 T = TypeVar("T")
-log = logging.getLogger("troop.coordinator.ledger")
 
 MAX_PAGE_SIZE = 100
-# PostgreSQL's serialization_failure and deadlock_detected: the transaction was
-# rolled back as a whole and may simply run again.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-MAX_ATTEMPTS = 4
 DEFAULT_PAGE_SIZE = 20
 MAX_ENTRY_ID = 2**63 - 1  # a BIGINT: a larger id in a page token is no token of ours
 
@@ -81,12 +76,6 @@ def decode_page_token(token: str) -> int:
     return value
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return code in RETRYABLE_SQLSTATES
-
-
 class Ledger(Settling):
     def __init__(
         self,
@@ -96,17 +85,13 @@ class Ledger(Settling):
         token_slack: int = 2,
         countersign_s: float = 60.0,
     ) -> None:
-        self._sessions = sessions
+        self.db = Database(sessions)
         self.starter_millicredits = starter_millicredits
         self.token_slack = token_slack
         self.countersign_s = countersign_s
-        engine = sessions.kw.get("bind")
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError("the ledger's sessions must be bound to an AsyncEngine")
-        self._engine = engine
         self._postgres = (
-            PostgresCalls(engine, self.rules, countersign_s=countersign_s)
-            if engine.dialect.name == "postgresql"
+            PostgresCalls(self.db, self.rules, countersign_s=countersign_s)
+            if self.db.dialect == "postgresql"
             else None
         )
 
@@ -126,21 +111,22 @@ class Ledger(Settling):
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         """The session factory, for stores that share the ledger's database."""
-        return self._sessions
+        return self.db.sessions
+
+    # `_sessions` and `_engine`: the names older tests read; `db` is the way in.
+    @property
+    def _sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self.db.sessions
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        return self.db.engine
 
     async def _in_transaction(self, work: Callable[[LedgerRepository], Awaitable[T]]) -> T:
-        """Run `work` in one transaction, again (whole) after a deadlock or serialization
-        failure; domain errors raised by `work` roll back and propagate. (On SQLite the
-        transaction first waits its turn on this process's writer lock: db.engine.)"""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                async with self._sessions.begin() as session:
-                    return await work(LedgerRepository(session))
-            except DBAPIError as exc:
-                if attempt == MAX_ATTEMPTS or not _retryable(exc):
-                    raise
-                log.warning("ledger transaction rolled back (%s); retrying", exc.orig)
-        raise AssertionError("unreachable")
+        """`work` in one transaction of the ledger's database (retried whole after a
+        deadlock or serialization failure: db.transactions); domain errors raised by
+        `work` roll back and propagate."""
+        return await self.db.transaction(lambda session: work(LedgerRepository(session)))
 
     async def ensure_user_with_grant(
         self, public_key: str, now: datetime, *, invite_hash: str | None = None
@@ -161,11 +147,10 @@ class Ledger(Settling):
         """True once the user had its starter grant."""
         if self._postgres is not None:
             return await self._postgres.has_joined(public_key)
-        async with reading(self._engine) as connection:
-            return await LedgerRepository(connection).starter_granted(public_key)
+        return await self.db.read(lambda c: LedgerRepository(c).starter_granted(public_key))
 
     async def create_invite(self, code_hash: str, now: datetime) -> None:
-        await self._in_transaction(lambda repo: repo.insert_invite(code_hash, now))
+        await self._in_transaction(lambda repo: repo.invites.insert(code_hash, now))
 
     async def _grant(
         self, repo: LedgerRepository, public_key: str, now: datetime, invite_hash: str | None
@@ -174,7 +159,7 @@ class Ledger(Settling):
         balance = await repo.grant_once(public_key, self.starter_millicredits, now)
         if balance is None:
             return False  # granted concurrently: the invite stays unspent
-        if invite_hash is not None and not await repo.claim_invite(invite_hash, public_key, now):
+        if invite_hash is not None and not await repo.invites.claim(invite_hash, public_key, now):
             raise PermissionDenied("the invite code is unknown or already used")
         await repo.append(
             account=public_key,
@@ -240,8 +225,7 @@ class Ledger(Settling):
         """A job's node, user and ticket bounds, or None for an unknown job."""
         if self._postgres is not None:
             return await self._postgres.job_bounds(job_id)
-        async with reading(self._engine) as connection:
-            job = await LedgerRepository(connection).get_job(job_id)
+        job = await self.db.read(lambda c: LedgerRepository(c).get_job(job_id))
         if job is None:
             return None
         return JobBounds(
@@ -253,10 +237,7 @@ class Ledger(Settling):
 
     async def job(self, job_id: str) -> JobView | None:
         """One job as the ledger holds it, or None for an unknown job."""
-        async with reading(self._engine) as connection:
-            repo = LedgerRepository(connection)
-            job = await repo.get_job(job_id)
-            disputed = job is not None and await repo.has_dispute(job_id)
+        job, disputed = await self.db.read(lambda c: _job_and_dispute(LedgerRepository(c), job_id))
         if job is None:
             return None
         return JobView(
@@ -264,7 +245,7 @@ class Ledger(Settling):
             user_public_key=str(job.user_public_key),
             model=str(job.model),
             node_id=str(job.node_id),
-            status=JobStatus(job.status),
+            status=job.status,
             reserved_millicredits=int(job.reserved_millicredits),
             charged_millicredits=int(job.charged_millicredits or 0),
             max_tokens=int(job.max_tokens or 0),
@@ -282,16 +263,14 @@ class Ledger(Settling):
         """(balance, open reservations); (0, 0) for an unknown key, which stays unknown."""
         if self._postgres is not None:
             return await self._postgres.balance(public_key) or (0, 0)
-        async with reading(self._engine) as connection:
-            found = await LedgerRepository(connection).balance_and_reserved(public_key)
+        found = await self.db.read(lambda c: LedgerRepository(c).balance_and_reserved(public_key))
         return found or (0, 0)
 
     async def open_jobs(self, public_key: str) -> tuple[int, datetime | None]:
         """(open reservations, the earliest of their expiries) of one user."""
         if self._postgres is not None:
             return await self._postgres.open_jobs(public_key)
-        async with reading(self._engine) as connection:
-            return await LedgerRepository(connection).open_jobs(public_key)
+        return await self.db.read(lambda c: LedgerRepository(c).open_jobs(public_key))
 
     async def transactions(
         self, public_key: str, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
@@ -299,25 +278,19 @@ class Ledger(Settling):
         """Entries newest first; keyset paging by id."""
         size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
         before = decode_page_token(page_token) if page_token else None
-        async with reading(self._engine) as connection:
-            rows = await LedgerRepository(connection).entries_before(public_key, before, size + 1)
-        page = [_entry(row) for row in rows[:size]]
+        rows = await self.db.read(
+            lambda c: LedgerRepository(c).entries_before(public_key, before, size + 1)
+        )
+        page = rows[:size]
         token = encode_page_token(page[-1].id) if len(rows) > size else ""
         return Page(page, token)
 
     async def audit(self) -> AuditReport:
         """Conservation, every cached balance against its entries, and fairness (no job
         charged beyond its counted work), in one snapshot (troop_coordinator.ledger.audit)."""
-        return await audit_ledger(self._sessions, token_slack=self.token_slack)
+        return await audit_ledger(self.db, token_slack=self.token_slack)
 
 
-def _entry(row: Sequence[object]) -> Entry:
-    mapping = row._mapping  # type: ignore[attr-defined]
-    return Entry(
-        id=int(mapping["id"]),
-        created_at=mapping["created_at"],
-        kind=EntryKind(mapping["kind"]),
-        amount_millicredits=int(mapping["amount_millicredits"]),
-        job_id=mapping["job_id"],
-        balance_after_millicredits=int(mapping["balance_after_millicredits"]),
-    )
+async def _job_and_dispute(repo: LedgerRepository, job_id: str) -> tuple[JobRecord | None, bool]:
+    job = await repo.get_job(job_id)
+    return job, job is not None and await repo.disputes.exists(job_id)

@@ -1,8 +1,8 @@
 """The ledger's settlement flows: both sides' claims recorded, jobs settled once, sweeps.
 
-Mixed into `troop_coordinator.ledger.service.Ledger`, which owns the session
-factory and the transaction helper (`_in_transaction`: one transaction, retried
-whole after a deadlock or serialization failure). Each public method is one
+Mixed into `troop_coordinator.ledger.service.Ledger`, which owns the database
+(`troop_coordinator.db.transactions.Database`: one transaction, retried whole after
+a deadlock or serialization failure). Each public method is one
 transaction: a claim is recorded and, when both sides have spoken, the job is
 settled by the rule in `troop_coordinator.ledger.settlement` in the same
 transaction, so a failure half-way leaves neither the claim nor the money moved.
@@ -22,11 +22,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
 from troop_common.errors import NotFound, PermissionDenied
-from troop_coordinator.db.engine import reading
 from troop_coordinator.db.models import EntryKind, JobStatus
+from troop_coordinator.db.transactions import Database
 from troop_coordinator.ledger.postgres import PostgresCalls
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settlement import (
@@ -34,7 +32,13 @@ from troop_coordinator.ledger.settlement import (
     far_below_proof,
     terms_for,
 )
-from troop_coordinator.ledger.types import ClientClaim, NodeClaim, Outcome, Settlement
+from troop_coordinator.ledger.types import (
+    ClientClaim,
+    JobRecord,
+    NodeClaim,
+    Outcome,
+    Settlement,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("troop.coordinator.ledger")
@@ -51,8 +55,7 @@ FAILED_JOB_FACTOR = 0.7
 
 
 class Settling:
-    _sessions: async_sessionmaker[AsyncSession]
-    _engine: AsyncEngine
+    db: Database
     _postgres: PostgresCalls | None
     token_slack: int
     countersign_s: float
@@ -83,7 +86,7 @@ class Settling:
             deadline=now + timedelta(seconds=self.countersign_s),
         )
         if row is None:
-            return _recorded(await repo.get_job(claim.job_id))
+            return _recorded(await _job(repo, claim.job_id))
         if row.status != JobStatus.OPEN.value:
             # Settled before it came (the client reported nothing delivered, or the
             # reservation expired): the claim is only compared.
@@ -121,7 +124,7 @@ class Settling:
             now=now,
         )
         if row is None:
-            return _recorded(await repo.get_job(claim.job_id)), False
+            return _recorded(await _job(repo, claim.job_id)), False
         if row.status != JobStatus.OPEN.value:
             # Settled before (on the receipt alone, refunded or expired): a late report
             # is only compared.
@@ -131,12 +134,14 @@ class Settling:
                 # Nothing delivered: whatever the node claims, the lower count is 0 and
                 # the job costs nothing, so the reservation returns now, not at expiry;
                 # a node that takes tickets and delivers nothing stops being picked.
-                await repo.scale_reputation(row.node_id, FAILED_JOB_FACTOR)
+                await repo.nodes.scale_reputation(row.node_id, FAILED_JOB_FACTOR)
                 return await self._close(repo, row, JobStatus.REFUNDED, 0, now), True
             return _pending(row), True
         return await self._settle_claimed(repo, row, now), True
 
-    async def _compare_late(self, repo: LedgerRepository, job: Any, now: datetime) -> Settlement:
+    async def _compare_late(
+        self, repo: LedgerRepository, job: JobRecord, now: datetime
+    ) -> Settlement:
         """A claim that came after its job settled: moves nothing, may be a dispute."""
         disputed = False
         if job.node_duration_ms is not None and job.usage_reported_at is not None:
@@ -146,7 +151,9 @@ class Settling:
                 disputed = True
         return replace(_recorded(job), disputed=disputed)
 
-    async def _settle_claimed(self, repo: LedgerRepository, job: Any, now: datetime) -> Settlement:
+    async def _settle_claimed(
+        self, repo: LedgerRepository, job: JobRecord, now: datetime
+    ) -> Settlement:
         """Charge a job that has its node's claim (and maybe the client's), once."""
         terms = terms_for(job, token_slack=self.token_slack)
         settlement = await self._close(repo, job, JobStatus.CHARGED, terms.charged, now)
@@ -155,37 +162,42 @@ class Settling:
         if terms.dispute is not None:
             await self._dispute(repo, job, terms.dispute, now)
         elif job.usage_reported_at is not None:
-            await repo.raise_reputation(job.node_id, AGREE_STEP)
-        node = await repo.node_terms(job.node_id)
-        slow = None if node is None else far_below_proof(job, node[1])
-        if slow is not None and await repo.note_speed(
+            await repo.nodes.raise_reputation(job.node_id, AGREE_STEP)
+        node = await repo.nodes.terms(job.node_id)
+        slow = None if node is None else far_below_proof(job, node.multiplier)
+        if slow is not None and await repo.nodes.note_speed(
             job.node_id, slow=slow, withdraw_after=SLOW_JOBS_TO_UNPROVE
         ):
             log.warning("node %s ran far below its proof: proof withdrawn", job.node_id)
         return replace(settlement, disputed=terms.dispute is not None)
 
     @staticmethod
-    async def _dispute(repo: LedgerRepository, job: Any, reason: str, now: datetime) -> None:
-        if await repo.insert_dispute(job, reason, now):
-            await repo.scale_reputation(job.node_id, DISPUTE_FACTOR)
+    async def _dispute(repo: LedgerRepository, job: JobRecord, reason: str, now: datetime) -> None:
+        if await repo.disputes.insert(job, reason, now):
+            await repo.nodes.scale_reputation(job.node_id, DISPUTE_FACTOR)
 
     async def _close(
-        self, repo: LedgerRepository, job: Any, status: JobStatus, charged: int, now: datetime
+        self,
+        repo: LedgerRepository,
+        job: JobRecord,
+        status: JobStatus,
+        charged: int,
+        now: datetime,
     ) -> Settlement:
         """Move an open job to `status`, pay its node's owner `charged` and return the
         rest to its user; reports the first settlement if another got there first."""
         reserved = int(job.reserved_millicredits)
-        terms = await repo.node_terms(job.node_id) if charged else None
+        terms = await repo.nodes.terms(job.node_id) if charged else None
         # A node with no row has no owner to pay: charging it would burn credits.
         charged = charged if terms is not None else 0
         # The claim: only one transaction, on any replica, moves the job out of
         # `open`; a concurrent one waits on the row lock, then matches nothing.
         if not await repo.close_job(job.job_id, status, charged, now):
-            return _recorded(await repo.get_job(job.job_id))
+            return _recorded(await _job(repo, job.job_id))
         payouts: list[tuple[str, EntryKind, int]] = []
         if charged and terms is not None:
-            await repo.insert_user_if_missing(terms[0], now)
-            payouts.append((terms[0], EntryKind.EARN, charged))
+            await repo.insert_user_if_missing(terms.owner_public_key, now)
+            payouts.append((terms.owner_public_key, EntryKind.EARN, charged))
         if reserved - charged > 0:
             kind = EntryKind.RELEASE if status is JobStatus.CHARGED else EntryKind.REFUND
             payouts.append((job.user_public_key, kind, reserved - charged))
@@ -215,8 +227,9 @@ class Settling:
     async def _sweep(
         self, now: datetime, candidates: Callable[[LedgerRepository, datetime, int], Any]
     ) -> list[Settlement]:
-        async with reading(self._engine) as connection:
-            job_ids = await candidates(LedgerRepository(connection), now, SWEEP_BATCH)
+        job_ids = await self.db.read(
+            lambda connection: candidates(LedgerRepository(connection), now, SWEEP_BATCH)
+        )
         settled = []
         for job_id in job_ids:
             if self._postgres is not None:
@@ -244,11 +257,18 @@ class Settling:
         else:
             settlement = await self._close(repo, job, JobStatus.EXPIRED, 0, now)
             if not settlement.already_settled and job.usage_reported_at is None:
-                await repo.scale_reputation(job.node_id, FAILED_JOB_FACTOR)
+                await repo.nodes.scale_reputation(job.node_id, FAILED_JOB_FACTOR)
         return None if settlement.already_settled else settlement
 
 
-def _recorded(job: Any) -> Settlement:
+async def _job(repo: LedgerRepository, job_id: str) -> JobRecord:
+    """A job known to exist (its row is never deleted)."""
+    job = await repo.get_job(job_id)
+    assert job is not None, job_id
+    return job
+
+
+def _recorded(job: JobRecord) -> Settlement:
     """The job as it stands, for a call that changed nothing."""
     reserved = int(job.reserved_millicredits)
     charged = int(job.charged_millicredits or 0)
@@ -262,6 +282,6 @@ def _recorded(job: Any) -> Settlement:
     )
 
 
-def _pending(job: Any) -> Settlement:
+def _pending(job: JobRecord) -> Settlement:
     """A job waiting for its other side."""
     return Settlement(job.job_id, JobStatus.OPEN, 0, 0)

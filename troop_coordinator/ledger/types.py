@@ -99,6 +99,33 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class JobRecord:
+    """A job's row as the ledger's repository reads it (troop_coordinator.db.models.Job)."""
+
+    job_id: str
+    user_public_key: str
+    node_id: str
+    model: str
+    reserved_millicredits: int
+    status: JobStatus
+    created_at: datetime
+    expires_at: datetime
+    settled_at: datetime | None
+    charged_millicredits: int | None
+    node_completion_tokens: int | None
+    node_duration_ms: int | None
+    client_completion_tokens: int | None
+    client_stream_ms: int | None
+    usage_reported_at: datetime | None
+    max_prompt_tokens: int | None
+    max_tokens: int | None
+    prompt_price_per_1k: int | None
+    completion_price_per_1k: int | None
+    node_prompt_tokens: int | None
+    countersign_deadline: datetime | None
+
+
+@dataclass(frozen=True)
 class JobBounds:
     """An open job's node, bounds and whether it can still take a receipt."""
 

@@ -1,0 +1,180 @@
+"""Nodes: the node id ↔ node key binding, the facts a heartbeat reports, and the standing
+(multiplier, reputation, proven endpoint) that proofs and settlements move.
+
+Every write is guarded by the statement itself (the key in the WHERE clause, an
+INSERT .. ON CONFLICT DO NOTHING), so two replicas cannot both bind a node id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from troop_coordinator.db.engine import dialect_insert, dialect_name
+from troop_coordinator.db.models import nodes_table as nodes
+
+
+@dataclass(frozen=True)
+class NodeStanding:
+    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint."""
+
+    multiplier: float
+    reputation: float
+    proven_endpoint: str | None
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a node's heartbeat says of it, as its row keeps it (a new column is a field)."""
+
+    owner_public_key: str
+    endpoint: str
+    models: list[str]
+    load: dict[str, Any]
+    hardware: dict[str, Any]
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class NodeTerms:
+    """Who a node pays out to, and the speed it proved (1.0: unproven)."""
+
+    owner_public_key: str
+    multiplier: float
+
+
+_STANDING = (nodes.c.multiplier, nodes.c.reputation, nodes.c.proven_endpoint)
+
+
+def _standing(row: Any) -> NodeStanding:
+    return NodeStanding(float(row[0]), float(row[1]), row[2])
+
+
+class NodeRepository:
+    def __init__(self, session: AsyncSession | AsyncConnection) -> None:
+        self.session = session
+
+    async def standings(self, node_ids: list[str]) -> dict[str, tuple[str, NodeStanding]]:
+        """node id -> (bound key, standing) of those of `node_ids` that have a row."""
+        rows = await self.session.execute(
+            select(nodes.c.node_id, nodes.c.node_public_key, *_STANDING).where(
+                nodes.c.node_id.in_(node_ids)
+            )
+        )
+        return {row[0]: (row[1], _standing(row[2:])) for row in rows}
+
+    async def update_facts(
+        self, node_id: str, node_key: str, facts: NodeFacts
+    ) -> NodeStanding | None:
+        """Write the facts of a node bound to `node_key`; its standing, or None (unbound,
+        or bound to another key: nothing changed)."""
+        statement = (
+            update(nodes)
+            .where(nodes.c.node_id == node_id, nodes.c.node_public_key == node_key)
+            .values(**asdict(facts))
+            .returning(*_STANDING)
+        )
+        row = (await self.session.execute(statement)).first()
+        return None if row is None else _standing(row)
+
+    async def bind(self, node_id: str, node_key: str, facts: NodeFacts, now: datetime) -> bool:
+        """Bind a new node id to `node_key`; False if it was bound meanwhile (nothing changed)."""
+        statement = (
+            dialect_insert(self.session, nodes)
+            .values(
+                node_id=node_id,
+                node_public_key=node_key,
+                multiplier=1.0,
+                proven=False,
+                created_at=now,
+                **asdict(facts),
+            )
+            .on_conflict_do_nothing(index_elements=["node_id"])
+        )
+        return cast(CursorResult[Any], await self.session.execute(statement)).rowcount == 1
+
+    async def count_bound_to(self, node_key: str) -> int:
+        statement = select(func.count()).where(nodes.c.node_public_key == node_key)
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def bound_key(self, node_id: str) -> str | None:
+        statement = select(nodes.c.node_public_key).where(nodes.c.node_id == node_id)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def set_proven_endpoint(self, node_id: str, node_key: str, endpoint: str) -> None:
+        """`endpoint` is this node's; any other node that claimed it loses it."""
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.proven_endpoint == endpoint, nodes.c.node_id != node_id)
+            .values(proven_endpoint=None)
+        )
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id, nodes.c.node_public_key == node_key)
+            .values(proven_endpoint=endpoint)
+        )
+
+    async def set_multiplier(self, node_id: str, multiplier: float) -> None:
+        """A proof of hardware passed: the node earns at `multiplier`."""
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(multiplier=multiplier, proven=True)
+        )
+
+    async def reputation(self, node_id: str) -> float | None:
+        statement = select(nodes.c.reputation).where(nodes.c.node_id == node_id)
+        value = (await self.session.execute(statement)).scalar_one_or_none()
+        return None if value is None else float(value)
+
+    async def terms(self, node_id: str) -> NodeTerms | None:
+        statement = select(nodes.c.owner_public_key, nodes.c.multiplier).where(
+            nodes.c.node_id == node_id
+        )
+        row = (await self.session.execute(statement)).first()
+        return None if row is None else NodeTerms(str(row[0]), float(row[1]))
+
+    async def scale_reputation(self, node_id: str, factor: float) -> None:
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(reputation=nodes.c.reputation * factor)
+        )
+
+    async def raise_reputation(self, node_id: str, step: float) -> None:
+        """Add `step`, never above 1.0 (the dialect's smaller-of function)."""
+        smaller = func.min if dialect_name(self.session) == "sqlite" else func.least
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(reputation=smaller(1.0, nodes.c.reputation + step))
+        )
+
+    async def note_speed(self, node_id: str, *, slow: bool, withdraw_after: int) -> bool:
+        """Count a countersigned job far below the node's proven speed (or reset the
+        count); withdraw the proof at `withdraw_after` in a row. True if withdrawn."""
+        if not slow:
+            await self.session.execute(
+                update(nodes).where(nodes.c.node_id == node_id).values(slow_jobs=0)
+            )
+            return False
+        count = (
+            await self.session.execute(
+                update(nodes)
+                .where(nodes.c.node_id == node_id)
+                .values(slow_jobs=nodes.c.slow_jobs + 1)
+                .returning(nodes.c.slow_jobs)
+            )
+        ).scalar_one_or_none()
+        if count is None or count < withdraw_after:
+            return False
+        await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_id == node_id)
+            .values(slow_jobs=0, multiplier=1.0, proven=False)
+        )
+        return True
