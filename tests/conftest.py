@@ -72,24 +72,40 @@ def postgres_admin_dsn() -> str:
     return PG_ADMIN_DSN
 
 
-@pytest.fixture
-async def postgres_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
-    """A throwaway PostgreSQL database for one test, as a SQLAlchemy asyncpg URL."""
+@asynccontextmanager
+async def throwaway_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new empty PostgreSQL database, as a SQLAlchemy asyncpg URL; dropped on exit."""
     import asyncpg
 
     name = f"troop_test_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(postgres_admin_dsn)
+    conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base = postgres_admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    conn = await asyncpg.connect(postgres_admin_dsn)
+    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield f"{base}/{name}"
     finally:
-        await conn.close()
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def postgres_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A throwaway PostgreSQL database for one test, as a SQLAlchemy asyncpg URL."""
+    async with throwaway_database(postgres_admin_dsn) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_postgres_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A second throwaway database, left empty (a restore's target); dropped at teardown."""
+    async with throwaway_database(postgres_admin_dsn) as url:
+        yield url
 
 
 @pytest.fixture

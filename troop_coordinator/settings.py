@@ -93,7 +93,8 @@ class CoordinatorSettings(Settings):
         flag="--database-url",
         secret=mask_url_password,
         shown_default="SQLite in the data dir",
-        help="`postgresql+asyncpg://user@host/db` for PostgreSQL ([docs/state.md](docs/state.md)); "
+        help="`postgresql+asyncpg://user@host/db` for PostgreSQL ([docs/state.md](docs/state.md); "
+        "back it up with `scripts/backup`, restore with `scripts/restore`); "
         "TLS as the URL says (`?ssl=` or libpq's `?sslmode=`: `disable` only for a database on "
         "loopback or a private link; the driver's default is `prefer`)",
     )
