@@ -73,11 +73,17 @@ class NodeAdmission:
 
 @dataclass(frozen=True)
 class NodeStanding:
-    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint."""
+    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint
+    and whether that endpoint was proven over TLS."""
 
     multiplier: float
     reputation: float
     proven_endpoint: str | None
+    proven_tls: bool = False
+
+    def proves(self, node: LiveNode) -> bool:
+        """Whether `node`'s endpoint, in the mode it declares, is the one proven."""
+        return self.proven_endpoint == node.endpoint and self.proven_tls == node.tls
 
 
 @dataclass(frozen=True)
@@ -164,11 +170,12 @@ class NodeDirectory:
                     nodes.c.multiplier,
                     nodes.c.reputation,
                     nodes.c.proven_endpoint,
+                    nodes.c.proven_tls,
                 ).where(nodes.c.node_id.in_(ids))
             )
             return {
-                node_id: (key, NodeStanding(float(multiplier), float(reputation), proven))
-                for node_id, key, multiplier, reputation, proven in rows
+                node_id: (key, NodeStanding(float(multiplier), float(reputation), proven, tls))
+                for node_id, key, multiplier, reputation, proven, tls in rows
             }
 
     def _refresh_soon(self, node_id: str) -> None:
@@ -249,7 +256,7 @@ class NodeDirectory:
                 terms = await self._refresh(session, node, values)
         if terms is None:
             raise PermissionDenied(f"node id {node.node_id} is bound to another node key")
-        return NodeStanding(float(terms[0]), float(terms[1]), terms[2])
+        return NodeStanding(float(terms[0]), float(terms[1]), terms[2], bool(terms[3]))
 
     @staticmethod
     async def _refresh(session: AsyncSession, node: LiveNode, values: dict[str, Any]) -> Any:
@@ -260,7 +267,12 @@ class NodeDirectory:
                 nodes.c.node_public_key == node.node_public_key,
             )
             .values(**values)
-            .returning(nodes.c.multiplier, nodes.c.reputation, nodes.c.proven_endpoint)
+            .returning(
+                nodes.c.multiplier,
+                nodes.c.reputation,
+                nodes.c.proven_endpoint,
+                nodes.c.proven_tls,
+            )
         )
         return (await session.execute(statement)).first()
 
@@ -298,19 +310,22 @@ class NodeDirectory:
                     "invite_code from `troop admin invite`"
                 )
 
-    async def set_proven_endpoint(self, node_id: str, node_key: str, endpoint: str) -> None:
-        """Record that `endpoint` answered with `node_key`; any other node that claimed the
-        endpoint loses it (one endpoint, one node key)."""
+    async def set_proven_endpoint(
+        self, node_id: str, node_key: str, endpoint: str, tls: bool
+    ) -> None:
+        """Record that `endpoint`, dialled with TLS or not (`tls`), answered with
+        `node_key`; any other node that claimed the endpoint loses it (one endpoint, one
+        node key)."""
         async with self._sessions.begin() as session:
             await session.execute(
                 update(nodes)
                 .where(nodes.c.proven_endpoint == endpoint, nodes.c.node_id != node_id)
-                .values(proven_endpoint=None)
+                .values(proven_endpoint=None, proven_tls=False)
             )
             await session.execute(
                 update(nodes)
                 .where(nodes.c.node_id == node_id, nodes.c.node_public_key == node_key)
-                .values(proven_endpoint=endpoint)
+                .values(proven_endpoint=endpoint, proven_tls=tls)
             )
         # Rare (a node's first beats, or a new endpoint): a look at every node is fine.
         losers = [k for k, v in self._known.items() if v.standing.proven_endpoint == endpoint]

@@ -119,6 +119,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             load=convert.load_from_pb(request.load),
             hardware=convert.hardware_from_pb(request.hardware),
             last_seen=now,
+            tls=request.tls,
         )
         standing = await self.nodes.record_heartbeat(
             node,
@@ -128,7 +129,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         )
         live = replace(node, multiplier=standing.multiplier, reputation=standing.reputation)
         proofs = self.endpoint_proofs
-        proven = proofs is None or standing.proven_endpoint == node.endpoint
+        proven = proofs is None or standing.proves(node)
         if proofs is None or proven:
             await self.registry.heartbeat(live)
         else:
@@ -141,7 +142,9 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         )
 
     async def _endpoint_proven(self, node: LiveNode) -> None:
-        await self.nodes.set_proven_endpoint(node.node_id, node.node_public_key, node.endpoint)
+        await self.nodes.set_proven_endpoint(
+            node.node_id, node.node_public_key, node.endpoint, node.tls
+        )
         await self.registry.heartbeat(node)
         log.info("node %s proved its endpoint %s", node.node_id, node.endpoint)
 
@@ -296,6 +299,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
             price=convert.price_to_pb(price),
+            tls=node.tls,
         )
 
     async def _reserve(self, job: NewJob, now: float) -> None:

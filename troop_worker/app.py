@@ -184,7 +184,7 @@ class Worker:
         """Dial the advertised endpoint as a client would; warn when it does not reach a
         serving worker. Only a warning: from inside a NAT the check can fail where
         clients outside succeed. Returns the problem, or None."""
-        async with self.settings.tls.channel(advertise) as channel:
+        async with self.settings.tls.dial(advertise, self.settings.tls.serves_tls) as channel:
             problem = await health_problem(channel, timeout_s=5.0)
         if problem is not None:
             log.warning(
@@ -208,6 +208,7 @@ class Worker:
             hardware=detect_hardware(str(getattr(self.engine, "device_name", "cpu"))),
             owner_public_key=self.identity.owner_public_key,
             invite_code=self.settings.invite_code,
+            tls=self.settings.tls.serves_tls,
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
