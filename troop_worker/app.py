@@ -184,8 +184,12 @@ class Worker:
         """Dial the advertised endpoint as a client would; warn when it does not reach a
         serving worker. Only a warning: from inside a NAT the check can fail where
         clients outside succeed. Returns the problem, or None."""
-        async with self.settings.tls.dial(advertise, self.settings.tls.serves_tls) as channel:
-            problem = await health_problem(channel, timeout_s=5.0)
+        tls = self.settings.tls
+        try:
+            async with tls.dial(advertise, tls.serves_tls) as channel:
+                problem = await health_problem(channel, timeout_s=5.0)
+        except TroopError as exc:  # plaintext off loopback: no client will dial it either
+            problem = exc.message
         if problem is not None:
             log.warning(
                 "clients may not reach this node: the advertised endpoint %s does not answer "
