@@ -105,6 +105,8 @@ class Grant:
     prompt_millicredits_per_1k: int
     completion_millicredits_per_1k: int
     ticket: str = field(repr=False)
+    # Whether the node serves TLS at `endpoint` (it declared it, the coordinator proved it).
+    tls: bool = False
 
     @classmethod
     def from_pb(cls, reply: pb.AuthorizeResponse) -> Grant:
@@ -120,6 +122,7 @@ class Grant:
             prompt_millicredits_per_1k=reply.price.prompt_millicredits_per_1k_tokens,
             completion_millicredits_per_1k=reply.price.completion_millicredits_per_1k_tokens,
             ticket=reply.ticket,
+            tls=reply.tls,
         )
 
 
@@ -212,6 +215,7 @@ class Node:
     cpu_count: int
     memory_bytes: int
     last_seen: datetime | None
+    tls: bool = False  # it serves TLS at `endpoint`
 
     @classmethod
     def from_pb(cls, node: pb.NodeInfo) -> Node:
@@ -228,6 +232,7 @@ class Node:
             cpu_count=node.hardware.cpu_count,
             memory_bytes=node.hardware.memory_bytes,
             last_seen=_utc_or_none(node, "last_seen"),
+            tls=node.tls,
         )
 
 

@@ -48,7 +48,7 @@ from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import TroopError, Unavailable, from_rpc_error
+from troop_common.errors import FailedPrecondition, TroopError, Unavailable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
@@ -109,11 +109,14 @@ class TroopClient:
         for channel in channels:
             await channel.close()
 
-    def _worker_channel(self, endpoint: str) -> grpc.aio.Channel:
-        """One channel per worker endpoint, kept for the next job (no handshake per job)."""
-        channel = self._workers.get(endpoint)
+    def _worker_channel(self, endpoint: str, tls: bool) -> grpc.aio.Channel:
+        """One channel per worker endpoint and mode, kept for the next job (no handshake
+        per job). TLS exactly when the grant says the worker serves it; a plaintext
+        worker off loopback is refused (FailedPrecondition, before the ticket is sent)
+        unless plaintext was allowed (TlsSettings.insecure)."""
+        channel = self._workers.get(f"{endpoint}|{tls}")
         if channel is None:
-            channel = self._workers[endpoint] = self.settings.tls.channel(endpoint)
+            channel = self._workers[f"{endpoint}|{tls}"] = self.settings.tls.dial(endpoint, tls)
         return channel
 
     async def drain_reports(self, timeout_s: float) -> None:
@@ -259,7 +262,13 @@ class TroopClient:
                 sign_presentation(self.identity, grant.job_id, grant.node_id, nonce),
             ),
         ]
-        stub = inference_pb2_grpc.InferenceServiceStub(self._worker_channel(grant.endpoint))
+        try:
+            channel = self._worker_channel(grant.endpoint, grant.tls)
+        except FailedPrecondition:
+            # Refused before the ticket left: countersigning nothing returns the reservation.
+            self._report_usage(grant.job_id, 0, 0)
+            raise
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
         opened = time.perf_counter()
         call = stub.ChatCompletion(
             request, metadata=metadata, timeout=self.settings.inference_timeout_s

@@ -8,6 +8,10 @@ Policy (ADR 0014):
 - A client uses TLS when it has trust roots configured (`TROOP_TLS_CA`) or the
   peer is not on loopback (system roots then); plaintext to a remote peer only
   when explicitly asked for. There is no silent fallback from TLS to plaintext.
+- A worker declares in its heartbeats whether it serves TLS (`serves_tls`); the
+  coordinator proves its endpoint by dialling it in that mode, and hands the mode
+  on in AuthorizeResponse.tls and NodeInfo.tls. Who dials a worker dials in the
+  stated mode (`dial`), not one guessed from the host (ADR 0039).
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ class TlsSettings(Settings):
         "([ADR 14](docs/adr/0014-tls-policy.md))",
     )
 
+    @property
+    def serves_tls(self) -> bool:
+        """Whether a server with these settings serves TLS (both certificate and key)."""
+        return self.cert_file is not None and self.key_file is not None
+
     def server_credentials(self, bind: str) -> grpc.ServerCredentials | None:
         """TLS credentials, or None for plaintext where the policy allows it."""
         if self.cert_file and self.key_file:
@@ -89,3 +98,18 @@ class TlsSettings(Settings):
         if is_loopback(address) or self.insecure:
             return grpc.aio.insecure_channel(address)
         return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
+
+    def dial(self, address: str, tls: bool) -> grpc.aio.Channel:
+        """A channel to a peer that stated whether it serves TLS: TLS exactly when it
+        does (trust roots from TROOP_TLS_CA, else the system's); plaintext only on
+        loopback or when plaintext was explicitly allowed, else FailedPrecondition
+        before anything is sent."""
+        if tls:
+            roots = self.ca_file.read_bytes() if self.ca_file is not None else None
+            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
+        if is_loopback(address) or self.insecure:
+            return grpc.aio.insecure_channel(address)
+        raise FailedPrecondition(
+            f"refusing to dial {address} in plaintext: it serves no TLS and is not on "
+            "loopback; allow plaintext explicitly with TROOP_INSECURE=1 (insecure=True)"
+        )

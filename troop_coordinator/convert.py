@@ -63,6 +63,7 @@ def node_to_pb(node: LiveNode) -> pb.NodeInfo:
         multiplier=node.multiplier,
         last_seen=timestamp(node.last_seen),
         node_public_key=node.node_public_key,
+        tls=node.tls,
     )
 
 

@@ -46,7 +46,7 @@ class Heartbeats:
         )
         live = replace(node, multiplier=standing.multiplier, reputation=standing.reputation)
         proofs = self.endpoint_proofs
-        proven = proofs is None or standing.proven_endpoint == node.endpoint
+        proven = proofs is None or standing.proves(node.endpoint, node.tls)
         if proofs is None or proven:
             await self.registry.heartbeat(live)
         else:
@@ -55,6 +55,8 @@ class Heartbeats:
         return Beat(multiplier=standing.multiplier, endpoint_proven=proven)
 
     async def _endpoint_proven(self, node: LiveNode) -> None:
-        await self.nodes.set_proven_endpoint(node.node_id, node.node_public_key, node.endpoint)
+        await self.nodes.set_proven_endpoint(
+            node.node_id, node.node_public_key, node.endpoint, node.tls
+        )
         await self.registry.heartbeat(node)
         log.info("node %s proved its endpoint %s", node.node_id, node.endpoint)

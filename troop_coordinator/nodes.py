@@ -259,11 +259,13 @@ class NodeDirectory:
                     "invite_code from `troop admin invite`"
                 )
 
-    async def set_proven_endpoint(self, node_id: str, node_key: str, endpoint: str) -> None:
-        """Record that `endpoint` answered with `node_key`; any other node that claimed the
-        endpoint loses it (one endpoint, one node key)."""
+    async def set_proven_endpoint(
+        self, node_id: str, node_key: str, endpoint: str, tls: bool
+    ) -> None:
+        """Record that `endpoint`, dialled with TLS or not (`tls`), answered with `node_key`;
+        any other node that claimed the endpoint loses it (one endpoint, one node key)."""
         await self.db.transaction(
-            lambda s: NodeRepository(s).set_proven_endpoint(node_id, node_key, endpoint)
+            lambda s: NodeRepository(s).set_proven_endpoint(node_id, node_key, endpoint, tls)
         )
         # Rare (a node's first beats, or a new endpoint): a look at every node is fine.
         losers = [k for k, v in self._known.items() if v.standing.proven_endpoint == endpoint]

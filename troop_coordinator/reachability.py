@@ -4,7 +4,8 @@
 time, in the background (a heartbeat never waits on a dial), and tries an
 unproven (node, endpoint) again only after `retry_s`, so a flood of
 heartbeats naming dead or foreign endpoints costs one dial each per
-`retry_s`. A proof dials the endpoint (TLS off loopback, as clients do),
+`retry_s`. A proof dials the endpoint in the mode the node declared (TLS or
+plaintext, as clients will: `TlsSettings.dial`, so a node lying about it fails),
 asks for a signature of a fresh nonce (troop_common.endpoint_proof) and
 checks it against the node key the heartbeat was asserted with. On success
 `on_proven` records it (the node directory keeps the proven endpoint, and
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from troop_common.endpoint_proof import verify_endpoint
-from troop_common.errors import AuthError
+from troop_common.errors import AuthError, FailedPrecondition
 from troop_common.proto import inference_pb2, inference_pb2_grpc
 from troop_common.tls import TlsSettings
 from troop_coordinator.registry import LiveNode
@@ -52,12 +53,12 @@ class EndpointProofs:
         self.retry_s = retry_s
         self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._last_try: dict[tuple[str, str, str], float] = {}
+        self._last_try: dict[tuple[str, str, str, bool], float] = {}
         self._slots = asyncio.Semaphore(CONCURRENT_PROOFS)
 
     def check(self, node: LiveNode, on_proven: OnProven) -> None:
         """Prove `node`'s endpoint in the background, unless one runs or ran lately."""
-        key = (node.node_id, node.node_public_key, node.endpoint)
+        key = (node.node_id, node.node_public_key, node.endpoint, node.tls)
         now = self._clock()
         if node.node_id in self._running or now - self._last_try.get(key, -1e18) < self.retry_s:
             return
@@ -69,16 +70,21 @@ class EndpointProofs:
 
     async def _prove_then(self, node: LiveNode, on_proven: OnProven) -> None:
         try:
-            if await self.prove(node.endpoint, node.node_public_key):
+            if await self.prove(node.endpoint, node.node_public_key, node.tls):
                 await on_proven(node)
         except Exception:  # a failed record must not go unnoticed, nor kill the loop
             log.exception("recording the endpoint proof of node %s failed", node.node_id)
 
-    async def prove(self, endpoint: str, node_public_key: str) -> bool:
-        """True if `endpoint` answered a fresh nonce with `node_public_key`'s signature."""
+    async def prove(self, endpoint: str, node_public_key: str, tls: bool) -> bool:
+        """True if `endpoint`, dialled with TLS or not as `tls` says, answered a fresh
+        nonce with `node_public_key`'s signature."""
         nonce = secrets.token_hex(16)
         async with self._slots:
-            channel = self._tls.channel(endpoint)
+            try:
+                channel = self._tls.dial(endpoint, tls)
+            except FailedPrecondition as exc:  # plaintext off loopback, not allowed here
+                log.info("endpoint %s not dialled: %s", endpoint, exc)
+                return False
             try:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 reply = await stub.ProveEndpoint(

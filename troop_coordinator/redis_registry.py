@@ -150,6 +150,7 @@ def _decode(doc: str, multiplier: str | None) -> LiveNode:
         multiplier=float(data["multiplier"] if multiplier is None else multiplier),
         last_seen=float(data["last_seen"]),
         reputation=float(data.get("reputation", 1.0)),
+        tls=bool(data.get("tls", False)),
     )
 
 

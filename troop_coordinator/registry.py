@@ -52,6 +52,7 @@ class LiveNode:
     multiplier: float = 1.0
     last_seen: float = 0.0  # unix seconds
     reputation: float = 1.0  # 1.0 = no disputes (troop_coordinator.usage)
+    tls: bool = False  # the node serves TLS at `endpoint` (declared, then proven)
 
 
 class NodeRegistry(Protocol):

@@ -111,6 +111,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             load=convert.load_from_pb(request.load),
             hardware=convert.hardware_from_pb(request.hardware),
             last_seen=time.time(),
+            tls=request.tls,
         )
         beat = await self.heartbeats.beat(node, request.owner_public_key, request.invite_code)
         return pb.HeartbeatResponse(
@@ -195,6 +196,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             max_tokens=job.max_tokens,
             max_prompt_tokens=job.max_prompt_tokens,
             price=convert.price_to_pb(job.price),
+            tls=job.node.tls,
         )
 
     async def SubmitReceipt(self, request: pb.SubmitReceiptRequest, context: Context) -> object:

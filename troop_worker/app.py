@@ -197,8 +197,12 @@ class Worker:
         """Dial the advertised endpoint as a client would; warn when it does not reach a
         serving worker. Only a warning: from inside a NAT the check can fail where
         clients outside succeed. Returns the problem, or None."""
-        async with self.settings.tls.channel(advertise) as channel:
-            problem = await health_problem(channel, timeout_s=5.0)
+        tls = self.settings.tls
+        try:
+            async with tls.dial(advertise, tls.serves_tls) as channel:
+                problem = await health_problem(channel, timeout_s=5.0)
+        except TroopError as exc:  # plaintext off loopback: no client will dial it either
+            problem = exc.message
         if problem is not None:
             log.warning(
                 "clients may not reach this node: the advertised endpoint %s does not answer "
@@ -221,6 +225,7 @@ class Worker:
             hardware=detect_hardware(str(getattr(self.engine, "device_name", "cpu"))),
             owner_public_key=self.identity.owner_public_key,
             invite_code=self.settings.invite_code,
+            tls=self.settings.tls.serves_tls,
         )
 
     async def stop(self, grace_s: float | None = None) -> None:

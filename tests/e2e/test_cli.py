@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,36 +26,6 @@ def troop(
         env=env,
         input=stdin,
     )
-
-
-@pytest.fixture
-def troop_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    coordinator_port, worker_port = free_port(), free_port()
-    env = {**os.environ, "TROOP_CONFIG_DIR": str(tmp_path / "user"), "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "up.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "troop_cli", "up", "--engine", "fake",
-             "--coordinator-port", str(coordinator_port), "--worker-port", str(worker_port),
-             "--data-dir", str(tmp_path / "up"), "--http-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while "ready" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield f"127.0.0.1:{coordinator_port}", env, log.read_text()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-    # Both components stopped with it: nothing listens on their ports any more
-    # (SO_REUSEADDR: connections lingering in TIME_WAIT don't count).
-    for port in (coordinator_port, worker_port):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
 
 
 def test_troop_up_then_chat_balance_history_nodes_models(

@@ -107,6 +107,18 @@ async def test_replicas_share_one_view(make_registry) -> None:
     assert picked is not None and picked.node_id == "seen-by-a"
 
 
+async def test_replicas_see_whether_a_node_serves_tls(make_registry) -> None:
+    # The mode a node proved its endpoint in reaches every replica's mirror, so whichever
+    # answers Authorize states it (AuthorizeResponse.tls).
+    replica_a, replica_b = make_registry(), make_registry()
+    now = time.time()
+    await replica_a.heartbeat(replace(live("tls-node", now), tls=True))
+    await replica_a.heartbeat(live("plain-node", now))
+
+    seen = {n.node_id: n.tls for n in await replica_b.live_nodes(now)}
+    assert seen == {"tls-node": True, "plain-node": False}
+
+
 async def test_redis_expires_the_node_key_itself(redis_client, redis_prefix, eventually) -> None:
     registry = RedisNodeRegistry(redis_client, 0.3, prefix=redis_prefix)
     await registry.heartbeat(live("short", time.time()))

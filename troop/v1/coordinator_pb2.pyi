@@ -136,7 +136,7 @@ class NodeHardware(_message.Message):
     def __init__(self, device: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "owner_public_key", "invite_code")
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "owner_public_key", "invite_code", "tls")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class HeartbeatRequest(_message.Message):
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     OWNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     INVITE_CODE_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoint: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -151,7 +152,8 @@ class HeartbeatRequest(_message.Message):
     hardware: NodeHardware
     owner_public_key: str
     invite_code: str
-    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., owner_public_key: _Optional[str] = ..., invite_code: _Optional[str] = ...) -> None: ...
+    tls: bool
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., owner_public_key: _Optional[str] = ..., invite_code: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("interval_seconds", "multiplier", "endpoint_proven")
@@ -164,7 +166,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, interval_seconds: _Optional[int] = ..., multiplier: _Optional[float] = ..., endpoint_proven: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key")
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key", "tls")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +175,7 @@ class NodeInfo(_message.Message):
     MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoint: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -181,7 +184,8 @@ class NodeInfo(_message.Message):
     multiplier: float
     last_seen: _timestamp_pb2.Timestamp
     node_public_key: str
-    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ...) -> None: ...
+    tls: bool
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("model", "page_size", "page_token")
@@ -256,7 +260,7 @@ class AuthorizeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key", "max_tokens", "max_prompt_tokens", "price")
+    __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key", "max_tokens", "max_prompt_tokens", "price", "tls")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +271,7 @@ class AuthorizeResponse(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     ticket: str
     node_id: str
@@ -277,7 +282,8 @@ class AuthorizeResponse(_message.Message):
     max_tokens: int
     max_prompt_tokens: int
     price: _common_pb2.ModelPrice
-    def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., price: _Optional[_Union[_common_pb2.ModelPrice, _Mapping]] = ...) -> None: ...
+    tls: bool
+    def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., price: _Optional[_Union[_common_pb2.ModelPrice, _Mapping]] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class JobReceipt(_message.Message):
     __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at", "presentation", "client_nonce")

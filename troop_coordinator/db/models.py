@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     String,
     Table,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +87,10 @@ class Node(Base):
     # The endpoint last dialled and found answering with this node's key (ADR 33); the
     # node is listed only while it advertises this endpoint.
     proven_endpoint: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # Whether that endpoint was dialled with TLS (the mode the node declared, ADR 39).
+    proven_tls: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
 

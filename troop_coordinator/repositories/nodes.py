@@ -20,11 +20,17 @@ from troop_coordinator.db.models import nodes_table as nodes
 
 @dataclass(frozen=True)
 class NodeStanding:
-    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint."""
+    """What a heartbeat learns back: the node's multiplier, reputation, proven endpoint
+    and whether that endpoint was proven over TLS."""
 
     multiplier: float
     reputation: float
     proven_endpoint: str | None
+    proven_tls: bool = False
+
+    def proves(self, endpoint: str, tls: bool) -> bool:
+        """Whether `endpoint`, in the mode (`tls`) the node declares, is the one proven."""
+        return self.proven_endpoint == endpoint and self.proven_tls == tls
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,16 @@ class NodeTerms:
     multiplier: float
 
 
-_STANDING = (nodes.c.multiplier, nodes.c.reputation, nodes.c.proven_endpoint)
+_STANDING = (
+    nodes.c.multiplier,
+    nodes.c.reputation,
+    nodes.c.proven_endpoint,
+    nodes.c.proven_tls,
+)
 
 
 def _standing(row: Any) -> NodeStanding:
-    return NodeStanding(float(row[0]), float(row[1]), row[2])
+    return NodeStanding(float(row[0]), float(row[1]), row[2], bool(row[3]))
 
 
 class NodeRepository:
@@ -105,17 +116,20 @@ class NodeRepository:
         statement = select(nodes.c.node_public_key).where(nodes.c.node_id == node_id)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
-    async def set_proven_endpoint(self, node_id: str, node_key: str, endpoint: str) -> None:
-        """`endpoint` is this node's; any other node that claimed it loses it."""
+    async def set_proven_endpoint(
+        self, node_id: str, node_key: str, endpoint: str, tls: bool
+    ) -> None:
+        """`endpoint`, dialled with TLS or not (`tls`), is this node's; any other node that
+        claimed it loses it."""
         await self.session.execute(
             update(nodes)
             .where(nodes.c.proven_endpoint == endpoint, nodes.c.node_id != node_id)
-            .values(proven_endpoint=None)
+            .values(proven_endpoint=None, proven_tls=False)
         )
         await self.session.execute(
             update(nodes)
             .where(nodes.c.node_id == node_id, nodes.c.node_public_key == node_key)
-            .values(proven_endpoint=endpoint)
+            .values(proven_endpoint=endpoint, proven_tls=tls)
         )
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:

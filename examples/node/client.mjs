@@ -1,13 +1,16 @@
 // A Troop client in Node.js, written from docs/protocol.md and protos/troop/v1 alone:
-// join, read the price, authorize, stream from the worker (checking its node proof before
-// any token), countersign, and wait for the job to settle.
+// join, read the price, authorize, stream from the worker (dialled with TLS exactly when the
+// grant says so, its node proof checked before any token), countersign, wait for the job to
+// settle (GetJob), and check that what the user paid is what the worker's owner earned.
 //
-//   COORDINATOR=127.0.0.1:50051 MODEL=smollm2-135m-instruct [PROMPT=...] node client.mjs
+//   COORDINATOR=127.0.0.1:50051 [MODEL=...] [PROMPT=...] [OWNER_KEY=owner.key] node client.mjs
 //
-// Prints one JSON line: {text, completion_tokens, prompt_tokens, charged, price, job_id, ...}.
-// Any failure exits non-zero with the reason on stderr.
+// See README.md for every setting. Prints one JSON line: {text, completion_tokens,
+// prompt_tokens, charged, paid, earned, price, job_id, ...}. Any failure exits non-zero
+// with the reason on stderr.
 
 import crypto from "node:crypto";
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -15,11 +18,18 @@ import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, "..", "..", "..");
+const ROOT = path.resolve(HERE, "..", "..");
 
 const COORDINATOR = required("COORDINATOR");
-const MODEL = required("MODEL");
+const MODEL = process.env.MODEL || "smollm2-135m-instruct";
 const PROMPT = process.env.PROMPT ?? "hello from node";
+// The worker owner's key (PKCS#8 PEM, as `troop up` writes it): read its ledger too, to
+// check the owner earned what the user paid. Without it only the user's side is checked.
+const OWNER_KEY = process.env.OWNER_KEY ?? "";
+// Trust roots (PEM) for TLS; with them the coordinator is dialled with TLS too.
+const TLS_CA = process.env.TROOP_TLS_CA ? fs.readFileSync(process.env.TROOP_TLS_CA) : null;
+// Plaintext to a worker off loopback only when explicitly allowed (docs/protocol.md).
+const INSECURE = ["1", "true", "yes"].includes((process.env.TROOP_INSECURE ?? "").toLowerCase());
 const MAX_TOKENS = 16;
 const SETTLE_DEADLINE_MS = Number(process.env.SETTLE_DEADLINE_MS ?? 20000);
 const CALL_DEADLINE_MS = 15000;
@@ -49,14 +59,18 @@ const troop = grpc.loadPackageDefinition(definition).troop.v1;
 
 // ---- identity: an Ed25519 key pair; the account is the public key in hex ---------------
 
-const { publicKey, privateKey } = crypto.generateKeyPairSync("ed25519");
-const userKeyHex = Buffer.from(publicKey.export({ format: "jwk" }).x, "base64url").toString(
-  "hex",
-);
-
-function sign(message) {
-  return crypto.sign(null, Buffer.from(message, "utf8"), privateKey);
+function identity(privateKey) {
+  const jwk = crypto.createPublicKey(privateKey).export({ format: "jwk" });
+  return {
+    publicKeyHex: Buffer.from(jwk.x, "base64url").toString("hex"),
+    sign: (message) => crypto.sign(null, Buffer.from(message, "utf8"), privateKey),
+  };
 }
+
+const user = identity(crypto.generateKeyPairSync("ed25519").privateKey);
+const owner = OWNER_KEY ? identity(crypto.createPrivateKey(fs.readFileSync(OWNER_KEY))) : null;
+const userKeyHex = user.publicKeyHex;
+const sign = user.sign;
 
 function verify(publicKeyHex, message, signatureHex) {
   if (!/^[0-9a-f]{64}$/.test(publicKeyHex) || !/^[0-9a-f]{128}$/.test(signatureHex ?? "")) {
@@ -80,17 +94,17 @@ function b64url(object) {
   return Buffer.from(JSON.stringify(object), "utf8").toString("base64url");
 }
 
-function assertion() {
+function assertion(who) {
   const iat = Math.floor(Date.now() / 1000);
   const header = b64url({ alg: "EdDSA", typ: "JWT" });
   const claims = b64url({
-    sub: userKeyHex,
+    sub: who.publicKeyHex,
     aud: "troop-coordinator",
     iat,
     exp: iat + 60,
     jti: crypto.randomBytes(16).toString("base64url"),
   });
-  const signature = sign(`${header}.${claims}`).toString("base64url");
+  const signature = who.sign(`${header}.${claims}`).toString("base64url");
   return `${header}.${claims}.${signature}`;
 }
 
@@ -104,13 +118,35 @@ function deadline(ms = CALL_DEADLINE_MS) {
   return { deadline: new Date(Date.now() + ms) };
 }
 
+function isLoopback(endpoint) {
+  const host = endpoint.startsWith("[")
+    ? endpoint.slice(1, endpoint.indexOf("]"))
+    : endpoint.slice(0, endpoint.lastIndexOf(":"));
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+// How to dial a worker is stated, not guessed: AuthorizeResponse.tls says whether it serves
+// TLS (the coordinator proved its endpoint in that mode). Plaintext off loopback is refused,
+// before the ticket leaves this process, unless explicitly allowed.
+function workerCredentials(grant) {
+  if (grant.tls) {
+    return grpc.credentials.createSsl(TLS_CA);
+  }
+  if (!isLoopback(grant.endpoint) && !INSECURE) {
+    throw new Error(
+      `refusing plaintext to ${grant.endpoint} off loopback (set TROOP_INSECURE=1 to allow it)`,
+    );
+  }
+  return grpc.credentials.createInsecure();
+}
+
 const coordinator = new troop.CoordinatorService(
   COORDINATOR,
-  grpc.credentials.createInsecure(),
+  TLS_CA ? grpc.credentials.createSsl(TLS_CA) : grpc.credentials.createInsecure(),
 );
 
-function call(method, request, { signed = true } = {}) {
-  const metadata = signed ? bearer(assertion()) : new grpc.Metadata();
+function call(method, request, { signed = true, as = user } = {}) {
+  const metadata = signed ? bearer(assertion(as)) : new grpc.Metadata();
   return new Promise((resolve, reject) => {
     coordinator[method](request, metadata, deadline(), (error, response) => {
       if (error) {
@@ -134,19 +170,8 @@ function promptTokenBound(messages) {
 
 // ---- the job -------------------------------------------------------------------------
 
-function isLoopback(endpoint) {
-  const host = endpoint.startsWith("[")
-    ? endpoint.slice(1, endpoint.indexOf("]"))
-    : endpoint.slice(0, endpoint.lastIndexOf(":"));
-  return host === "localhost" || host === "::1" || /^127\./.test(host);
-}
-
 function stream(grant, messages) {
-  if (!isLoopback(grant.endpoint)) {
-    // docs/protocol.md: "TLS off loopback"; this test client only speaks plaintext.
-    throw new Error(`refusing plaintext to non-loopback endpoint ${grant.endpoint}`);
-  }
-  const worker = new troop.InferenceService(grant.endpoint, grpc.credentials.createInsecure());
+  const worker = new troop.InferenceService(grant.endpoint, workerCredentials(grant));
   const nonce = crypto.randomBytes(16).toString("hex");
   const presentation = sign(
     `troop-presentation/v1\n${grant.job_id}\n${grant.node_id}\n${nonce}`,
@@ -230,6 +255,44 @@ function priceFields(price) {
   };
 }
 
+// ---- settlement: GetJob, then both sides' ledgers -------------------------------------
+
+const SETTLED = ["JOB_STATE_CHARGED", "JOB_STATE_REFUNDED", "JOB_STATE_EXPIRED"];
+
+async function settled(jobId) {
+  const until = Date.now() + SETTLE_DEADLINE_MS;
+  for (let pause = 20; ; pause = Math.min(pause * 2, 250)) {
+    const job = await call("GetJob", { job_id: jobId });
+    if (SETTLED.includes(job.state)) {
+      return job;
+    }
+    if (Date.now() > until) {
+      throw new Error(`job ${jobId} still ${job.state} after ${SETTLE_DEADLINE_MS} ms`);
+    }
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+// Every ledger entry of `who`'s naming `jobId`, all pages read (newest first).
+async function entriesFor(who, jobId) {
+  const found = [];
+  let page_token = "";
+  do {
+    const page = await call(
+      "ListTransactions",
+      { public_key: who.publicKeyHex, page_size: 100, page_token },
+      { as: who },
+    );
+    found.push(...page.transactions.filter((t) => t.job_id === jobId));
+    page_token = page.next_page_token;
+  } while (page_token);
+  return found;
+}
+
+function sum(transactions) {
+  return transactions.reduce((total, t) => total + BigInt(t.amount_millicredits), 0n);
+}
+
 async function main() {
   const joined = await call("Join", {});
   const starter = BigInt(joined.balance_millicredits);
@@ -248,7 +311,14 @@ async function main() {
   });
   grant.model = MODEL;
 
-  const result = await stream(grant, messages);
+  let result;
+  try {
+    result = await stream(grant, messages);
+  } catch (refused) {
+    // Refused before the ticket left: countersigning nothing returns the reservation.
+    await call("ReportUsage", { job_id: grant.job_id, completion_tokens: 0, stream_ms: 0 });
+    throw refused;
+  }
   // Every presented ticket is countersigned, even one that brought nothing.
   const completionTokens = vouchedTokens(result);
   const report = await call("ReportUsage", {
@@ -260,17 +330,33 @@ async function main() {
     throw new Error(`stream failed: ${result.error}`);
   }
 
-  const until = Date.now() + SETTLE_DEADLINE_MS;
-  let balance;
-  for (let pause = 20; ; pause = Math.min(pause * 2, 250)) {
-    balance = await call("GetBalance", { public_key: userKeyHex });
-    if (BigInt(balance.reserved_millicredits) === 0n) {
-      break;
+  // GetJob says where the job stands; poll it (not the balance) until it is settled.
+  const job = await settled(grant.job_id);
+  if (job.state !== "JOB_STATE_CHARGED") {
+    throw new Error(`job ${grant.job_id} ended ${job.state}, not charged`);
+  }
+  const balance = await call("GetBalance", { public_key: userKeyHex });
+  if (BigInt(balance.reserved_millicredits) !== 0n) {
+    throw new Error(`${balance.reserved_millicredits} millicredits still reserved`);
+  }
+  // The user's ledger: the reservation out, the unused part back; what is left is paid.
+  const paid = -sum(await entriesFor(user, grant.job_id));
+  if (paid !== BigInt(job.charged_millicredits)) {
+    throw new Error(`paid ${paid}, but GetJob says ${job.charged_millicredits} was charged`);
+  }
+  if (starter - BigInt(balance.balance_millicredits) !== paid) {
+    throw new Error(`the balance moved by ${starter - BigInt(balance.balance_millicredits)}`);
+  }
+  // The owner's ledger: one EARN entry for the job, of exactly what the user paid.
+  let earned = null;
+  if (owner) {
+    const earnings = (await entriesFor(owner, grant.job_id)).filter(
+      (t) => t.kind === "TRANSACTION_KIND_EARN",
+    );
+    earned = sum(earnings);
+    if (earnings.length !== 1 || earned !== paid) {
+      throw new Error(`the owner earned ${earned} in ${earnings.length} entries; paid ${paid}`);
     }
-    if (Date.now() > until) {
-      throw new Error(`job ${grant.job_id} still reserved after ${SETTLE_DEADLINE_MS} ms`);
-    }
-    await new Promise((r) => setTimeout(r, pause));
   }
   coordinator.close();
 
@@ -288,8 +374,14 @@ async function main() {
       reserved: grant.reserved_millicredits,
       starter: starter.toString(),
       balance: balance.balance_millicredits,
-      charged: (starter - BigInt(balance.balance_millicredits)).toString(),
+      charged: job.charged_millicredits,
+      paid: paid.toString(),
+      earned: earned === null ? null : earned.toString(),
+      job_state: job.state,
+      countersigned: job.countersigned,
+      receipt_received: job.receipt_received,
       report: { kind: report.kind, disputed: report.disputed },
+      tls: grant.tls,
       // The published price (ListModels) and the one this job was fixed at (Authorize).
       price: priceFields(offer.price),
       authorized_price: priceFields(grant.price),
