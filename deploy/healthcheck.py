@@ -12,7 +12,6 @@ carries, since the address dialled is rarely one of them. grpcio and cryptograph
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -41,10 +40,10 @@ def certificate_name(cert_file: Path) -> str:
     """The first DNS name (else IP address) in the certificate's subject alternative names."""
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    dns: list[str] = names.get_values_for_type(x509.DNSName)
-    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = names.get_values_for_type(
-        x509.IPAddress
-    )
+    dns = names.get_values_for_type(x509.DNSName)
+    ips = names.get_values_for_type(x509.IPAddress)
+    if not dns and not ips:
+        raise ValueError(f"{cert_file} names neither a DNS name nor an IP address")
     return dns[0] if dns else str(ips[0])
 
 
