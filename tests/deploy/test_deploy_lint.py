@@ -79,7 +79,8 @@ def test_the_compose_schema_refuses_an_unknown_key_and_a_wrong_type(tmp_path: Pa
     )
     assert "'restart_policy' was unexpected" in compose_problems(broken)
     broken = _broken_copy(COMPOSE_FILES[1], tmp_path, "capabilities: [gpu]", "capabilities: gpu")
-    assert "capabilities" in compose_problems(broken)
+    devices = "$.services.worker.deploy.resources.reservations.devices[0]"
+    assert f"{devices}.capabilities: 'gpu' is not of type 'array'" in compose_problems(broken)
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
