@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -24,12 +25,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-DOCKERFILES = sorted(DEPLOY.glob("*/Dockerfile"))
+# One Dockerfile; each component's image is one of its targets (ADR 45).
+DOCKERFILE = DEPLOY / "Dockerfile"
+TARGETS = ("coordinator", "worker", "client")
+# The stage every target is built on: the user, the health-check script, the entrypoint.
+RUNTIME_STAGE = "runtime"
 COMPOSE_FILES = sorted(DEPLOY.glob("*/compose.yaml"))
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 EDGE_ENVOY = DEPLOY / "envoy" / "edge.yaml"
 LOGROTATE = DEPLOY / "logrotate" / "troop"
-# Where the images keep the repository (deploy/*/Dockerfile: WORKDIR /app).
+# Where the images keep the repository (deploy/Dockerfile: WORKDIR /app).
 IMAGE_APP_DIR = "/app/"
 
 
@@ -107,14 +112,50 @@ def dockerfile_instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return [(i.split(None, 1)[0].upper(), i.split(None, 1)[1]) for i in joined]
 
 
-def missing_copy_sources(dockerfile: Path, context: Path = ROOT) -> list[str]:
-    """COPY sources (other than from a build stage) that are not in the build context."""
-    missing = []
+def dockerfile_stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions, its FROM first, by name (`FROM image AS name`; an
+    unnamed stage by its index), in the file's order."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
     for instruction, arguments in dockerfile_instructions(dockerfile):
-        if instruction != "COPY" or "--from=" in arguments:
-            continue
-        *sources, _destination = shlex.split(arguments)
-        missing += [s for s in sources if not s.startswith("--") and not (context / s).exists()]
+        if instruction == "FROM":
+            words = arguments.split()
+            named = len(words) >= 3 and words[-2].upper() == "AS"
+            current = stages.setdefault(words[-1] if named else str(len(stages)), [])
+        if current is not None:  # an ARG before the first FROM belongs to no stage
+            current.append((instruction, arguments))
+    return stages
+
+
+def stage_base(instructions: list[tuple[str, str]]) -> str:
+    """What a stage is built on: an image, or an earlier stage's name."""
+    return next(word for word in instructions[0][1].split() if not word.startswith("--"))
+
+
+def missing_targets(dockerfile: Path, targets: Iterable[str]) -> list[str]:
+    """Targets (`docker build --target`) that are not a stage of the file."""
+    stages = dockerfile_stages(dockerfile)
+    return [target for target in targets if target not in stages]
+
+
+def missing_copy_sources(dockerfile: Path, context: Path = ROOT) -> list[str]:
+    """COPY sources that are not in the build context, and `--from=` stages that are not
+    defined before the COPY (an image reference, with its tag or digest, is taken as given)."""
+    missing = []
+    earlier: list[str] = []
+    for name, instructions in dockerfile_stages(dockerfile).items():
+        for instruction, arguments in instructions:
+            if instruction != "COPY":
+                continue
+            *sources, _destination = shlex.split(arguments)
+            stage = next((s.split("=", 1)[1] for s in sources if s.startswith("--from=")), None)
+            if stage is None:
+                missing += [
+                    s for s in sources if not s.startswith("--") and not (context / s).exists()
+                ]
+            elif stage not in earlier and not any(mark in stage for mark in ":@"):
+                missing.append(f"--from={stage}")
+        earlier.append(name)
     return missing
 
 
@@ -126,6 +167,21 @@ def missing_image_paths(dockerfile: Path) -> list[str]:
             exec_form = json.loads(arguments.split("CMD", 1)[1])
             paths += [a for a in exec_form if a.startswith(IMAGE_APP_DIR)]
     return [p for p in paths if not (ROOT / p.removeprefix(IMAGE_APP_DIR)).exists()]
+
+
+def missing_compose_targets(compose_file: Path, base: Path | None = None) -> list[str]:
+    """`service: target` for each build target that is not a stage of the Dockerfile the
+    service builds (relative to the compose file's folder, or `base`)."""
+    base = base or compose_file.parent
+    missing = []
+    for name, service in load_yaml(compose_file)["services"].items():
+        build = service.get("build")
+        if not isinstance(build, dict) or "target" not in build:
+            continue
+        dockerfile = base / build["context"] / build.get("dockerfile", "Dockerfile")
+        if not dockerfile.is_file() or missing_targets(dockerfile, [build["target"]]):
+            missing.append(f"{name}: {build['target']}")
+    return missing
 
 
 def missing_compose_paths(

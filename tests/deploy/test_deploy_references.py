@@ -1,5 +1,6 @@
-"""Everything the deployment files name exists: what the Dockerfiles copy and run, what the
-compose files build and mount, the `troop` commands and flags they start, the TROOP_*
+"""Everything the deployment files name exists: what the Dockerfile copies and runs, a target
+for each component, the targets the compose files and the workflow build, what the compose
+files mount, the `troop` commands and flags they start, the TROOP_*
 variables they set (each read by a component), and the scripts the CI workflow runs. Then
 the promises ADR 45 makes of them: capped logs for every service, Redis's append-only file,
 the worker's GPUs, the edge's address trusted as the replicas' proxy, Prometheus's jobs.
@@ -17,14 +18,19 @@ import pytest
 from tests.deploy.deploy_checks import (
     COMPOSE_FILES,
     DEPLOY,
-    DOCKERFILES,
+    DOCKERFILE,
     ROOT,
+    RUNTIME_STAGE,
+    TARGETS,
     WORKFLOWS,
-    dockerfile_instructions,
+    dockerfile_stages,
     load_yaml,
     missing_compose_paths,
+    missing_compose_targets,
     missing_copy_sources,
     missing_image_paths,
+    missing_targets,
+    stage_base,
 )
 from troop_cli.main import build_parser
 
@@ -39,10 +45,11 @@ def _services(compose_file: Path) -> dict[str, Any]:
 
 
 def _troop_commands() -> list[list[str]]:
-    """Every `troop …` argument list the images and compose files start."""
+    """Every `troop …` argument list the images (each target's CMD) and compose files start."""
     commands = []
-    for dockerfile in DOCKERFILES:
-        entry = [shlex.split(a) for i, a in dockerfile_instructions(dockerfile) if i == "CMD"]
+    stages = dockerfile_stages(DOCKERFILE)
+    for target in TARGETS:
+        entry = [shlex.split(a) for i, a in stages[target] if i == "CMD"]
         commands += [[arg.strip('[]",') for arg in args] for args in entry]
     for compose_file in COMPOSE_FILES:
         for service in _services(compose_file).values():
@@ -68,22 +75,52 @@ def _variables_read() -> str:
     return "\n".join(p.read_text() for p in ROOT.glob("troop_*/**/*.py"))
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_what_each_dockerfile_copies_and_runs_is_in_the_repository(dockerfile: Path) -> None:
-    assert missing_copy_sources(dockerfile) == []
-    assert missing_image_paths(dockerfile) == []
+def test_every_component_is_a_target_built_on_the_shared_runtime() -> None:
+    stages = dockerfile_stages(DOCKERFILE)
+    assert missing_targets(DOCKERFILE, TARGETS) == []
+    assert {target: stage_base(stages[target]) for target in TARGETS} == dict.fromkeys(
+        TARGETS, RUNTIME_STAGE
+    )
+    # The user is set once, in the shared base, and no target changes it.
+    assert ("USER", "10001:10001") in stages[RUNTIME_STAGE]
+    assert [t for t in TARGETS if any(i == "USER" for i, _ in stages[t])] == []
+
+
+def test_what_the_dockerfile_copies_and_runs_is_in_the_repository() -> None:
+    assert missing_copy_sources(DOCKERFILE) == []
+    assert missing_image_paths(DOCKERFILE) == []
+
+
+def _broken_dockerfile(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
+    text = DOCKERFILE.read_text()
+    for old, new in replacements:
+        assert old in text, f"deploy/Dockerfile no longer holds {old!r}: update the broken copy"
+        text = text.replace(old, new, 1)
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(text)
+    return broken
 
 
 def test_a_copy_of_a_missing_path_is_caught(tmp_path: Path) -> None:
-    text = DOCKERFILES[0].read_text()
-    broken = tmp_path / "Dockerfile"
-    broken.write_text(
-        text.replace("COPY migrations ./migrations", "COPY migration ./migrations").replace(
-            "/app/deploy/healthcheck.py", "/app/deploy/health.py"
-        )
+    broken = _broken_dockerfile(
+        tmp_path,
+        ("COPY migrations ./migrations", "COPY migration ./migrations"),
+        ("COPY deploy/healthcheck.py", "COPY deploy/health-check.py"),
+        ("COPY --from=venv-engine /opt/venv", "COPY --from=venv-engines /opt/venv"),
+        ('"/app/deploy/healthcheck.py", "worker"', '"/app/deploy/health.py", "worker"'),
     )
-    assert missing_copy_sources(broken) == ["migration"]
+    assert missing_copy_sources(broken) == [
+        "migration",
+        "deploy/health-check.py",
+        "--from=venv-engines",
+    ]
     assert missing_image_paths(broken) == ["/app/deploy/health.py"]
+
+
+def test_a_missing_target_is_caught(tmp_path: Path) -> None:
+    broken = _broken_dockerfile(tmp_path, ("FROM runtime AS client", "FROM runtime AS sidecar"))
+    assert missing_targets(broken, TARGETS) == ["client"]
+    assert missing_targets(broken, ["sidecar"]) == []
 
 
 @pytest.mark.parametrize("compose_file", COMPOSE_FILES, ids=lambda p: p.parent.name)
@@ -94,9 +131,23 @@ def test_what_each_compose_file_builds_and_mounts_is_in_the_repository(compose_f
 def test_a_mount_of_a_missing_file_is_caught(tmp_path: Path) -> None:
     broken = tmp_path / "compose.yaml"
     text = COORDINATOR_COMPOSE.read_text().replace("../envoy/edge.yaml", "../envoy/edges.yaml")
-    broken.write_text(text.replace("dockerfile: deploy/coordinator/", "dockerfile: deploy/coord/"))
+    broken.write_text(text.replace("dockerfile: deploy/Dockerfile", "dockerfile: deploy/Dockerfil"))
     missing = missing_compose_paths(broken, OPERATOR_FILES, base=COORDINATOR_COMPOSE.parent)
-    assert missing == ["../../deploy/coord/Dockerfile", "../envoy/edges.yaml"]
+    assert missing == ["../../deploy/Dockerfil", "../envoy/edges.yaml"]
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES, ids=lambda p: p.parent.name)
+def test_each_compose_file_builds_its_component_s_target(compose_file: Path) -> None:
+    builds = [s["build"] for s in _services(compose_file).values() if "build" in s]
+    assert {b["target"] for b in builds} == {compose_file.parent.name}
+    assert {b["dockerfile"] for b in builds} == {"deploy/Dockerfile"}
+    assert missing_compose_targets(compose_file) == []
+
+
+def test_a_build_of_a_missing_target_is_caught(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(WORKER_COMPOSE.read_text().replace("target: worker", "target: wroker"))
+    assert missing_compose_targets(broken, base=WORKER_COMPOSE.parent) == ["worker: wroker"]
 
 
 def test_every_troop_command_they_start_exists_with_its_flags() -> None:
@@ -111,7 +162,7 @@ def test_an_unknown_flag_is_caught() -> None:
 
 
 def test_every_troop_variable_they_set_is_one_a_component_reads() -> None:
-    texts = [p.read_text() for p in [*DOCKERFILES, *COMPOSE_FILES]]
+    texts = [p.read_text() for p in [DOCKERFILE, *COMPOSE_FILES]]
     names = set().union(*(_troop_variables_set(t) for t in texts))
     assert {"TROOP_DATABASE_URL", "TROOP_REDIS_URL", "TROOP_WORKER_ADVERTISE"} <= names
     read = _variables_read()
@@ -123,25 +174,64 @@ def test_a_misspelt_variable_is_caught() -> None:
     assert [n for n in names if f'"{n}"' not in _variables_read()] == ["TROOP_REDIS_URI"]
 
 
+def _expand(value: str, components: list[str]) -> list[str]:
+    return [value.replace("${{ matrix.component }}", c) for c in components]
+
+
 def _workflow_paths(workflow: Path) -> list[str]:
     """Repository paths the workflow's steps run or build from."""
-    doc = load_yaml(workflow)
     paths = []
-    for job in doc["jobs"].values():
-        components = job.get("strategy", {}).get("matrix", {}).get("component", [None])
+    for job in load_yaml(workflow)["jobs"].values():
+        components = job.get("strategy", {}).get("matrix", {}).get("component", [""])
         for step in job["steps"]:
             paths += re.findall(r"(?:^|\s)((?:scripts|\.ci)/[\w.-]+)", step.get("run", ""))
             if dockerfile := step.get("with", {}).get("file"):
-                paths += [dockerfile.replace("${{ matrix.component }}", c) for c in components]
+                paths += _expand(dockerfile, components)
     return paths
+
+
+def _workflow_builds(workflow: Path) -> list[tuple[str, str]]:
+    """(Dockerfile, target) for each image the workflow builds, one per matrix component."""
+    builds = []
+    for job in load_yaml(workflow)["jobs"].values():
+        components = job.get("strategy", {}).get("matrix", {}).get("component", [""])
+        for step in job["steps"]:
+            given = step.get("with", {})
+            if "file" in given:
+                targets = _expand(given.get("target", ""), components)
+                builds += list(zip(_expand(given["file"], components), targets, strict=True))
+    return builds
+
+
+def _missing_workflow_targets(workflow: Path) -> list[str]:
+    return [t for f, t in _workflow_builds(workflow) if missing_targets(ROOT / f, [t])]
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_what_the_workflow_runs_is_in_the_repository(workflow: Path) -> None:
     paths = _workflow_paths(workflow)
     assert {"scripts/bootstrap", "scripts/check-contracts", ".ci/run"} <= set(paths)
-    assert "deploy/worker/Dockerfile" in paths
+    assert "deploy/Dockerfile" in paths
     assert [p for p in paths if not (ROOT / p).is_file()] == []
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_the_workflow_builds_every_target(workflow: Path) -> None:
+    builds = _workflow_builds(workflow)
+    assert sorted(builds) == sorted(("deploy/Dockerfile", t) for t in TARGETS)
+    assert _missing_workflow_targets(workflow) == []
+
+
+def test_a_workflow_build_of_a_missing_target_is_caught(tmp_path: Path) -> None:
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    text = WORKFLOWS[0].read_text()
+    old = "component: [coordinator, worker, client]"
+    assert old in text, "the images job's matrix moved: update the broken copy"
+    (workflows / "ci.yml").write_text(
+        text.replace(old, "component: [coordinator, worker, sidecar]")
+    )
+    assert _missing_workflow_targets(workflows / "ci.yml") == ["sidecar"]
 
 
 def test_every_service_log_is_capped() -> None:
