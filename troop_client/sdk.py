@@ -22,15 +22,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 
+from troop_client.answer import AnswerSoFar
 from troop_client.chat import (
-    DEFAULT_MAX_TOKENS,
     ChatChunk,
     ChatOptions,
     Completion,
     Message,
     Overhead,
     Usage,
-    prompt_token_bound,
     vouched_tokens,
 )
 from troop_client.results import (
@@ -174,38 +173,48 @@ class TroopClient:
         began: float,
         first_chunk: Callable[[], None],
     ) -> AsyncGenerator[ChatChunk, None]:
-        skipped: list[str] = []  # nodes that failed before the first token
-        first_failure: Unavailable | None = None
+        """The answer from one node, or several (troop_client.answer: skip before the first
+        token, resume after it)."""
+        answer = AnswerSoFar(
+            messages,
+            options,
+            node_attempts=self.settings.node_attempts,
+            resume_attempts=self.settings.resume_attempts,
+        )
+        first_failure: TroopError | None = None
         while True:
+            max_tokens, max_prompt_tokens = answer.next_bounds()
             try:
                 grant = await self.authorize(
                     model,
                     request_id=request_id,
-                    exclude_node_ids=skipped,
-                    max_tokens=options.max_tokens or DEFAULT_MAX_TOKENS,
-                    max_prompt_tokens=prompt_token_bound(messages),
+                    exclude_node_ids=answer.excluded,
+                    max_tokens=max_tokens,
+                    max_prompt_tokens=max_prompt_tokens,
                 )
             except Unavailable as exc:
                 if first_failure is not None and not exc.transient:
                     raise first_failure from exc  # no other node: the first failure says why
                 raise
-            streamed = False
+            node_options = answer.next_options()
             try:
-                chunks = self._stream(grant, messages, model, options, request_id, began)
+                chunks = self._stream(
+                    grant, messages, model, node_options, request_id, began, answer.text
+                )
                 async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
-                        if not streamed:
+                        if not answer.text:
                             first_chunk()
-                        streamed = True
-                        yield chunk
+                        yield answer.shown(chunk)
                 return
-            except Unavailable as exc:
-                if streamed or not exc.transient or len(skipped) + 1 >= self.settings.node_attempts:
+            except TroopError as exc:
+                if not answer.go_elsewhere(exc, grant.node_id):
                     raise
                 first_failure = first_failure or exc
-                # Nothing was served: the 0-token countersignature returned its reservation.
-                log.warning("%s; asking the coordinator for another node", exc.message)
-                skipped.append(grant.node_id)
+                # The failed job was countersigned with what arrived from it (0 returns its
+                # whole reservation at once).
+                what = "resuming the answer" if answer.text else "asking for another node"
+                log.warning("%s; %s", exc.message, what)
 
     async def complete(
         self,
@@ -239,8 +248,10 @@ class TroopClient:
         options: ChatOptions,
         request_id: str,
         began: float | None = None,
+        continuation: str = "",
     ) -> AsyncGenerator[ChatChunk, None]:
-        """One node's stream; `began` (perf_counter) is when the caller's `chat` started."""
+        """One node's stream; `began` (perf_counter) is when the caller's `chat` started;
+        `continuation`: the reply so far, when this node resumes it."""
         began = time.perf_counter() if began is None else began
         request = inference_pb2.ChatCompletionRequest(
             model=model,
@@ -250,6 +261,7 @@ class TroopClient:
             max_tokens=options.max_tokens,
             stop=list(options.stop),
             seed=options.seed,
+            continuation=continuation,
         )
         nonce = new_nonce()
         metadata = [

@@ -68,6 +68,13 @@ class ClientSettings(Settings):
         parse=integer(1),
         help="nodes tried for one request when a node cannot be reached at all (before any token)",
     )
+    resume_attempts: int = setting(
+        2,
+        env="TROOP_RESUME_ATTEMPTS",
+        parse=integer(0),
+        help="times one answer resumes on another node after its node failed mid-stream "
+        "(0: never; a seeded sample never resumes)",
+    )
     tls: TlsSettings = group(TlsSettings)
 
     @property

@@ -1,0 +1,88 @@
+"""An answer survives the worker that started it: a real worker is killed (SIGKILL) in the
+middle of a streamed answer and the SDK resumes it on another worker from the text shown so
+far; the caller sees one unbroken answer, equal to the uninterrupted one, no word lost or
+repeated at the seam, and each node's job is its own."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from troop_client import ChatOptions, ClientSettings, Message, TroopClient
+from troop_common.keys import Identity
+
+from . import conftest as state
+
+WORDS = " ".join(f"w{n}" for n in range(120))
+EXPECTED = f"You said: {WORDS}"  # the fake engine's answer, one word per token
+KILL_AFTER = 25  # chunks shown before the serving worker dies
+
+
+async def test_an_answer_resumes_on_another_node_when_its_node_is_killed_mid_stream(
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    ticket_key_pem: bytes,
+    processes,
+    eventually,
+) -> None:
+    env = {
+        "TROOP_DATABASE_URL": postgres_url,
+        "TROOP_REDIS_URL": redis_url,
+        "TROOP_REDIS_PREFIX": redis_prefix,
+        "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
+        "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
+    }
+    coordinator = await state.start_coordinator(processes, env, tmp_path / "c.log")
+    workers = {
+        name: processes(
+            "troop_worker",
+            {
+                "TROOP_COORDINATOR": coordinator.address,
+                "TROOP_WORKER_ENGINE": "fake",
+                "TROOP_WORKER_PORT": "0",
+                "TROOP_NODE_ID": name,
+                "TROOP_WORKER_DATA_DIR": str(tmp_path / name),
+                "TROOP_WORKER_HEARTBEAT_S": "1",
+            },
+            tmp_path / f"{name}.log",
+        )
+        for name in ("node-a", "node-b")
+    }
+    settings = ClientSettings(coordinator=coordinator.address)
+    async with TroopClient(coordinator.address, Identity.generate(), settings) as client:
+
+        async def both_listed() -> bool:
+            for worker in workers.values():
+                assert worker.popen.poll() is None, worker.output()
+            return len(await client.nodes(state.MODEL)) == 2
+
+        await eventually(both_listed, timeout_s=60)
+        chunks, killed, killed_at, resumed_after = [], "", 0.0, None
+        options = ChatOptions(temperature=0.0, max_tokens=400)
+        async for chunk in client.chat([Message("user", WORDS)], options=options):
+            chunks.append(chunk)
+            if len(chunks) == KILL_AFTER:
+                killed = (await client.job(chunk.job_id)).node_id
+                workers[killed].kill(signal.SIGKILL)
+                killed_at = time.monotonic()
+            elif killed and resumed_after is None and chunk.job_id != chunks[0].job_id:
+                resumed_after = time.monotonic() - killed_at
+        print(f"resumed {resumed_after:.3f} s after the worker was killed")
+
+        assert "".join(c.text for c in chunks) == EXPECTED  # one answer, no seam
+        jobs = list(dict.fromkeys(c.job_id for c in chunks))
+        assert len(jobs) == 2, "the answer came from two jobs"
+        second = await client.job(jobs[1])
+        assert second.node_id != killed
+        # The caller's usage covers the whole answer, as if one node had given it.
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == len(EXPECTED.split())
+        assert chunks[-1].finish_reason == "stop"
+
+        async def second_charged() -> bool:
+            return (await client.job(jobs[1])).state == "charged"
+
+        await eventually(second_charged, timeout_s=30)
