@@ -47,7 +47,7 @@ from troop_client.settings import ClientSettings
 from troop_common.admission import solve_pow
 from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import FailedPrecondition, TroopError, Unavailable, from_rpc_error
+from troop_common.errors import FailedPrecondition, TroopError, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
@@ -192,9 +192,10 @@ class TroopClient:
                     max_tokens=max_tokens,
                     max_prompt_tokens=max_prompt_tokens,
                 )
-            except Unavailable as exc:
+            except TroopError as exc:
                 if first_failure is not None and not exc.transient:
-                    raise first_failure from exc  # no other node: the first failure says why
+                    # No other node (or no other try allowed): the node's failure says why.
+                    raise first_failure from exc
                 raise
             node_options = answer.next_options()
             try:
