@@ -29,6 +29,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def silent_address() -> Iterator[str]:
+    """host:port of a peer that accepts TCP connections (the kernel completes them) but
+    never speaks: no TLS, no HTTP/2 SETTINGS. Dialling it only ever ends by a timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 def local_worker_settings(coordinator: str, data_dir: Path, **overrides: object) -> Any:
     """WorkerSettings for a worker of the fake engine on a free port (overrides win)."""
     import dataclasses

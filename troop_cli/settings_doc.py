@@ -23,6 +23,7 @@ def tables() -> dict[str, tuple[type[Any], ...]]:
     """README marker name → the settings classes its table lists."""
     from troop_client.settings import ClientSettings
     from troop_client.sidecar import SidecarSettings
+    from troop_common.resilience import ResilienceSettings
     from troop_common.tls import TlsSettings
     from troop_coordinator.settings import CoordinatorSettings
     from troop_worker.settings import WorkerSettings
@@ -32,6 +33,7 @@ def tables() -> dict[str, tuple[type[Any], ...]]:
         "worker": (WorkerSettings,),
         "client": (ClientSettings, SidecarSettings),
         "tls": (TlsSettings,),
+        "resilience": (ResilienceSettings,),
     }
 
 

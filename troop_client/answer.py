@@ -7,7 +7,10 @@ reservation at once. After tokens were shown, the answer **resumes**: the SDK au
 again without the failed node and asks the next one to continue the reply from the text
 shown so far (`ChatCompletionRequest.continuation`), so the caller sees one unbroken stream.
 Each node is paid for what it delivered: the failed job is countersigned with what arrived
-from it, the resumed job is its own job.
+from it, the resumed job is its own job. Of these failures only the transport's
+(`TroopError.transient`) count towards the node's breaker (troop_client.workers); a node
+whose breaker is open fails at once, before dialling, and goes elsewhere like an
+unreachable one.
 
 Resuming is exact for greedy decoding (temperature 0: the continuation is the answer the
 first node would have given, token for token on the PyTorch engine in float32) and a valid

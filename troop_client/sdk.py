@@ -44,6 +44,7 @@ from troop_client.results import (
     transaction_page,
 )
 from troop_client.settings import ClientSettings
+from troop_client.workers import WorkerLinks
 from troop_common.admission import solve_pow
 from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
@@ -53,7 +54,6 @@ from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verif
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
 from troop_common.proto import coordinator_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import OVERHEAD, REQUEST_ID, outgoing_request_id, parse_ms
-from troop_common.resilience import CircuitBreaker
 
 log = logging.getLogger("troop.client")
 # How long close() waits for usage reports still in flight.
@@ -75,20 +75,22 @@ class TroopClient:
     ) -> None:
         self.settings = settings or ClientSettings(coordinator=coordinator)
         self.identity = identity
+        resilience = self.settings.resilience
         self.coordinator = CoordinatorClient(
             coordinator,
             identity,
-            timeout_s=self.settings.request_timeout_s,
+            timeout_s=resilience.request_timeout_s,
+            connect_timeout_s=resilience.connect_timeout_s,
             tls=self.settings.tls,
             # Long-running users (the OpenAI sidecar) fail fast while the coordinator is down.
-            breaker=CircuitBreaker(f"the coordinator at {coordinator}"),
+            breaker=resilience.breaker(f"the coordinator at {coordinator}"),
         )
         self._reports: BackgroundSender[tuple[str, int, int]] = BackgroundSender(
             self._send_report,
             name="usage reports",
             describe=lambda report: f"the usage report for job {report[0]}",
         )
-        self._workers: dict[str, grpc.aio.Channel] = {}
+        self._workers = WorkerLinks(self.settings.tls, resilience)
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> TroopClient:
@@ -104,19 +106,7 @@ class TroopClient:
     async def close(self) -> None:
         await self._reports.close(REPORT_DRAIN_S)
         await self.coordinator.close()
-        channels, self._workers = list(self._workers.values()), {}
-        for channel in channels:
-            await channel.close()
-
-    def _worker_channel(self, endpoint: str, tls: bool) -> grpc.aio.Channel:
-        """One channel per worker endpoint and mode, kept for the next job (no handshake
-        per job). TLS exactly when the grant says the worker serves it; a plaintext
-        worker off loopback is refused (FailedPrecondition, before the ticket is sent)
-        unless plaintext was allowed (TlsSettings.insecure)."""
-        channel = self._workers.get(f"{endpoint}|{tls}")
-        if channel is None:
-            channel = self._workers[f"{endpoint}|{tls}"] = self.settings.tls.dial(endpoint, tls)
-        return channel
+        await self._workers.close()
 
     async def drain_reports(self, timeout_s: float) -> None:
         """Send the usage reports still queued now, and wait for them (at most `timeout_s`)."""
@@ -146,10 +136,11 @@ class TroopClient:
     ) -> AsyncIterator[ChatChunk]:
         """Stream the answer as the worker produces it. Raises TroopError subclasses.
 
-        A node that cannot be reached, or whose connection fails before the first token,
-        is skipped for another (up to `settings.node_attempts` nodes); its reservation
-        returns at once (the client countersigns 0). Once a token arrived, a failure is
-        raised.
+        A node that cannot be reached (within the connect timeout), whose breaker is open
+        (troop_client.workers), or whose connection fails before the first token, is
+        skipped for another (up to `settings.node_attempts` nodes); its reservation
+        returns at once (the client countersigns 0). After a token, troop_client.answer
+        decides whether the answer resumes elsewhere.
         """
         model = model or self.settings.model
         options = options or ChatOptions()
@@ -275,9 +266,11 @@ class TroopClient:
                 sign_presentation(self.identity, grant.job_id, grant.node_id, nonce),
             ),
         ]
+        breaker = self._workers.breaker(grant.endpoint)
         try:
-            channel = self._worker_channel(grant.endpoint, grant.tls)
-        except FailedPrecondition:
+            breaker.before_call()  # open: skipped for another node, nothing dialled
+            channel = self._workers.channel(grant.endpoint, grant.tls)
+        except (FailedPrecondition, Unavailable):
             # Refused before the ticket left: countersigning nothing returns the reservation.
             self._report_usage(grant.job_id, 0, 0)
             raise
@@ -295,6 +288,7 @@ class TroopClient:
             async for chunk in call:
                 overhead = None
                 if not proven:
+                    breaker.record(None)  # it answered: up, whatever its answer says
                     waited_ms = (time.perf_counter() - opened) * 1000
                     # Before any token reaches the caller: is this the ticket's node?
                     initial = dict(await call.initial_metadata() or ())
@@ -316,7 +310,9 @@ class TroopClient:
                     finish_reason = piece.finish_reason
                 yield piece
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, f"node {grant.node_id} at {grant.endpoint}") from exc
+            error = from_rpc_error(exc, f"node {grant.node_id} at {grant.endpoint}")
+            breaker.record(error)  # only a transport failure counts
+            raise error from exc
         finally:
             call.cancel()
             # Countersign every job this client presented, even one that brought nothing

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from troop_common.settings_spec import Settings, group, integer, path, setting
+from troop_common.resilience import DEFAULT_INFERENCE_TIMEOUT_S, ResilienceSettings
+from troop_common.settings_spec import Settings, group, integer, number, path, setting
 from troop_common.tls import TlsSettings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -30,7 +31,7 @@ def _config_dir(values: Mapping[str, Any], env: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True, repr=False)
 class ClientSettings(Settings):
-    """Where the coordinator is, where the user's identity lives, timeouts and TLS."""
+    """Where the coordinator is, where the user's identity lives, timeouts, breakers, TLS."""
 
     coordinator: str = setting(
         "127.0.0.1:50051",
@@ -59,9 +60,12 @@ class ClientSettings(Settings):
         flag="--model",
         help="the model asked for when a request names none",
     )
-    connect_timeout_s: float = 5.0
-    request_timeout_s: float = 30.0
-    inference_timeout_s: float = 300.0
+    inference_timeout_s: float = setting(
+        DEFAULT_INFERENCE_TIMEOUT_S,
+        env="TROOP_INFERENCE_TIMEOUT_SECONDS",
+        parse=number(positive=True),
+        help="deadline of one node's answer stream, first token to last",
+    )
     node_attempts: int = setting(
         3,
         env="TROOP_NODE_ATTEMPTS",
@@ -76,6 +80,8 @@ class ClientSettings(Settings):
         "(0: never; a seeded sample never resumes)",
     )
     tls: TlsSettings = group(TlsSettings)
+    # Connect and request timeouts, breakers: shared with the worker (troop_common.resilience).
+    resilience: ResilienceSettings = group(ResilienceSettings)
 
     @property
     def identity_path(self) -> Path:

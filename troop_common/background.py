@@ -14,7 +14,8 @@ Here they queue instead:
   caller's one channel: one at a time, since a burst of concurrent writes would queue at
   the coordinator's database ahead of the next job's Authorize. `send` raising
   `Unavailable` (the peer could not be reached) puts the item back for another try
-  after `backoff_s`·2^attempt (±20 %, at most `max_backoff_s`), up to `retries` times
+  after `backoff_s`·2^attempt (±20 %, at most `max_backoff_s`: troop_common.resilience's
+  `RetryPolicy`), up to `retries` times
   (None: until it goes; `send` then decides when an item is too old to matter); anything
   else `send` raises is logged and the item dropped (`send` itself logs refusals it
   expects). `durable`: the items are kept on disk by the caller (troop_common.outbox), so
@@ -29,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from troop_common.errors import Unavailable
+from troop_common.resilience import RetryPolicy
 
 T = TypeVar("T")
 log = logging.getLogger("troop.background")
@@ -109,8 +110,7 @@ class BackgroundSender(Generic[T]):
         self._batch = batch
         self._max_wait_s = max_wait_s
         self._retries = retries
-        self._backoff_s = backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._retry = RetryPolicy(base_delay_s=backoff_s, max_delay_s=max_backoff_s)
         self._describe = describe
         self._durable = durable
         self._ready: list[_Item[T]] = []
@@ -177,10 +177,9 @@ class BackgroundSender(Generic[T]):
             if draining and self._retries is not None:
                 self._ready.append(item)  # draining: the next tries go at once
                 return
-            delay = min(self._max_backoff_s, self._backoff_s * 2 ** min(item.attempt - 1, 30))
+            delay = self._retry.delay(item.attempt - 1)
             if draining:  # tries without end: still spaced, but within the drain's time
                 delay = min(delay, 1.0)
-            delay *= random.uniform(0.8, 1.2)
             log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
             handle = asyncio.get_running_loop().call_later(delay, self._due, item)
             self._waiting[handle] = item

@@ -9,6 +9,7 @@ unset or empty variable. Settings are declared with these in `troop_common.setti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -32,6 +33,8 @@ def parse_float(name: str, raw: str, *, positive: bool = False) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if positive and value <= 0:
         raise ConfigError(f"{name} must be positive, got {value}")
     if value < 0:

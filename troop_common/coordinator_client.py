@@ -1,9 +1,10 @@
 """A typed async client of the coordinator, shared by the worker and the client SDK.
 
 Each call carries a fresh assertion signed by the caller's identity (user or
-node) and maps a failed call to the matching TroopError. Idempotent calls are
-retried on transport failures (troop_common.resilience); an optional circuit
-breaker makes calls fail at once while the coordinator is known to be down.
+node) and maps a failed call to the matching TroopError. Connecting gives up after
+`connect_timeout_s`, a call after `timeout_s` (or its own deadline); idempotent calls
+are retried on transport failures; an optional circuit breaker makes calls fail at once
+while the coordinator is known to be down (troop_common.resilience).
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from typing import TypeVar
 import grpc
 
 from troop_common.assertions import create_assertion
-from troop_common.errors import from_rpc_error
+from troop_common.errors import TroopError, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
 from troop_common.proto import coordinator_pb2_grpc
 from troop_common.request_context import REQUEST_ID, outgoing_request_id
-from troop_common.resilience import CircuitBreaker, RetryPolicy, is_transient
+from troop_common.resilience import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    CircuitBreaker,
+    RetryPolicy,
+    is_transient,
+)
 from troop_common.tls import TlsSettings
 
 T = TypeVar("T")
-
-DEFAULT_TIMEOUT_S = 30.0
 
 
 class CoordinatorClient:
@@ -37,7 +42,8 @@ class CoordinatorClient:
         identity: Identity | None = None,
         *,
         channel: grpc.aio.Channel | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         tls: TlsSettings | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
@@ -47,7 +53,7 @@ class CoordinatorClient:
         self.address = address
         self.identity = identity
         self._own_channel = channel is None
-        self.channel = channel or (tls or TlsSettings()).channel(address)
+        self.channel = channel or (tls or TlsSettings()).channel(address, connect_timeout_s)
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -78,32 +84,31 @@ class CoordinatorClient:
         signed: bool,
         request_id: str | None = None,
         idempotent: bool = True,
+        timeout_s: float | None = None,
     ) -> T:
         request_id = request_id or outgoing_request_id()  # the same id on every attempt
         delays = self.retry.delays() if idempotent else iter(())
         while True:
             if self.breaker is not None:
-                self.breaker.before_call()
+                self.breaker.before_call()  # open: fails at once, not retried
             try:
                 # A fresh assertion per attempt: each is accepted once.
                 metadata = self._metadata(signed, request_id)
-                result = await rpc(request, metadata=metadata, timeout=self.timeout_s)
+                result = await rpc(request, metadata=metadata, timeout=timeout_s or self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc, f"the coordinator at {self.address}")
-                if not is_transient(error):
-                    if self.breaker is not None:
-                        self.breaker.record_success()  # it answered: it is up
-                    raise error from exc
-                if self.breaker is not None:
-                    self.breaker.record_failure()
-                delay = next(delays, None)
+                self._record(error)
+                delay = next(delays, None) if is_transient(error) else None
                 if delay is None:
                     raise error from exc
                 await asyncio.sleep(delay)
             else:
-                if self.breaker is not None:
-                    self.breaker.record_success()
+                self._record(None)
                 return result
+
+    def _record(self, error: TroopError | None) -> None:
+        if self.breaker is not None:
+            self.breaker.record(error)
 
     async def get_public_key(self) -> pb.GetPublicKeyResponse:
         return await self._call(self.stub.GetPublicKey, pb.GetPublicKeyRequest(), signed=False)
@@ -111,9 +116,14 @@ class CoordinatorClient:
     async def get_key_set(self) -> pb.GetKeySetResponse:
         return await self._call(self.stub.GetKeySet, pb.GetKeySetRequest(), signed=False)
 
-    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+    async def heartbeat(
+        self, request: pb.HeartbeatRequest, timeout_s: float | None = None
+    ) -> pb.HeartbeatResponse:
+        """`timeout_s`: this beat's deadline (the worker keeps it below the node TTL)."""
         # Not retried: the next beat is the retry.
-        return await self._call(self.stub.Heartbeat, request, signed=True, idempotent=False)
+        return await self._call(
+            self.stub.Heartbeat, request, signed=True, idempotent=False, timeout_s=timeout_s
+        )
 
     async def list_nodes(self, model: str = "") -> pb.ListNodesResponse:
         return await self._call(self.stub.ListNodes, pb.ListNodesRequest(model=model), signed=False)

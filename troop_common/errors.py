@@ -350,6 +350,9 @@ _TRANSPORT_FAILURES = (
     ("DNS resolution failed", "the host name does not resolve"),
     ("errors resolving", "the host name does not resolve"),
     ("andshake failed", "the TLS handshake failed"),
+    # The connect timeout passed (troop_common.resilience.connect_options): a peer that
+    # accepted the connection but never spoke HTTP/2, or one that never accepted it.
+    ("timed out before receiving SETTINGS", "no answer within the connect timeout"),
     ("failed to connect to all addresses", "no address accepted a connection"),
 )
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from troop_common.errors import FailedPrecondition
+from troop_common.resilience import DEFAULT_CONNECT_TIMEOUT_S, connect_options
 from troop_common.settings_spec import Settings, path, setting, switch
 
 
@@ -90,25 +91,32 @@ class TlsSettings(Settings):
             "TROOP_TLS_KEY, bind to 127.0.0.1, or ask for plaintext with TROOP_INSECURE=1"
         )
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        """A channel to `address` under the policy above."""
+    def channel(
+        self, address: str, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    ) -> grpc.aio.Channel:
+        """A channel to `address` under the policy above; connecting gives up after
+        `connect_timeout_s` (troop_common.resilience)."""
+        options = connect_options(connect_timeout_s)
         if self.ca_file is not None:
             roots = self.ca_file.read_bytes()
-            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
+            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots), options)
         if is_loopback(address) or self.insecure:
-            return grpc.aio.insecure_channel(address)
-        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
+            return grpc.aio.insecure_channel(address, options)
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options)
 
-    def dial(self, address: str, tls: bool) -> grpc.aio.Channel:
+    def dial(
+        self, address: str, tls: bool, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    ) -> grpc.aio.Channel:
         """A channel to a peer that stated whether it serves TLS: TLS exactly when it
         does (trust roots from TROOP_TLS_CA, else the system's); plaintext only on
         loopback or when plaintext was explicitly allowed, else FailedPrecondition
-        before anything is sent."""
+        before anything is sent. Connecting gives up after `connect_timeout_s`."""
+        options = connect_options(connect_timeout_s)
         if tls:
             roots = self.ca_file.read_bytes() if self.ca_file is not None else None
-            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
+            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots), options)
         if is_loopback(address) or self.insecure:
-            return grpc.aio.insecure_channel(address)
+            return grpc.aio.insecure_channel(address, options)
         raise FailedPrecondition(
             f"refusing to dial {address} in plaintext: it serves no TLS and is not on "
             "loopback; allow plaintext explicitly with TROOP_INSECURE=1 (insecure=True)"

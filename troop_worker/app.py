@@ -24,7 +24,7 @@ from troop_common.health import health_problem
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
 from troop_common.ratelimit import MemoryRateLimiter
-from troop_common.resilience import NO_RETRY
+from troop_common.resilience import NO_RETRY, RetryPolicy
 from troop_common.server import TroopServer
 from troop_common.shutdown import until_signalled
 from troop_worker.auth import TicketInterceptor
@@ -43,15 +43,22 @@ from troop_worker.used_tickets import UsedTickets
 log = logging.getLogger("troop.worker")
 
 
+# The first key fetch waits for a coordinator that may be starting alongside: it tries
+# again soon at first, then at most every 5 s.
+KEY_FETCH_RETRY = RetryPolicy(base_delay_s=0.2, max_delay_s=5.0)
+
+
 async def fetch_keys_until_ready(keys: KeyCache, deadline_s: float) -> None:
     """Fetch the key set, retrying with backoff until the coordinator answers."""
     give_up = time.monotonic() + deadline_s
-    delay = 0.2
+    attempt = 0
     while True:
         try:
             await keys.refresh()
             return
         except TroopError as exc:
+            delay = KEY_FETCH_RETRY.delay(attempt)
+            attempt += 1
             if time.monotonic() + delay > give_up:
                 raise Unavailable(
                     f"the coordinator did not hand out its ticket keys within {deadline_s:.0f} s: "
@@ -59,7 +66,6 @@ async def fetch_keys_until_ready(keys: KeyCache, deadline_s: float) -> None:
                 ) from exc
             log.warning("waiting for the coordinator (%s)", exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 class Worker:
@@ -111,8 +117,14 @@ class Worker:
         self.identity = identity = load_node_identity(settings)
         # No retries inside the client: heartbeats, the key fetch and receipts each
         # have their own loop, and retries inside them would multiply.
+        resilience = settings.resilience
         self._client = client = CoordinatorClient(
-            settings.coordinator, identity.key, tls=settings.tls, retry=NO_RETRY
+            settings.coordinator,
+            identity.key,
+            tls=settings.tls,
+            retry=NO_RETRY,
+            timeout_s=resilience.request_timeout_s,
+            connect_timeout_s=resilience.connect_timeout_s,
         )
         try:
             await self.engine.load()
@@ -169,7 +181,11 @@ class Worker:
                 await self.engine.close()
             raise
         self.heartbeats = Heartbeater(
-            client, self._heartbeat_request, settings.heartbeat_interval_s
+            client,
+            self._heartbeat_request,
+            settings.heartbeat_interval_s,
+            breaker=resilience.breaker(f"the coordinator at {settings.coordinator}"),
+            request_timeout_s=resilience.request_timeout_s,
         )
         self.heartbeats.start()
         if settings.benchmark:
@@ -199,7 +215,8 @@ class Worker:
         clients outside succeed. Returns the problem, or None."""
         tls = self.settings.tls
         try:
-            async with tls.dial(advertise, tls.serves_tls) as channel:
+            connect_timeout_s = self.settings.resilience.connect_timeout_s
+            async with tls.dial(advertise, tls.serves_tls, connect_timeout_s) as channel:
                 problem = await health_problem(channel, timeout_s=5.0)
         except TroopError as exc:  # plaintext off loopback: no client will dial it either
             problem = exc.message

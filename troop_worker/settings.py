@@ -12,6 +12,7 @@ from pathlib import Path
 
 from troop_common.config import ConfigError, parse_int
 from troop_common.interceptors.ratelimit import parse_rules
+from troop_common.resilience import ResilienceSettings
 from troop_common.settings_spec import (
     Settings,
     group,
@@ -212,6 +213,8 @@ class WorkerSettings(Settings):
         help="per-user stream starts: `METHOD=N/SECONDS@ip|user`; set but empty for none",
     )
     tls: TlsSettings = group(TlsSettings)
+    # Connect and request timeouts, the heartbeat's breaker (troop_common.resilience).
+    resilience: ResilienceSettings = group(ResilienceSettings)
     key_refresh_s: float = setting(
         60.0,
         env="TROOP_WORKER_KEY_REFRESH_S",

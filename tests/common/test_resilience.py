@@ -1,4 +1,5 @@
-"""Retries ride out a coordinator that comes back; the breaker stops hammering one that doesn't."""
+"""Retries ride out a coordinator that comes back; the breaker stops hammering one that doesn't;
+dialling a peer that never answers gives up after the connect timeout, as set."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from troop_client import ClientSettings, TroopClient
+from troop_common.config import ConfigError
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import InvalidArgument, Unavailable, Unreachable
 from troop_common.keys import Identity
-from troop_common.resilience import CircuitBreaker, RetryPolicy
+from troop_common.resilience import NO_RETRY, CircuitBreaker, RetryPolicy
 from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
 
@@ -30,6 +33,12 @@ def test_backoff_doubles_with_jitter() -> None:
     assert len(delays) == 3
     for delay, base in zip(delays, (1, 2, 4), strict=True):
         assert 0.8 * base <= delay <= 1.2 * base
+
+
+def test_a_loop_that_tries_until_it_goes_waits_at_most_its_cap() -> None:
+    policy = RetryPolicy(base_delay_s=1.0, jitter=0.2, max_delay_s=5.0)
+    assert 0.8 <= policy.delay(0) <= 1.2
+    assert all(4.0 <= policy.delay(attempt) <= 6.0 for attempt in (3, 10, 1000))
 
 
 def test_the_breaker_opens_after_five_failures_and_half_opens_after_the_cooldown() -> None:
@@ -143,3 +152,58 @@ async def test_an_open_breaker_fails_at_once_and_a_refusal_keeps_it_closed(
             assert refusals.state == "closed"  # it answered: it is up
         finally:
             await client.close()
+
+
+async def test_a_peer_that_never_answers_is_unreachable_after_the_connect_timeout(
+    silent_address: str,
+) -> None:
+    # It accepts the connection and never speaks: only a timeout ends the call.
+    client = CoordinatorClient(
+        silent_address, Identity.generate(), retry=NO_RETRY, timeout_s=120, connect_timeout_s=0.5
+    )
+    try:
+        with pytest.raises(Unreachable) as caught:
+            # Far less than the request timeout, and than gRPC's own 20 s connect bound.
+            await asyncio.wait_for(client.list_models(), 10)
+    finally:
+        await client.close()
+    assert caught.value.message == (
+        f"cannot reach the coordinator at {silent_address} (no answer within the connect timeout)"
+    )
+
+
+async def test_the_client_takes_its_connect_timeout_and_breaker_from_the_environment(
+    silent_address: str,
+) -> None:
+    settings = ClientSettings.from_env(
+        {
+            "TROOP_COORDINATOR": silent_address,
+            "TROOP_CONNECT_TIMEOUT_SECONDS": "0.5",
+            "TROOP_BREAKER_FAILURES": "1",
+            "TROOP_BREAKER_COOLDOWN_SECONDS": "600",
+        }
+    )
+    async with TroopClient(silent_address, Identity.generate(), settings) as client:
+        with pytest.raises(Unreachable, match="no answer within the connect timeout"):
+            await asyncio.wait_for(client.authorize(), 10)
+        # One transport failure opened the breaker: the next call fails at once, undialled.
+        with pytest.raises(
+            Unavailable, match=r"circuit open after 1 failures\); trying again in 600 s"
+        ):
+            await client.authorize()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("TROOP_CONNECT_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'"),
+        ("TROOP_REQUEST_TIMEOUT_SECONDS", "0", "must be positive"),
+        ("TROOP_INFERENCE_TIMEOUT_SECONDS", "inf", "must be a finite number"),
+        ("TROOP_BREAKER_FAILURES", "0", "must be at least 1"),
+    ],
+)
+def test_an_unusable_timeout_or_breaker_setting_is_refused_by_name(
+    variable: str, value: str, said: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable} {said}"):
+        ClientSettings.from_env({variable: value})
