@@ -48,7 +48,7 @@ from troop_client.workers import WorkerLinks
 from troop_common.admission import solve_pow
 from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import FailedPrecondition, TroopError, from_rpc_error
+from troop_common.errors import FailedPrecondition, TroopError, Unavailable, from_rpc_error
 from troop_common.keys import Identity
 from troop_common.node_proof import NONCE_HEADER, PROOF_HEADER, new_nonce, verify_node_proof
 from troop_common.presentation import PRESENTATION_HEADER, sign_presentation
