@@ -305,6 +305,8 @@ class TroopClient:
                 piece = ChatChunk.from_pb(chunk)
                 if overhead is not None:
                     piece = dataclasses.replace(piece, overhead=overhead)
+                if chunk.completion_tokens:  # the worker's running count (cut: the bound)
+                    shown_tokens = chunk.completion_tokens
                 if chunk.HasField("usage"):
                     shown_tokens = chunk.usage.completion_tokens
                     finish_reason = piece.finish_reason

@@ -93,7 +93,9 @@ class GenerationChunk:
     completion_tokens: int
 
     def to_pb(self, job_id: str) -> inference_pb2.ChatCompletionResponse:
-        response = inference_pb2.ChatCompletionResponse(id=job_id, delta=self.text)
+        response = inference_pb2.ChatCompletionResponse(
+            id=job_id, delta=self.text, completion_tokens=self.completion_tokens
+        )
         if self.finish_reason is not None:
             response.finish_reason = self.finish_reason.to_pb()
             response.usage.CopyFrom(usage_pb(self.prompt_tokens, self.completion_tokens))
