@@ -8,8 +8,9 @@ the owner paid the same, the audit clean, and a dispute where the two sides disa
     charge = (prompt × prompt_per_1k + completion × completion_per_1k + 500) // 1000
 
 with completion = min(node's receipt, client's countersignature) (the client's alone, and
-no prompt, when no receipt was accepted) and prompt billed only when completion > 0. The client vouches for at most the UTF-8 bytes it received + 1
-tokens (it has no tokenizer); the fake engine says one word per token.
+no prompt, when no receipt was accepted) and prompt billed only when completion > 0. The
+client vouches for at most the UTF-8 bytes it received + 1 tokens (it has no tokenizer);
+the fake engine says one word per token.
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ async def test_an_inflated_receipt_is_charged_at_the_clients_count(
         await assert_charged(cheater, user, grant.job_id, charge, disputed=True)
 
 
-async def test_overflowing_receipts_are_refused_and_the_reservation_returns(
+async def test_overflowing_receipts_are_refused_and_the_clients_count_is_paid(
     cheater_factory, database_url: str, eventually
 ) -> None:
     """Cheat: receipts with duration_ms = 2^64-1, completion_tokens = 2^32-1 and
