@@ -4,8 +4,9 @@
 snapshot, that credits minted = balances + open reservations, that every
 cached balance equals the sum of its account's entries, that no balance is
 negative, that every job's entries add up, that no job settled twice, and
-fairness: no job charged more than its counted work or without a receipt; it
-also names the nodes and users that lead the disputes. Read-only; safe against a running network.
+fairness: no job charged more than its counted work, or with neither a receipt nor
+its user's countersignature; it also names the nodes and users that lead the
+disputes. Read-only; safe against a running network.
 
 `troop admin invite` calls `create_invite(settings)`: it prints a one-time
 admission code and stores only its SHA-256 (for TROOP_ADMISSION=invite).
@@ -54,7 +55,7 @@ def format_report(report: AuditReport) -> str:
         ("jobs whose entries do not add up", report.unbalanced_jobs),
         ("jobs settled more than once", report.settled_twice_jobs),
         ("jobs charged more than their counted work", report.overcharged_jobs),
-        ("jobs charged without a receipt", report.unreceipted_charges),
+        ("jobs charged with neither a receipt nor a countersignature", report.unreceipted_charges),
     ]
     for title, items in problems:
         if items:

@@ -163,7 +163,8 @@ class CoordinatorSettings(Settings):
         env="TROOP_SETTLE_GRACE_SECONDS",
         parse=number(),
         help="receipts still accepted after the ticket expires; then the sweeper returns the "
-        "reservation",
+        "reservation (a job with a receipt, or with its client's countersignature of tokens "
+        "received, settles on it instead)",
     )
     benchmark_reference_ms: float = setting(
         1500.0,
@@ -286,7 +287,9 @@ class CoordinatorSettings(Settings):
         env="TROOP_COUNTERSIGN_SECONDS",
         parse=number(),
         help="how long a receipt waits for the client's countersignature before the job "
-        "settles on the receipt alone ([ADR 32](docs/adr/0032-two-sided-settlement.md))",
+        "settles on the receipt alone ([ADR 32](docs/adr/0032-two-sided-settlement.md)), and a "
+        "countersignature of tokens received for the node's receipt before the job settles on "
+        "the client's count alone ([ADR 48](docs/adr/0048-paid-for-what-the-client-vouched.md))",
     )
     tls: TlsSettings = group(TlsSettings)
     rate_limits: str = setting(

@@ -7,9 +7,10 @@ the owner paid the same, the audit clean, and a dispute where the two sides disa
 
     charge = (prompt × prompt_per_1k + completion × completion_per_1k + 500) // 1000
 
-with completion = min(node's receipt, client's countersignature) and prompt billed only
-when completion > 0. The client vouches for at most the UTF-8 bytes it received + 1
-tokens (it has no tokenizer); the fake engine says one word per token.
+with completion = min(node's receipt, client's countersignature) (the client's alone, and
+no prompt, when no receipt was accepted) and prompt billed only when completion > 0. The
+client vouches for at most the UTF-8 bytes it received + 1 tokens (it has no tokenizer);
+the fake engine says one word per token.
 """
 
 from __future__ import annotations
@@ -278,15 +279,16 @@ async def test_an_inflated_receipt_is_charged_at_the_clients_count(
         await assert_charged(cheater, user, grant.job_id, charge, disputed=True)
 
 
-async def test_overflowing_receipts_are_refused_and_the_reservation_returns(
+async def test_overflowing_receipts_are_refused_and_the_clients_count_is_paid(
     cheater_factory, database_url: str, eventually
 ) -> None:
     """Cheat: receipts with duration_ms = 2^64-1, completion_tokens = 2^32-1 and
     prompt_tokens = 2^32-1. Protection: the coordinator's receipt bounds (duration at most
     a day, tokens within the ticket) refuse each one INVALID_ARGUMENT naming the field,
-    recording nothing. Honest outcome: a node with no acceptable receipt is paid nothing;
-    the client's countersignature alone charges nothing, and the reservation returns
-    whole when the job expires."""
+    recording nothing. Honest outcome: a node with no acceptable receipt is paid what its
+    client vouched it received, on the countersignature alone (ADR 48): those completion
+    tokens, no prompt (only the node could count it), and not a millicredit more for the
+    overflowing claims; the rest of the reservation returns."""
     user = Identity.generate()
     async with cheater_factory(database_url, "overflow") as cheater:
         coordinator = cheater.coordinator
@@ -316,13 +318,14 @@ async def test_overflowing_receipts_are_refused_and_the_reservation_returns(
         assert row.client_completion_tokens == ANSWER_TOKENS  # the SDK countersigned
         held = await coordinator.ledger.balance(user.public_key_hex)
         assert held[1] == grant.reserved_millicredits
-        # The sweeper after the job's expiry: the reservation returns whole.
-        await sweep_at(coordinator, row.expires_at + timedelta(seconds=1))
+        # The sweeper once the node's deadline has passed: the client's count, no prompt.
+        await sweep_at(coordinator, row.countersign_deadline + timedelta(seconds=1))
         row = await job_row(coordinator, grant.job_id)
-        assert (row.status, row.charged_millicredits) == (JobStatus.EXPIRED.value, 0)
+        charge = formula(grant, 0, ANSWER_TOKENS)
+        assert (row.status, row.charged_millicredits) == (JobStatus.CHARGED.value, charge)
         starter = coordinator.settings.starter_millicredits
-        assert await coordinator.ledger.balance(user.public_key_hex) == (starter, 0)
-        assert await coordinator.ledger.balance(cheater.owner) == (0, 0)
+        assert await coordinator.ledger.balance(user.public_key_hex) == (starter - charge, 0)
+        assert await coordinator.ledger.balance(cheater.owner) == (charge, 0)
         report = await coordinator.ledger.audit()
         assert report.ok and report.overcharged_jobs == [] and report.node_dispute_leaders == []
 
@@ -333,10 +336,12 @@ async def test_a_receipt_held_back_is_charged_by_tokens_not_time(
     """Cheat: the worker holds its receipt back 30 s (a real hold in its process) and
     claims that time as the job's duration. Protection: the charge is the token formula
     at the price fixed at Authorize, never time; the sweeper running meanwhile neither
-    settles nor expires the job before its receipt arrives."""
+    settles nor expires the job before its receipt arrives (within the node's deadline,
+    TROOP_COUNTERSIGN_SECONDS after the client's report: a receipt later than that would
+    find the job settled on the client's count, ADR 48)."""
     user = Identity.generate()
     async with cheater_factory(
-        sqlite_url, "hold", "--hold-s", str(HOLD_S), sweep_interval_s=0.5, countersign_s=2.0
+        sqlite_url, "hold", "--hold-s", str(HOLD_S), sweep_interval_s=0.5, countersign_s=HOLD_S * 2
     ) as cheater:
         coordinator = cheater.coordinator
         async with TroopClient(coordinator.address, user) as troop:

@@ -1,12 +1,14 @@
-"""The PostgreSQL ledger functions (migration 0007) and the Python flows SQLite runs agree.
+"""The PostgreSQL ledger functions (migrations 0007, 0009) and the Python flows SQLite runs
+agree.
 
 On PostgreSQL each money-moving call is one stored function; on SQLite the same flow
 runs as Python. These tests hold the two to the same answers: the settlement rule
 over a grid of inputs, and every flow (both sides' claims in either order, disputes,
-failures, late claims, sweeps, a node with no row, a proof withdrawn, reservations
-refused as not joined, over the cap or short of credits) played on both backends with
-the same keys and clocks, comparing what a user and an operator see: settlements,
-balances, entries, jobs, disputes and the nodes' standing.
+failures, late claims, sweeps, a node that never sent its receipt, a node with no row,
+a proof withdrawn, reservations refused as not joined, over the cap or short of
+credits) played on both backends with the same keys and clocks, comparing what a user
+and an operator see: settlements, balances, entries, jobs, disputes and the nodes'
+standing. Downgrading 0009 puts 0007's functions back.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from troop_coordinator.db.models import (
     users_table,
 )
 from troop_coordinator.ledger import ClientClaim, Ledger, NewJob, NodeClaim, Outcome
-from troop_coordinator.ledger.settlement import far_below_proof, terms_for
+from troop_coordinator.ledger.settlement import countersigned_terms, far_below_proof, terms_for
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.registry import LiveNode
 
@@ -74,6 +76,24 @@ async def test_the_settlement_rule_is_the_same_in_python_and_sql(postgres_url: s
                 reserved, p_price, c_price, prompt, node, client, SLACK,
             )  # fmt: skip
             assert (row["charged"], row["dispute"]) == (expected.charged, expected.dispute), job
+
+        # A job with no receipt, on the client's count alone: troop_ledger_settle_countersigned
+        # charges the rule's terms for a node that claimed that count and no prompt.
+        alone = itertools.product(
+            (0, 1, 500, 10**6), ((0, 0), (1, 1), (3, 7), (250, 1000)), (1, 3, 100, 4096)
+        )
+        for reserved, (p_price, c_price), client in alone:
+            job = SimpleNamespace(
+                reserved_millicredits=reserved,
+                prompt_price_per_1k=p_price,
+                completion_price_per_1k=c_price,
+                client_completion_tokens=client,
+            )
+            charged = await connection.fetchval(
+                "SELECT charged FROM troop_ledger_terms($1, $2, $3, 0, $4, $4, 0)",
+                reserved, p_price, c_price, client,
+            )  # fmt: skip
+            assert charged == countersigned_terms(job).charged, job
 
         speeds = itertools.product(
             (None, 0, 15, 16, 400),  # countersigned tokens (None: no report)
@@ -129,6 +149,11 @@ def sweep_stale(ledger: Ledger, _job_id: str) -> Awaitable[Any]:
     return ledger.expire_stale(T0 + timedelta(hours=1))
 
 
+def sweep_overdue_early(ledger: Ledger, _job_id: str) -> Awaitable[Any]:
+    """Before any countersign deadline of these scenarios (claims at T0 + 2-3 s, 60 s)."""
+    return ledger.settle_overdue(T0 + timedelta(seconds=30))
+
+
 # (node the job runs on, steps); "ghost" never heartbeated (no row, no owner to pay),
 # "fast" proved a multiplier of 40 and runs its jobs far below it.
 SCENARIOS: list[tuple[str, list[Step]]] = [
@@ -141,7 +166,12 @@ SCENARIOS: list[tuple[str, list[Step]]] = [
     ("low", [receipt(5), receipt(9), countersign(5), countersign(4)]),  # second claims
     ("high", [receipt(4, "high"), sweep_overdue]),  # the receipt alone, at the deadline
     ("low", [sweep_stale]),  # nobody spoke: expired, the node marked down
-    ("low", [countersign(4), sweep_stale]),  # only the client spoke
+    ("low", [countersign(4), sweep_stale]),  # only the client spoke: on its count, at expiry
+    # The node killed mid-stream (no receipt): not before the deadline, then on the client's
+    # count; then a late receipt, compared (a dispute) and moving nothing.
+    ("high", [countersign(6), sweep_overdue_early, sweep_overdue]),
+    ("low", [countersign(6), sweep_overdue, receipt(9)]),
+    ("ghost", [countersign(6), sweep_overdue]),  # no receipt, and nobody to pay
     ("ghost", [countersign(5), receipt(5, "ghost")]),  # charged 0: nobody to pay
     ("low", [receipt(5, "high"), countersign(5, 0), receipt(5)]),  # wrong node, then right
     *[("fast", [countersign(64, 60_000), receipt(64, "fast")]) for _ in range(5)],
@@ -230,7 +260,15 @@ async def test_every_flow_ends_the_same_on_sqlite_and_postgresql(both) -> None:
     # The scenarios reach what they are about (on both, as they are equal).
     statuses = {job["status"] for job in on_sqlite[1]["jobs"]}
     assert statuses == {"charged", "refunded", "expired", "open"}  # open: the two held
-    assert len(on_sqlite[1]["disputes"]) >= 3
+    assert len(on_sqlite[1]["disputes"]) >= 4
+    # Without a receipt: the client's count at the completion price (100 per token), no
+    # prompt tokens, to the owner; the ghost's owner is nobody.
+    unreceipted = {
+        (job["node_id"], job["client_completion_tokens"], job["charged_millicredits"])
+        for job in on_sqlite[1]["jobs"]
+        if job["status"] == "charged" and job["node_duration_ms"] is None
+    }
+    assert unreceipted == {("low", 4, 400), ("high", 6, 600), ("ghost", 6, 0)}
     refusals = [o[:2] for o in on_sqlite[0][-3:]]
     assert refusals == [
         ("NotJoined", "join first"),
@@ -240,3 +278,37 @@ async def test_every_flow_ends_the_same_on_sqlite_and_postgresql(both) -> None:
     assert on_sqlite[0][-2][2]["first_expiry"] == T0 + timedelta(minutes=5)
     fast = next(n for n in on_sqlite[1]["nodes"] if n["node_id"] == "fast")
     assert (fast["multiplier"], fast["proven"]) == (1.0, False)  # the proof was withdrawn
+
+
+async def test_downgrading_0009_puts_back_the_functions_of_0007(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    connection = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+
+    async def functions() -> set[tuple[str, int, bool]]:
+        """(name, argument count, settles on a countersignature) of the changed functions."""
+        rows = await connection.fetch(
+            "SELECT proname, pronargs, prosrc LIKE '%countersigned%' FROM pg_proc"
+            " WHERE proname IN ('troop_ledger_record_countersignature',"
+            " 'troop_ledger_settle_countersigned', 'troop_ledger_close_open')"
+        )
+        return {tuple(row) for row in rows}
+
+    try:
+        await migrate.upgrade(engine)
+        assert await functions() == {
+            ("troop_ledger_record_countersignature", 6, False),  # 0007's, for old replicas
+            ("troop_ledger_record_countersignature", 7, False),
+            ("troop_ledger_settle_countersigned", 3, False),
+            ("troop_ledger_close_open", 3, True),
+        }
+        await migrate.downgrade(engine, "0008")
+        assert await functions() == {
+            ("troop_ledger_record_countersignature", 6, False),
+            ("troop_ledger_close_open", 3, False),  # 0007's: no receipt means expired
+        }
+        await migrate.upgrade(engine)
+        await migrate.downgrade(engine, "base")  # 0007's downgrade finds one of each name
+        assert await functions() == set()
+    finally:
+        await connection.close()
+        await engine.dispose()

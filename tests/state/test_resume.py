@@ -1,7 +1,8 @@
 """An answer survives the worker that started it: a real worker is killed (SIGKILL) in the
 middle of a streamed answer and the SDK resumes it on another worker from the text shown so
 far; the caller sees one unbroken answer, equal to the uninterrupted one, no word lost or
-repeated at the seam, and each node's job is its own."""
+repeated at the seam, and each node's job is its own: the killed node, which never sends its
+receipt, is paid for what reached the client from it (docs/adr/0048)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from . import conftest as state
 WORDS = " ".join(f"w{n}" for n in range(120))
 EXPECTED = f"You said: {WORDS}"  # the fake engine's answer, one word per token
 KILL_AFTER = 25  # chunks shown before the serving worker dies
+STARTER_MILLICREDITS = 3_600_000  # the coordinator's default starter credits
 
 
 async def test_an_answer_resumes_on_another_node_when_its_node_is_killed_mid_stream(
@@ -34,6 +36,9 @@ async def test_an_answer_resumes_on_another_node_when_its_node_is_killed_mid_str
         "TROOP_REDIS_PREFIX": redis_prefix,
         "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
         "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
+        # The killed node's job settles on the client's countersignature this soon.
+        "TROOP_COUNTERSIGN_SECONDS": "1",
+        "TROOP_SWEEP_INTERVAL_SECONDS": "0.2",
     }
     coordinator = await state.start_coordinator(processes, env, tmp_path / "c.log")
     workers = {
@@ -82,7 +87,22 @@ async def test_an_answer_resumes_on_another_node_when_its_node_is_killed_mid_str
         assert chunks[-1].usage.completion_tokens == len(EXPECTED.split())
         assert chunks[-1].finish_reason == "stop"
 
-        async def second_charged() -> bool:
-            return (await client.job(jobs[1])).state == "charged"
+        async def both_charged() -> bool:
+            return all([(await client.job(job)).state == "charged" for job in jobs])
 
-        await eventually(second_charged, timeout_s=30)
+        await eventually(both_charged, timeout_s=30)
+        # The killed node never sent its receipt: it is paid what the client vouched it
+        # received from it (cut before any usage: its UTF-8 bytes + 1), at the job's price.
+        killed_job = await client.coordinator.get_job(jobs[0])
+        assert not killed_job.receipt_received and killed_job.countersigned
+        vouched = sum(len(c.text.encode()) for c in chunks if c.job_id == jobs[0]) + 1
+        price = killed_job.completion_millicredits_per_1k_tokens
+        charge = min(killed_job.reserved_millicredits, (vouched * price + 500) // 1000)
+        assert killed_job.charged_millicredits == charge > 0
+        # The user pays the two jobs and nothing more.
+        resumed_charge = (await client.job(jobs[1])).charged_millicredits
+        balance = await client.balance()
+        assert (balance.balance_millicredits, balance.reserved_millicredits) == (
+            STARTER_MILLICREDITS - charge - resumed_charge,
+            0,
+        )

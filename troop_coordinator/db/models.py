@@ -131,7 +131,8 @@ class Job(Base):
     prompt_price_per_1k: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     completion_price_per_1k: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     node_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # When a receipt waiting for the client's countersignature settles on its own.
+    # When a job's one claim settles on its own: a receipt waiting for the client's
+    # countersignature, or a countersignature waiting for the node's receipt.
     countersign_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 

@@ -1,8 +1,8 @@
 """The ledger on PostgreSQL: one round trip per call (a function call, or one read).
 
-The functions (migration 0007_ledger_procedures) do what the Python flows in
-`troop_coordinator.ledger.settling` do on SQLite, statement for statement;
-each call runs as one transaction (autocommit: no BEGIN, no COMMIT, no
+The functions (migration 0007_ledger_procedures, changed by 0009) do what the
+Python flows in `troop_coordinator.ledger.settling` do on SQLite, statement for
+statement; each call runs as one transaction (autocommit: no BEGIN, no COMMIT, no
 ROLLBACK on return), on a pooled asyncpg connection with its prepared
 statement cached, so a reservation, a countersignature, a receipt or one job
 of a sweep costs one round trip. The settlement rule's numbers come from
@@ -73,7 +73,7 @@ BALANCE = (
     " WHERE user_public_key = $1 AND status = 'open') FROM users WHERE public_key = $1"
 )
 RECORD_RECEIPT = _call("troop_ledger_record_receipt", 8)
-RECORD_COUNTERSIGNATURE = _call("troop_ledger_record_countersignature", 5)
+RECORD_COUNTERSIGNATURE = _call("troop_ledger_record_countersignature", 6)
 CLOSE_OPEN = _call("troop_ledger_close_open", 2)
 
 
@@ -164,6 +164,7 @@ class PostgresCalls:
             claim.user_public_key,
             claim.completion_tokens,
             claim.stream_ms,
+            now + timedelta(seconds=self.countersign_s),
             now,
             *self._rules,
         )
@@ -174,8 +175,9 @@ class PostgresCalls:
         return _settlement(row), bool(row["new_claim"])
 
     async def close_open(self, job_id: str, now: datetime) -> Settlement | None:
-        """Settle a still-open job on its receipt if it has one, else expire it; None if
-        it was settled meanwhile."""
+        """Settle a still-open job on its receipt if it has one, else on the client's
+        countersignature of tokens delivered, else expire it; None if it was settled
+        meanwhile."""
         row = await self.fetchrow(CLOSE_OPEN, job_id, now, *self._rules)
         return None if row["outcome"] == "none" else _settlement(row)
 

@@ -164,10 +164,17 @@ class LedgerRepository:
         return job_record((await self.session.execute(statement)).first())
 
     async def record_client_claim(
-        self, job_id: str, *, completion_tokens: int, stream_ms: int, now: datetime
+        self,
+        job_id: str,
+        *,
+        completion_tokens: int,
+        stream_ms: int,
+        now: datetime,
+        deadline: datetime,
     ) -> JobRecord | None:
-        """Keep a job's first countersignature; the job row after it, or None (reported
-        before: nothing changed)."""
+        """Keep a job's first countersignature, and start the node's clock (`deadline`)
+        if its receipt is not there yet; the job row after it, or None (reported before:
+        nothing changed)."""
         statement = (
             update(jobs)
             .where(jobs.c.job_id == job_id, jobs.c.usage_reported_at.is_(None))
@@ -175,13 +182,18 @@ class LedgerRepository:
                 client_completion_tokens=completion_tokens,
                 client_stream_ms=stream_ms,
                 usage_reported_at=now,
+                countersign_deadline=case(
+                    (jobs.c.node_duration_ms.is_(None), deadline),
+                    else_=jobs.c.countersign_deadline,
+                ),
             )
             .returning(*jobs.c)
         )
         return job_record((await self.session.execute(statement)).first())
 
     async def overdue_job_ids(self, now: datetime, limit: int) -> list[str]:
-        """Open jobs whose receipt waited past its countersign deadline."""
+        """Open jobs whose one claim (a receipt, or a countersignature without one) waited
+        past its deadline for the other."""
         return await self._open_jobs_past(jobs.c.countersign_deadline, now, limit)
 
     async def balance(self, public_key: str) -> int | None:

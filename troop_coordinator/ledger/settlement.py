@@ -5,7 +5,8 @@ Pure (a job row in, terms out), so the rule is written and tested in one place
 
 - completion tokens charged = the lower of the node's receipt and the client's
   countersignature (the node's alone when the client never countersigned by
-  the deadline);
+  the deadline; the client's alone when the node never sent its receipt by
+  the deadline: `countersigned_terms`);
 - prompt tokens charged = the node's count, but only when at least one
   completion token is charged: prompt processing a client cancelled before
   its first token, or a stream that delivered nothing, is not billed;
@@ -50,18 +51,33 @@ def terms_for(job: Any, *, token_slack: int) -> Terms:
     client = job.client_completion_tokens if job.usage_reported_at is not None else None
     completion = node_completion if client is None else min(node_completion, int(client))
     prompt = int(job.node_prompt_tokens or 0) if completion > 0 else 0
-    price = ModelPrice(
-        parameters=0,
-        prompt_per_1k=int(job.prompt_price_per_1k or 0),
-        completion_per_1k=int(job.completion_price_per_1k or 0),
-    )
-    charged = min(int(job.reserved_millicredits), price.charge(prompt, completion))
+    charged = min(int(job.reserved_millicredits), _price(job).charge(prompt, completion))
     dispute = None
     if client is not None and abs(node_completion - int(client)) > token_slack:
         dispute = (
             f"node claimed {node_completion} completion tokens, client countersigned {int(client)}"
         )
     return Terms(charged, prompt, completion, dispute)
+
+
+def countersigned_terms(job: Any) -> Terms:
+    """The terms of a job whose node never sent its receipt (killed mid-stream), on the
+    client's countersignature alone: its completion tokens at the job's price, never more
+    than the reservation. No prompt tokens: only the node could count them, and it never
+    said. The client is the payer, so its own count can only lower what it pays; the node
+    has no say in it, so there is nothing to dispute."""
+    completion = int(job.client_completion_tokens or 0)
+    charged = min(int(job.reserved_millicredits), _price(job).charge(0, completion))
+    return Terms(charged, 0, completion, None)
+
+
+def _price(job: Any) -> ModelPrice:
+    """The price fixed at Authorize, from the job's row."""
+    return ModelPrice(
+        parameters=0,
+        prompt_per_1k=int(job.prompt_price_per_1k or 0),
+        completion_per_1k=int(job.completion_price_per_1k or 0),
+    )
 
 
 def far_below_proof(job: Any, multiplier: float) -> bool | None:

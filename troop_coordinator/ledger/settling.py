@@ -9,7 +9,8 @@ transaction, so a failure half-way leaves neither the claim nor the money moved.
 
 These Python flows are what runs on SQLite. On PostgreSQL each public method is
 one call of a stored function that does the same, statement for statement, in
-one round trip (`troop_coordinator.ledger.postgres`, migration 0007; docs/adr/0034):
+one round trip (`troop_coordinator.ledger.postgres`, migrations 0007 and 0009;
+docs/adr/0034):
 a change to a flow here is a change to its function there, in a new migration.
 """
 
@@ -29,6 +30,7 @@ from troop_coordinator.ledger.postgres import PostgresCalls
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settlement import (
     SLOW_JOBS_TO_UNPROVE,
+    countersigned_terms,
     far_below_proof,
     terms_for,
 )
@@ -49,8 +51,9 @@ SWEEP_BATCH = 500
 DISPUTE_FACTOR = 0.8
 AGREE_STEP = 0.02
 # A job its node never served (the client countersigned nothing delivered, or nobody
-# spoke before expiry) multiplies the node's reputation by this: three such jobs put it
-# behind any healthy node within a heartbeat.
+# spoke before expiry), or never finished (no receipt, settled on the client's count:
+# its answer broke off), multiplies the node's reputation by this: three such jobs put
+# it behind any healthy node within a heartbeat.
 FAILED_JOB_FACTOR = 0.7
 
 
@@ -122,6 +125,7 @@ class Settling:
             completion_tokens=claim.completion_tokens,
             stream_ms=claim.stream_ms,
             now=now,
+            deadline=now + timedelta(seconds=self.countersign_s),
         )
         if row is None:
             return _recorded(await _job(repo, claim.job_id)), False
@@ -171,6 +175,19 @@ class Settling:
             log.warning("node %s ran far below its proof: proof withdrawn", job.node_id)
         return replace(settlement, disputed=terms.dispute is not None)
 
+    async def _settle_countersigned(
+        self, repo: LedgerRepository, job: JobRecord, now: datetime
+    ) -> Settlement:
+        """Charge a job with no receipt on its client's count alone, once. Its node is
+        marked down as for a failed job: it neither finished the answer nor said what it
+        did, so it gains nothing from a job its client had to take elsewhere. Its speed is
+        not noted: a broken stream's time includes waiting for the break to show."""
+        terms = countersigned_terms(job)
+        settlement = await self._close(repo, job, JobStatus.CHARGED, terms.charged, now)
+        if not settlement.already_settled:
+            await repo.nodes.scale_reputation(job.node_id, FAILED_JOB_FACTOR)
+        return settlement
+
     @staticmethod
     async def _dispute(repo: LedgerRepository, job: JobRecord, reason: str, now: datetime) -> None:
         if await repo.disputes.insert(job, reason, now):
@@ -215,13 +232,15 @@ class Settling:
         return Settlement(job.job_id, status, charged, reserved - charged)
 
     async def settle_overdue(self, now: datetime) -> list[Settlement]:
-        """Settle, on the node's receipt alone, the jobs whose client did not countersign
-        by the deadline; safe on many replicas."""
+        """Settle the jobs whose one side spoke and the other did not by the deadline: on
+        the node's receipt alone, or on the client's countersignature alone (its node
+        never sent a receipt); safe on many replicas."""
         return await self._sweep(now, LedgerRepository.overdue_job_ids)
 
     async def expire_stale(self, now: datetime) -> list[Settlement]:
-        """Return the reservations of open jobs past their expiry (a job with a receipt
-        settles on it instead); safe on many replicas."""
+        """Return the reservations of open jobs past their expiry (a job with a receipt,
+        or with the client's countersignature of tokens delivered, settles on it instead);
+        safe on many replicas."""
         return await self._sweep(now, LedgerRepository.stale_job_ids)
 
     async def _sweep(
@@ -245,8 +264,9 @@ class Settling:
     async def _close_open(
         self, repo: LedgerRepository, job_id: str, now: datetime
     ) -> Settlement | None:
-        """Settle a still-open job on its receipt if it has one, else expire it; None if it
-        was settled meanwhile (here or on another replica)."""
+        """Settle a still-open job on its receipt if it has one, else on the client's
+        countersignature of tokens delivered, else expire it; None if it was settled
+        meanwhile (here or on another replica)."""
         job = await repo.get_job(job_id)
         if job is None or job.status != JobStatus.OPEN.value:
             return None
@@ -254,6 +274,10 @@ class Settling:
             # A receipt waiting for its countersignature is work done: it settles on
             # the receipt alone, never expires unpaid.
             settlement = await self._settle_claimed(repo, job, now)
+        elif int(job.client_completion_tokens or 0) > 0:
+            # The client vouched for tokens delivered and the node never said (killed
+            # mid-stream): it is paid for them, not for nothing.
+            settlement = await self._settle_countersigned(repo, job, now)
         else:
             settlement = await self._close(repo, job, JobStatus.EXPIRED, 0, now)
             if not settlement.already_settled and job.usage_reported_at is None:

@@ -175,7 +175,8 @@ class AuditReport:
     # Jobs with two EARNs, or two of RELEASE/REFUND: settled more than once.
     settled_twice_jobs: list[str] = field(default_factory=list)
     # Fairness: jobs charged more than the settlement rule gives for their counted
-    # tokens, and jobs charged with no receipt recorded.
+    # tokens, and jobs charged with neither a receipt nor a countersignature recorded
+    # (a job whose node never sent its receipt is charged on its user's count alone).
     overcharged_jobs: list[str] = field(default_factory=list)
     unreceipted_charges: list[str] = field(default_factory=list)
     # Who leads the disputes: (node id or user key, disputes), most first. Information,
