@@ -2,12 +2,13 @@
 
 PostgreSQL (docs/adr/0034): a pool sized for the coordinator's concurrency
 (`TROOP_DATABASE_POOL_SIZE` + `TROOP_DATABASE_MAX_OVERFLOW`) and no pre-ping:
-a checkout costs no round trip. A connection the server closed is noticed
-locally at checkout (the driver saw the socket close) and replaced; one that
-dies under a call is invalidated and the call fails once; connections are
-recycled after `POOL_RECYCLE_S`. TLS is whatever the URL says (asyncpg's
-default `prefer`, or `?ssl=`/`?sslmode=` disable, require, verify-full...):
-nothing here weakens it for any host.
+a checkout costs no round trip. A connection the server closed (a restart, an
+idle kill) is noticed locally at checkout (the driver saw the socket close) and
+replaced; one that dies under a call is invalidated; connections are recycled
+after `POOL_RECYCLE_S`; a connect gives up after `CONNECT_TIMEOUT_S`. What a
+lost database means to callers: db.transactions (docs/adr/0050). TLS is
+whatever the URL says (asyncpg's default `prefer`, or `?ssl=`/`?sslmode=`
+disable, require, verify-full...): nothing here weakens it for any host.
 
 SQLite: every transaction starts with BEGIN IMMEDIATE, so two transactions
 never both read and then race to write (which SQLite answers with "database
@@ -56,6 +57,9 @@ DEFAULT_MAX_OVERFLOW = 10
 # A pooled connection older than this is replaced at checkout (idle-timeouts of
 # proxies and firewalls drop connections silently; a closed socket is noticed sooner).
 POOL_RECYCLE_S = 1800
+# A connection attempt that takes longer fails (asyncpg's default is 60 s): a server that
+# does not answer is UNAVAILABLE within a call's deadline, not a call hung past it.
+CONNECT_TIMEOUT_S = 5
 # The execution option that makes a SQLite connection skip BEGIN IMMEDIATE (reads only).
 _NO_WRITE_LOCK = "troop_no_write_lock"
 # Marks (in the pool record's record_info) a connection that holds its engine's writer lock.
@@ -72,7 +76,9 @@ def create_engine(
     parsed = make_url(url)
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": POOL_RECYCLE_S}
     if parsed.get_backend_name() != "sqlite":
-        engine = create_async_engine(_asyncpg_url(parsed), **pool)
+        engine = create_async_engine(
+            _asyncpg_url(parsed), connect_args={"timeout": CONNECT_TIMEOUT_S}, **pool
+        )
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)
         return engine
     memory = not parsed.database or parsed.database == ":memory:"
@@ -175,11 +181,15 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     at checkout or return. A call that fails without the server's answer (the connection
     died, or the call was cancelled mid-flight) invalidates the connection."""
     async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
+        driver = (await connection.get_raw_connection()).driver_connection
         try:
-            yield raw.driver_connection
+            yield driver
         except asyncpg.PostgresError:
-            raise  # the server answered: the connection is fine (the statement rolled back)
+            # The server answered (the statement rolled back); the connection is fine
+            # unless that answer was a goodbye (shutdown, terminated).
+            if driver is not None and driver.is_closed():
+                await connection.invalidate()
+            raise
         except BaseException:
             await connection.invalidate()
             raise
