@@ -53,6 +53,8 @@ def _env(tmp_path: Path, pem: bytes, database_url: str, redis_url: str) -> dict[
         "TROOP_VERIFY_NODE_ENDPOINTS": "0",  # the node is an identity, no worker behind it
         "TROOP_NODE_TTL_SECONDS": "3600",  # it heartbeats once: liveness is not under test
         "TROOP_REDIS_CHECK_SECONDS": "0.2",
+        # Limited (in Redis, so the Redis test sees them fail open), never reached here.
+        "TROOP_RATE_LIMITS": "Authorize=1000000/3600@user",
     }
 
 

@@ -37,8 +37,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -64,6 +64,9 @@ CONNECT_TIMEOUT_S = 5
 _NO_WRITE_LOCK = "troop_no_write_lock"
 # Marks (in the pool record's record_info) a connection that holds its engine's writer lock.
 _HOLDS_WRITER_LOCK = "troop_holds_writer_lock"
+# admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or coming back.
+# (Class 08, connection_exception, means the same.)
+SERVER_AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 def create_engine(
@@ -80,6 +83,7 @@ def create_engine(
             _asyncpg_url(parsed), connect_args={"timeout": CONNECT_TIMEOUT_S}, **pool
         )
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        event.listen(engine.sync_engine, "handle_error", _lost_is_a_disconnect)
         return engine
     memory = not parsed.database or parsed.database == ":memory:"
     if not memory:
@@ -151,6 +155,33 @@ def _replace_if_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None
         raise DisconnectionError("the server closed this pooled connection")
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when the database could not be reached or the connection died under the call
+    (the server away, shutting down or starting), not when the server refused the work."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection is closed" in str(exc)  # the test SQLAlchemy's dialect makes
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The protocol is stuck: the server's goodbye reached an idle pooled connection
+        # whose socket is not closed yet ("cannot switch to state ...").
+        return True
+    code = getattr(exc, "sqlstate", None)  # asyncpg's errors, and SQLAlchemy's wrapping
+    if code is None:
+        return isinstance(exc, OSError)  # refused, reset, timed out
+    return bool(code.startswith("08") or code in SERVER_AWAY_SQLSTATES)
+
+
+def _lost_is_a_disconnect(context: ExceptionContext) -> None:
+    """A server's goodbye (shutdown, terminated) arrives before its socket closes, so the
+    driver may not call the connection closed yet: SQLAlchemy is told it is lost, so the
+    connection (and the pool's older ones) are not handed out again."""
+    if connection_lost(context.original_exception):
+        context.is_disconnect = True
+
+
 def _private_sqlite_file(path: Path) -> None:
     """The database file 0600 (created empty if missing: SQLite takes that as a new
     database), and any -wal, -shm or -journal beside it tightened."""
@@ -184,10 +215,11 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         driver = (await connection.get_raw_connection()).driver_connection
         try:
             yield driver
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
             # The server answered (the statement rolled back); the connection is fine
-            # unless that answer was a goodbye (shutdown, terminated).
-            if driver is not None and driver.is_closed():
+            # unless that answer was a goodbye (shutdown, terminated), whose socket may
+            # not be closed yet.
+            if connection_lost(exc) or (driver is not None and driver.is_closed()):
                 await connection.invalidate()
             raise
         except BaseException:

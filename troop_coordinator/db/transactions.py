@@ -14,14 +14,14 @@ and propagates at once. Work must therefore be safe to repeat: its decisions are
 made by the statements (a conditional UPDATE is the claim), never by what a
 previous attempt saw (docs/adr/0010, 0040).
 
-A lost database (refused, reset, shutting down or starting: `connection_lost`)
-is `Unavailable` to the caller, never an internal error, and nothing is
-committed half: each unit of work is one transaction. A unit that failed before
-it was handed its connection (the connect itself failed) never reached the
-database, and neither did the work of a read; those run once more, at once, on a
-fresh connection (the pool replaces a connection it saw close). A read-write unit
-whose connection died under it may have committed, so it is not run again: the
-caller is told UNAVAILABLE and decides (docs/adr/0050).
+A lost PostgreSQL (refused, reset, shutting down or starting:
+`engine.connection_lost`) is `Unavailable` to the caller, never an internal
+error, and nothing is committed half: each unit of work is one transaction. A
+unit that failed before it was handed its connection (the connect itself failed)
+never reached the database, and a read changes nothing: those run once more, at
+once, on a fresh connection. A read-write unit whose connection died under it
+may have committed, so it is not run again: the caller is told UNAVAILABLE and
+decides (docs/adr/0050).
 
 SQLite serialises writers (BEGIN IMMEDIATE behind this process's writer queue,
 `db.engine`), so a transaction there never fails for these reasons; its busy
@@ -42,7 +42,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from troop_common.errors import Unavailable
-from troop_coordinator.db.engine import dialect_name, driver_connection, reading
+from troop_coordinator.db.engine import (
+    connection_lost,
+    dialect_name,
+    driver_connection,
+    reading,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("troop.coordinator.db")
@@ -50,9 +55,6 @@ log = logging.getLogger("troop.coordinator.db")
 # PostgreSQL's serialization_failure and deadlock_detected: the transaction was
 # rolled back as a whole and may simply run again.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-# admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or coming back.
-# (Class 08, connection_exception, means the same.)
-SERVER_AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 # What a caller is told while the database cannot be reached.
 UNAVAILABLE_MESSAGE = "the ledger database is unavailable; try again shortly"
 
@@ -85,22 +87,6 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return exc.sqlstate in RETRYABLE_SQLSTATES
     return False
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """True when the database could not be reached or the connection died under the call
-    (the server away, shutting down or starting), not when the server refused the work."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    elif isinstance(exc, asyncpg.PostgresError):
-        code = exc.sqlstate
-    elif isinstance(exc, asyncpg.InterfaceError):
-        return "connection is closed" in str(exc)  # the test SQLAlchemy's dialect makes
-    else:
-        return isinstance(exc, OSError)  # refused, reset, timed out
-    return code is not None and (code.startswith("08") or code in SERVER_AWAY_SQLSTATES)
 
 
 class Database:
@@ -189,8 +175,9 @@ class Database:
             number += 1
             try:
                 return await attempt(connected)
-            except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                if connection_lost(exc):
+            except Exception as exc:
+                # (SQLite is a local file: nothing to lose; its lock timeout is its own.)
+                if self.dialect == "postgresql" and connection_lost(exc):
                     if lost_before or (reached and not idempotent):
                         log.warning("database unavailable: %s", _reason(exc))
                         raise Unavailable(UNAVAILABLE_MESSAGE) from exc
@@ -198,7 +185,7 @@ class Database:
                     log.info("database connection lost (%s); once more, freshly", _reason(exc))
                     continue
                 if number >= policy.attempts or not retryable(exc):
-                    raise
+                    raise  # a domain error, a constraint, a bug: as it is
                 log.warning("transaction rolled back (%s); running it again", _reason(exc))
             await asyncio.sleep(policy.delay_s(number))
 
