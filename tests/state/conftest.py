@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port, signed_receipt
+from tests.conftest import free_port, require, signed_receipt
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
+
+from .private_backends import (
+    PrivatePostgres,
+    PrivateRedis,
+    postgres_available,
+    redis_available,
+)
 
 MODEL = "smollm2-135m-instruct"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +54,31 @@ async def health_status(address: str, service: str = "") -> int | None:
         except grpc.aio.AioRpcError:
             return None
         return reply.status
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of this test's own (with a `troop` database), to stop and start again;
+    removed at teardown whatever state it is in."""
+    require("PostgreSQL", *postgres_available())
+    server = PrivatePostgres()
+    try:
+        server.create()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, to stop and start again; killed at teardown."""
+    require("Redis", *redis_available())
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass

@@ -2,12 +2,13 @@
 
 PostgreSQL (docs/adr/0034): a pool sized for the coordinator's concurrency
 (`TROOP_DATABASE_POOL_SIZE` + `TROOP_DATABASE_MAX_OVERFLOW`) and no pre-ping:
-a checkout costs no round trip. A connection the server closed is noticed
-locally at checkout (the driver saw the socket close) and replaced; one that
-dies under a call is invalidated and the call fails once; connections are
-recycled after `POOL_RECYCLE_S`. TLS is whatever the URL says (asyncpg's
-default `prefer`, or `?ssl=`/`?sslmode=` disable, require, verify-full...):
-nothing here weakens it for any host.
+a checkout costs no round trip. A connection the server closed (a restart, an
+idle kill) is noticed locally at checkout (the driver saw the socket close) and
+replaced; one that dies under a call is invalidated; connections are recycled
+after `POOL_RECYCLE_S`; a connect gives up after `CONNECT_TIMEOUT_S`. What a
+lost database means to callers: db.transactions (docs/adr/0050). TLS is
+whatever the URL says (asyncpg's default `prefer`, or `?ssl=`/`?sslmode=`
+disable, require, verify-full...): nothing here weakens it for any host.
 
 SQLite: every transaction starts with BEGIN IMMEDIATE, so two transactions
 never both read and then race to write (which SQLite answers with "database
@@ -36,8 +37,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -56,10 +57,16 @@ DEFAULT_MAX_OVERFLOW = 10
 # A pooled connection older than this is replaced at checkout (idle-timeouts of
 # proxies and firewalls drop connections silently; a closed socket is noticed sooner).
 POOL_RECYCLE_S = 1800
+# A connection attempt that takes longer fails (asyncpg's default is 60 s): a server that
+# does not answer is UNAVAILABLE within a call's deadline, not a call hung past it.
+CONNECT_TIMEOUT_S = 5
 # The execution option that makes a SQLite connection skip BEGIN IMMEDIATE (reads only).
 _NO_WRITE_LOCK = "troop_no_write_lock"
 # Marks (in the pool record's record_info) a connection that holds its engine's writer lock.
 _HOLDS_WRITER_LOCK = "troop_holds_writer_lock"
+# admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or coming back.
+# (Class 08, connection_exception, means the same.)
+SERVER_AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 def create_engine(
@@ -72,8 +79,11 @@ def create_engine(
     parsed = make_url(url)
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": POOL_RECYCLE_S}
     if parsed.get_backend_name() != "sqlite":
-        engine = create_async_engine(_asyncpg_url(parsed), **pool)
+        engine = create_async_engine(
+            _asyncpg_url(parsed), connect_args={"timeout": CONNECT_TIMEOUT_S}, **pool
+        )
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        event.listen(engine.sync_engine, "handle_error", _lost_is_a_disconnect)
         return engine
     memory = not parsed.database or parsed.database == ":memory:"
     if not memory:
@@ -145,6 +155,33 @@ def _replace_if_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None
         raise DisconnectionError("the server closed this pooled connection")
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when the database could not be reached or the connection died under the call
+    (the server away, shutting down or starting), not when the server refused the work."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection is closed" in str(exc)  # the test SQLAlchemy's dialect makes
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The protocol is stuck: the server's goodbye reached an idle pooled connection
+        # whose socket is not closed yet ("cannot switch to state ...").
+        return True
+    code = getattr(exc, "sqlstate", None)  # asyncpg's errors, and SQLAlchemy's wrapping
+    if code is None:
+        return isinstance(exc, OSError)  # refused, reset, timed out
+    return bool(code.startswith("08") or code in SERVER_AWAY_SQLSTATES)
+
+
+def _lost_is_a_disconnect(context: ExceptionContext) -> None:
+    """A server's goodbye (shutdown, terminated) arrives before its socket closes, so the
+    driver may not call the connection closed yet: SQLAlchemy is told it is lost, so the
+    connection (and the pool's older ones) are not handed out again."""
+    if connection_lost(context.original_exception):
+        context.is_disconnect = True
+
+
 def _private_sqlite_file(path: Path) -> None:
     """The database file 0600 (created empty if missing: SQLite takes that as a new
     database), and any -wal, -shm or -journal beside it tightened."""
@@ -175,11 +212,16 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     at checkout or return. A call that fails without the server's answer (the connection
     died, or the call was cancelled mid-flight) invalidates the connection."""
     async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
+        driver = (await connection.get_raw_connection()).driver_connection
         try:
-            yield raw.driver_connection
-        except asyncpg.PostgresError:
-            raise  # the server answered: the connection is fine (the statement rolled back)
+            yield driver
+        except asyncpg.PostgresError as exc:
+            # The server answered (the statement rolled back); the connection is fine
+            # unless that answer was a goodbye (shutdown, terminated), whose socket may
+            # not be closed yet.
+            if connection_lost(exc) or (driver is not None and driver.is_closed()):
+                await connection.invalidate()
+            raise
         except BaseException:
             await connection.invalidate()
             raise
