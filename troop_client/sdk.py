@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import grpc
 
@@ -32,6 +33,7 @@ from troop_client.chat import (
     Usage,
     vouched_tokens,
 )
+from troop_client.reports import UsageReports, reports_outbox
 from troop_client.results import (
     Balance,
     Grant,
@@ -46,7 +48,6 @@ from troop_client.results import (
 from troop_client.settings import ClientSettings
 from troop_client.workers import WorkerLinks
 from troop_common.admission import solve_pow
-from troop_common.background import BackgroundSender
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import FailedPrecondition, TroopError, Unavailable, from_rpc_error
 from troop_common.keys import Identity
@@ -71,8 +72,15 @@ class TroopClient:
     """
 
     def __init__(
-        self, coordinator: str, identity: Identity, settings: ClientSettings | None = None
+        self,
+        coordinator: str,
+        identity: Identity,
+        settings: ClientSettings | None = None,
+        *,
+        outbox: Path | None = None,
     ) -> None:
+        """`outbox`: a directory where countersignatures wait until the coordinator answers
+        (troop_client.reports); `from_settings` keeps one per identity in the config dir."""
         self.settings = settings or ClientSettings(coordinator=coordinator)
         self.identity = identity
         resilience = self.settings.resilience
@@ -85,19 +93,18 @@ class TroopClient:
             # Long-running users (the OpenAI sidecar) fail fast while the coordinator is down.
             breaker=resilience.breaker(f"the coordinator at {coordinator}"),
         )
-        self._reports: BackgroundSender[tuple[str, int, int]] = BackgroundSender(
-            self._send_report,
-            name="usage reports",
-            describe=lambda report: f"the usage report for job {report[0]}",
-        )
+        self._reports = UsageReports(self.coordinator, outbox=outbox)
         self._workers = WorkerLinks(self.settings.tls, resilience)
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> TroopClient:
         identity = Identity.load_or_create(settings.identity_path)
-        return cls(settings.coordinator, identity, settings)
+        return cls(
+            settings.coordinator, identity, settings, outbox=reports_outbox(settings, identity)
+        )
 
     async def __aenter__(self) -> TroopClient:
+        self._reports.resume()  # what an earlier run could not send
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -114,14 +121,7 @@ class TroopClient:
 
     def _report_usage(self, job_id: str, completion_tokens: int, stream_ms: int) -> None:
         """Countersign the job in the background: no stream, this one or the next, waits."""
-        self._reports.submit((job_id, completion_tokens, stream_ms))
-
-    async def _send_report(self, report: tuple[str, int, int]) -> None:
-        job_id, completion_tokens, stream_ms = report
-        try:
-            await self.coordinator.report_usage(job_id, completion_tokens, stream_ms)
-        except TroopError as exc:  # retried inside the client where it is worth it
-            log.warning("usage report for job %s not accepted: %s", job_id, exc)
+        self._reports.submit(job_id, completion_tokens, stream_ms)
 
     @property
     def public_key(self) -> str:

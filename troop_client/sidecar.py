@@ -34,6 +34,7 @@ from troop_client.openai.errors import (
     OpenAIErrorResponse,
 )
 from troop_client.openai.service import DEFAULT_KEEPALIVE_S, OpenAIServicer
+from troop_client.reports import reports_outbox
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.config import ConfigError
@@ -140,7 +141,12 @@ class ClientSidecar:
         if troop is None:
             if settings.identity_path is not None:
                 identity = Identity.load_or_create(settings.identity_path)
-                troop = TroopClient(settings.client.coordinator, identity, settings.client)
+                troop = TroopClient(
+                    settings.client.coordinator,
+                    identity,
+                    settings.client,
+                    outbox=reports_outbox(settings.client, identity),
+                )
             else:
                 troop = TroopClient.from_settings(settings.client)
         self.troop = troop
