@@ -163,6 +163,12 @@ async def test_worker_finishes_its_in_flight_stream_then_exits(troop: Troop) -> 
     assert "SIGTERM received: stopping" in text and "worker stopped" in text
     assert port_is_free(port)
 
+    async def settled() -> bool:  # its receipt went out before it exited: the job settles
+        code, out = await troop.run("history", *at)
+        return code == 0 and "release" in out
+
+    await wait_until(settled, timeout_s=30, interval_s=0.5)
+
 
 def _child_of(pid: int, named: str) -> int:
     """The child of process `pid` whose command line has `named` in it (Linux /proc)."""
