@@ -40,8 +40,9 @@ from troop_common.proto import coordinator_pb2 as pb
 from troop_coordinator.app import Coordinator
 from troop_coordinator.db.models import Job, JobStatus, LedgerEntry
 from troop_coordinator.usage import UsageBook
+from troop_worker.app import Worker
 
-from .conftest import coordinator_settings
+from .conftest import coordinator_settings, worker_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
@@ -568,3 +569,39 @@ async def test_a_lying_overhead_header_is_ignored_and_the_job_is_unharmed(
     overheads = [c.overhead for c in chunks if c.overhead is not None]
     assert overheads, "the SDK reports the protocol's overhead on the first chunk"
     assert all(o.worker_ms is None for o in overheads)
+
+
+async def test_a_node_that_fails_before_its_first_token_is_skipped_and_refunded_at_once(
+    cheater_factory, sqlite_url: str, tmp_path: Path, eventually
+) -> None:
+    """Cheat: the worker sends its node proof, then aborts every stream before any token
+    (and claims max_tokens in its receipt). Protection: the SDK takes the answer to another
+    node (ADR 47) and countersigns the aborted job with 0, which returns its whole
+    reservation at once, long before the ticket expires. The caller sees only answers."""
+    user = Identity.generate()
+    async with cheater_factory(sqlite_url, "abort", "--abort-after", "0") as cheater:
+        address = cheater.coordinator.address
+        honest_settings = worker_settings(tmp_path, "honest", address)
+        async with Worker(honest_settings) as honest, CoordinatorClient(address) as probe:
+
+            async def both_listed() -> bool:
+                nodes = {n.node_id for n in (await probe.list_nodes(MODEL)).nodes}
+                return {cheater.node_id, honest.node_id} <= nodes
+
+            await eventually(both_listed, timeout_s=20)
+            async with TroopClient(address, user) as troop:
+                grants = spy_on_grants(troop)
+                for _ in range(8):  # the two idle nodes are picked at random
+                    chunks, error = await stream(troop)
+                    assert error is None, error
+                    assert "".join(c.text for c in chunks) == f"You said: {TEXT}"
+                skipped = [g for g in grants if g.node_id == cheater.node_id]
+                assert skipped, "the coordinator never picked the aborting node"
+                for grant in skipped:  # refunded now, not at the ticket's expiry
+                    job = await troop.job(grant.job_id)
+                    # Settled for nothing: refunded (the 0 came first) or charged 0 (the
+                    # receipt did, and lost to the client's count).
+                    assert job.settled and job.charged_millicredits == 0
+                    assert job.settled_at is not None and job.settled_at < datetime.fromtimestamp(
+                        grant.expires_at.seconds, UTC
+                    )
