@@ -94,6 +94,13 @@ class SidecarSettings(Settings):
         parse=number(positive=True),
         help="SSE keep-alive comment after this long without a token",
     )
+    drain_s: float = setting(
+        30.0,
+        env="TROOP_CLIENT_DRAIN_SECONDS",
+        parse=number(),
+        help="on SIGTERM, how long answers still streaming may take to finish "
+        "(no new request is taken meanwhile)",
+    )
     # Not from the environment: an embedder's identity file (`--identity` is the client's).
     identity_path: Path | None = None
     allow_public_without_keys: bool = setting(
@@ -196,8 +203,11 @@ class ClientSidecar:
             raise
 
     async def stop(self) -> None:
+        """Drain: the gRPC service refuses new calls and lets the answers in flight finish
+        (at most `drain_s`) while Envoy still carries them; then Envoy goes, then the SDK
+        sends its countersignatures."""
+        await self.server.stop(self.settings.drain_s)
         await self.envoy.stop()
-        await self.server.stop(1.0)
         await self.troop.close()
 
     async def wait(self) -> None:

