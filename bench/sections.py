@@ -60,6 +60,23 @@ def _llama(section: Section) -> None:
     )
 
 
+def _resume(section: Section) -> None:
+    from bench import resume
+
+    rows = resume.run(runs=10)
+    section.details = resume.table(rows)
+    figures = resume.summary(rows)
+    section.figures.append(
+        Figure(
+            "an answer whose worker is SIGKILLed mid-stream: kill → first resumed chunk",
+            f"p50 {figures['after_kill_p50_ms']:.0f} ms, max {figures['after_kill_max_ms']:.0f} ms",
+            "within 2 s",
+            figures["after_kill_max_ms"] < 2000,
+            f"an ordinary gap between two chunks: {figures['chunk_gap_p50_ms']:.0f} ms",
+        )
+    )
+
+
 def _value(value: float, unit: str) -> str:
     return f"{value:,.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
 
@@ -220,6 +237,12 @@ ALL = [
         "The built-in engine: one at a time against batched (bench/engine_batching.py)",
         ".venv/bin/python -m bench.engine_batching --dtype bfloat16   # and --dtype float32",
         _engine,
+    ),
+    Spec(
+        "resume",
+        "An answer resumed on another node after its worker is killed (bench/resume.py)",
+        ".venv/bin/python -m bench.resume --runs 10",
+        _resume,
     ),
     Spec(
         "proof",
