@@ -293,3 +293,56 @@ async def test_up_stops_everything_when_its_worker_dies(troop: Troop) -> None:
 def _state(pid: int) -> str:
     """The state letter of process `pid` (Z: a zombie, exited but not reaped)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def test_an_openai_stream_survives_its_worker_being_killed(troop: Troop) -> None:
+    """Through the OpenAI face: the worker serving a streamed answer is SIGKILLed after the
+    first token, and the sidecar's SDK resumes it on another worker (ADR 47): the tool gets
+    the whole answer, one stream, `[DONE]` last."""
+    coordinator, _, _ = await troop.coordinator()
+    at = ["--coordinator", coordinator]
+
+    async def start_worker(name: str) -> asyncio.subprocess.Process:
+        port = free_port()
+        process, log = await troop.start(
+            name, "worker", "--engine", "fake", "--port", str(port), *at,
+            "--data-dir", str(troop.tmp_path / name), "--node-id", name,
+        )  # fmt: skip
+        await troop.serving(f"127.0.0.1:{port}", process, log)
+
+        async def listed() -> bool:
+            code, out = await troop.run("nodes", *at)
+            return code == 0 and name in out
+
+        await wait_until(listed, timeout_s=30, interval_s=0.5)
+        return process
+
+    first = await start_worker("node-first")
+    assert (await troop.run("join", *at))[0] == 0
+    _, _, http_port = await _sidecar(troop, coordinator)
+    words = [f"w{n}" for n in range(400)]  # ~8 s of stream from the fake engine
+    content = " ".join(words)
+    body = {"messages": [{"role": "user", "content": content}], "stream": True, "max_tokens": 1000}
+    url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        http.stream("POST", url, json=body) as reply,
+    ):
+        assert reply.status_code == 200
+        lines = reply.aiter_lines()
+        async for line in lines:  # the only worker is streaming it
+            if line.startswith("data: {"):
+                events.append(line)
+                break
+        await start_worker("node-second")
+        first.send_signal(signal.SIGKILL)
+        async for line in lines:
+            if line.startswith("data: "):
+                events.append(line)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: ") :]) for e in events[:-1]]
+    assert not [c for c in chunks if "error" in c]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.split() == ["You", "said:", *words]
+    assert first.returncode == -signal.SIGKILL  # it did die mid-answer
