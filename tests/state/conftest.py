@@ -155,6 +155,64 @@ async def start_coordinator(
 
 
 @dataclass
+class Network:
+    """A coordinator and fake-engine workers as processes, on this test's PostgreSQL
+    database and Redis prefix: `await net.coordinator(...)`, `net.fake_worker(...)`."""
+
+    postgres_url: str
+    redis_url: str
+    redis_prefix: str
+    tmp_path: Path
+    ticket_key_pem: bytes
+    start: Callable[[str, dict[str, str], Path], Process]
+
+    def coordinator_env(self, **settings: str) -> dict[str, str]:
+        """The coordinator's environment: this test's state, heartbeats every second,
+        then `settings` (TROOP_* variables)."""
+        data = make_data_dir(self.tmp_path / "coordinator", self.ticket_key_pem)
+        return {
+            "TROOP_DATABASE_URL": self.postgres_url,
+            "TROOP_REDIS_URL": self.redis_url,
+            "TROOP_REDIS_PREFIX": self.redis_prefix,
+            "TROOP_DATA_DIR": str(data),
+            "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
+            **settings,
+        }
+
+    async def coordinator(
+        self, log: str = "coordinator.log", port: int | None = None, **settings: str
+    ) -> Process:
+        """`python -m troop_coordinator` (again, after a stop: same state, `port` kept)."""
+        env = self.coordinator_env(**settings)
+        return await start_coordinator(self.start, env, self.tmp_path / log, port=port)
+
+    def fake_worker(self, coordinator: str, name: str, log: str = "") -> Process:
+        """`python -m troop_worker` with the fake engine; `name` is its node id and names
+        its data dir, so starting it again is the same node."""
+        env = {
+            "TROOP_COORDINATOR": coordinator,
+            "TROOP_WORKER_ENGINE": "fake",
+            "TROOP_WORKER_PORT": "0",
+            "TROOP_NODE_ID": name,
+            "TROOP_WORKER_DATA_DIR": str(self.tmp_path / name),
+            "TROOP_WORKER_HEARTBEAT_S": "1",
+        }
+        return self.start("troop_worker", env, self.tmp_path / (log or f"{name}.log"))
+
+
+@pytest.fixture
+def network(
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    ticket_key_pem: bytes,
+    processes: Callable[[str, dict[str, str], Path], Process],
+) -> Network:
+    return Network(postgres_url, redis_url, redis_prefix, tmp_path, ticket_key_pem, processes)
+
+
+@dataclass
 class TestNode:
     """A node identity that heartbeats and signs receipts, like a worker would."""
 

@@ -13,7 +13,6 @@ import random
 import signal
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
 from troop_client import ChatOptions, ClientSettings, Message, TroopClient
 from troop_common.errors import TroopError
@@ -32,41 +31,18 @@ EXPECTED = f"You said: {PROMPT}"  # the fake engine's answer, one word per token
 
 
 async def test_fifty_requests_survive_workers_killed_at_random(
-    postgres_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-    ticket_key_pem: bytes,
-    processes,
-    eventually,
+    network: state.Network, eventually
 ) -> None:
-    env = {
-        "TROOP_DATABASE_URL": postgres_url,
-        "TROOP_REDIS_URL": redis_url,
-        "TROOP_REDIS_PREFIX": redis_prefix,
-        "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
-        "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
-        "TROOP_RATE_LIMITS": "",  # the chaos, not the limits, is under test
-        "TROOP_TICKET_TTL_SECONDS": "20",
-        "TROOP_SETTLE_GRACE_SECONDS": "1",
-        "TROOP_COUNTERSIGN_SECONDS": "2",
-        "TROOP_SWEEP_INTERVAL_SECONDS": "0.5",
-    }
-    coordinator = await state.start_coordinator(processes, env, tmp_path / "c.log")
+    coordinator = await network.coordinator(
+        TROOP_RATE_LIMITS="",  # the chaos, not the limits, is under test
+        TROOP_TICKET_TTL_SECONDS="20",
+        TROOP_SETTLE_GRACE_SECONDS="1",
+        TROOP_COUNTERSIGN_SECONDS="2",
+        TROOP_SWEEP_INTERVAL_SECONDS="0.5",
+    )
 
-    def start(name: str, run: int) -> state.Process:
-        return processes(
-            "troop_worker",
-            {
-                "TROOP_COORDINATOR": coordinator.address,
-                "TROOP_WORKER_ENGINE": "fake",
-                "TROOP_WORKER_PORT": "0",
-                "TROOP_NODE_ID": name,
-                "TROOP_WORKER_DATA_DIR": str(tmp_path / name),  # the same node each run
-                "TROOP_WORKER_HEARTBEAT_S": "1",
-            },
-            tmp_path / f"{name}-{run}.log",
-        )
+    def start(name: str, run: int) -> state.Process:  # the same node each run
+        return network.fake_worker(coordinator.address, name, f"{name}-{run}.log")
 
     workers = {name: start(name, 0) for name in WORKERS}
     users = [
@@ -169,7 +145,7 @@ async def test_fifty_requests_survive_workers_killed_at_random(
             await user.close()
     audit = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "troop_cli", "admin", "audit-ledger",
-        env={**os.environ, **env}, cwd=state.REPO_ROOT,
+        env={**os.environ, **network.coordinator_env()}, cwd=state.REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await asyncio.wait_for(audit.communicate(), 60)

@@ -32,39 +32,12 @@ async def _stream(job: pb.AuthorizeResponse, user: Identity) -> str:
         return "".join([chunk.delta async for chunk in call])
 
 
-def _worker(processes, coordinator: str, tmp_path: Path, log: str) -> state.Process:
-    return processes(
-        "troop_worker",
-        {
-            "TROOP_COORDINATOR": coordinator,
-            "TROOP_WORKER_ENGINE": "fake",
-            "TROOP_WORKER_PORT": "0",
-            "TROOP_WORKER_DATA_DIR": str(tmp_path / "worker"),  # the same node, twice
-            "TROOP_WORKER_HEARTBEAT_S": "1",
-        },
-        tmp_path / log,
-    )
-
-
 async def test_every_job_settles_once_after_a_coordinator_outage_and_a_worker_restart(
-    postgres_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-    ticket_key_pem: bytes,
-    processes,
-    eventually,
+    network: state.Network, tmp_path: Path, eventually
 ) -> None:
-    env = {
-        "TROOP_DATABASE_URL": postgres_url,
-        "TROOP_REDIS_URL": redis_url,
-        "TROOP_REDIS_PREFIX": redis_prefix,
-        "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
-        "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
-    }
     port = free_port()
-    coordinator = await state.start_coordinator(processes, env, tmp_path / "c1.log", port=port)
-    worker = _worker(processes, coordinator.address, tmp_path, "w1.log")
+    coordinator = await network.coordinator("c1.log", port=port)
+    worker = network.fake_worker(coordinator.address, "worker", "w1.log")
     user = Identity.generate()
     client = CoordinatorClient(coordinator.address, user)
     try:
@@ -89,10 +62,10 @@ async def test_every_job_settles_once_after_a_coordinator_outage_and_a_worker_re
         assert await worker.wait(30) == 0
         outbox = tmp_path / "worker" / "receipts-outbox"
         assert len(list(outbox.glob("*.msg"))) == JOBS  # kept, one per job
-        worker = _worker(processes, coordinator.address, tmp_path, "w2.log")
+        worker = network.fake_worker(coordinator.address, "worker", "w2.log")  # the same node
 
         # The coordinator comes back on the same address and database.
-        coordinator = await state.start_coordinator(processes, env, tmp_path / "c2.log", port=port)
+        coordinator = await network.coordinator("c2.log", port=port)
         for job, answer in zip(jobs, answers, strict=True):
             await client.report_usage(job.job_id, len(answer.encode()) + 1, 100)
 

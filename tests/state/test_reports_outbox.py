@@ -18,35 +18,12 @@ PROMPT = " ".join(f"w{n}" for n in range(60))
 
 
 async def test_a_countersignature_waits_out_a_coordinator_outage_and_a_client_restart(
-    postgres_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-    ticket_key_pem: bytes,
-    processes,
-    eventually,
+    network: state.Network, tmp_path: Path, eventually
 ) -> None:
-    env = {
-        "TROOP_DATABASE_URL": postgres_url,
-        "TROOP_REDIS_URL": redis_url,
-        "TROOP_REDIS_PREFIX": redis_prefix,
-        "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
-        "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
-        "TROOP_COUNTERSIGN_SECONDS": "3600",  # the job must wait for the client's word
-    }
     port = free_port()
-    coordinator = await state.start_coordinator(processes, env, tmp_path / "c1.log", port=port)
-    worker = processes(
-        "troop_worker",
-        {
-            "TROOP_COORDINATOR": coordinator.address,
-            "TROOP_WORKER_ENGINE": "fake",
-            "TROOP_WORKER_PORT": "0",
-            "TROOP_WORKER_DATA_DIR": str(tmp_path / "worker"),
-            "TROOP_WORKER_HEARTBEAT_S": "1",
-        },
-        tmp_path / "w.log",
-    )
+    wait = {"TROOP_COUNTERSIGN_SECONDS": "3600"}  # the job must wait for the client's word
+    coordinator = await network.coordinator("c1.log", port=port, **wait)
+    worker = network.fake_worker(coordinator.address, "worker")
     settings = ClientSettings(coordinator=coordinator.address, config_dir=tmp_path / "config")
     outbox = tmp_path / "config" / "reports-outbox"
 
@@ -69,7 +46,7 @@ async def test_a_countersignature_waits_out_a_coordinator_outage_and_a_client_re
     # Closed with the coordinator away: the report is kept, not lost.
     assert len(list(outbox.rglob("*.msg"))) == 1
 
-    coordinator = await state.start_coordinator(processes, env, tmp_path / "c2.log", port=port)
+    coordinator = await network.coordinator("c2.log", port=port, **wait)
     async with TroopClient.from_settings(settings) as client:  # sends what it found
 
         async def countersigned() -> bool:

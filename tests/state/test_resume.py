@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 from troop_client import ChatOptions, ClientSettings, Message, TroopClient
 from troop_common.keys import Identity
@@ -22,39 +21,14 @@ STARTER_MILLICREDITS = 3_600_000  # the coordinator's default starter credits
 
 
 async def test_an_answer_resumes_on_another_node_when_its_node_is_killed_mid_stream(
-    postgres_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    tmp_path: Path,
-    ticket_key_pem: bytes,
-    processes,
-    eventually,
+    network: state.Network, eventually
 ) -> None:
-    env = {
-        "TROOP_DATABASE_URL": postgres_url,
-        "TROOP_REDIS_URL": redis_url,
-        "TROOP_REDIS_PREFIX": redis_prefix,
-        "TROOP_DATA_DIR": str(state.make_data_dir(tmp_path / "coordinator", ticket_key_pem)),
-        "TROOP_HEARTBEAT_INTERVAL_SECONDS": "1",
-        # The killed node's job settles on the client's countersignature this soon.
-        "TROOP_COUNTERSIGN_SECONDS": "1",
-        "TROOP_SWEEP_INTERVAL_SECONDS": "0.2",
-    }
-    coordinator = await state.start_coordinator(processes, env, tmp_path / "c.log")
+    # The killed node's job settles on the client's countersignature this soon.
+    coordinator = await network.coordinator(
+        TROOP_COUNTERSIGN_SECONDS="1", TROOP_SWEEP_INTERVAL_SECONDS="0.2"
+    )
     workers = {
-        name: processes(
-            "troop_worker",
-            {
-                "TROOP_COORDINATOR": coordinator.address,
-                "TROOP_WORKER_ENGINE": "fake",
-                "TROOP_WORKER_PORT": "0",
-                "TROOP_NODE_ID": name,
-                "TROOP_WORKER_DATA_DIR": str(tmp_path / name),
-                "TROOP_WORKER_HEARTBEAT_S": "1",
-            },
-            tmp_path / f"{name}.log",
-        )
-        for name in ("node-a", "node-b")
+        name: network.fake_worker(coordinator.address, name) for name in ("node-a", "node-b")
     }
     settings = ClientSettings(coordinator=coordinator.address)
     async with TroopClient(coordinator.address, Identity.generate(), settings) as client:
