@@ -205,6 +205,9 @@ async def test_coordinator_restarted_worker_reregisters_and_the_sdk_carries_on(
             "TROOP_WORKER_PORT": "0",
             "TROOP_WORKER_DATA_DIR": str(tmp_path / "worker"),
             "TROOP_WORKER_HEARTBEAT_S": "0.5",
+            # Its heartbeat breaker opens while the coordinator is away; by default it
+            # would wait a minute (ADR 49) before the beat that re-registers the node.
+            "TROOP_BREAKER_COOLDOWN_SECONDS": "1",
         },
         tmp_path / "worker.log",
     )
