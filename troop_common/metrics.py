@@ -102,18 +102,20 @@ class Metrics:
     def _labels(self, labels: Iterable[str]) -> list[str]:
         return ["component", *labels]
 
-    def counter(self, name: str, doc: str, *labels: str) -> Any:
+    def counter(self, name: str, doc: str, *labels: str) -> Labelled:
         """A counter with these labels besides `component` (already filled in)."""
-        return _bound(Counter(name, doc, self._labels(labels), registry=self.registry), self)
+        metric = Counter(name, doc, self._labels(labels), registry=self.registry)
+        return Labelled(metric, self.component)
 
-    def gauge(self, name: str, doc: str, *labels: str) -> Any:
-        return _bound(Gauge(name, doc, self._labels(labels), registry=self.registry), self)
+    def gauge(self, name: str, doc: str, *labels: str) -> Labelled:
+        metric = Gauge(name, doc, self._labels(labels), registry=self.registry)
+        return Labelled(metric, self.component)
 
-    def histogram(self, name: str, doc: str, *labels: str) -> Any:
+    def histogram(self, name: str, doc: str, *labels: str) -> Labelled:
         metric = Histogram(
             name, doc, self._labels(labels), registry=self.registry, buckets=LATENCY_BUCKETS
         )
-        return _bound(metric, self)
+        return Labelled(metric, self.component)
 
     def collector(self, collector: Collector) -> None:
         """A collector read at each scrape (e.g. live nodes, asked of the registry)."""
@@ -131,19 +133,15 @@ class Metrics:
         return MetricsEndpoint(self.registry, host, port) if port else None
 
 
-class _Bound:
-    """A labelled metric whose `component` label is already this component's."""
+class Labelled:
+    """A metric whose `component` label is already filled in: `labels(...)` takes the rest."""
 
-    def __init__(self, metric: Any, component: str) -> None:
+    def __init__(self, metric: Counter | Gauge | Histogram, component: str) -> None:
         self._metric = metric
         self._component = component
 
     def labels(self, *values: str) -> Any:
         return self._metric.labels(self._component, *values)
-
-
-def _bound(metric: Any, metrics: Metrics) -> _Bound:
-    return _Bound(metric, metrics.component)
 
 
 class MetricsEndpoint:

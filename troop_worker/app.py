@@ -197,9 +197,12 @@ class Worker:
                 audit=AuditLog(settings.audit_dir or settings.data_dir / "audit", "worker"),
                 metrics=self.metrics,
             )
-            await self.server.start()
             self.metrics_endpoint = self.metrics.serve(settings.metrics_host, settings.metrics_port)
+            await self.server.start()
         except BaseException:
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
+                self.metrics_endpoint = None
             await client.close()
             if self.used_tickets is not None:
                 await self.used_tickets.close()

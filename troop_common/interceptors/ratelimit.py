@@ -77,7 +77,7 @@ class RateLimitInterceptor(CheckingInterceptor):
         metrics: Metrics | None = None,
     ) -> None:
         self._limiter = limiter
-        self._refusals = (metrics or Metrics(service)).counter(
+        self._refusals = (metrics or Metrics("unnamed")).counter(
             "troop_rate_limit_refusals", "calls refused by a rate limit", "bucket"
         )
         self._rules = {f"/{service}/{name}": rule for name, rule in rules.items()}
