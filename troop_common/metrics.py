@@ -148,7 +148,13 @@ class MetricsEndpoint:
     """prometheus_client's HTTP server on its own thread; `close()` stops it."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:  # taken, or not an address of this machine
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                "choose another --metrics-port / --metrics-host"
+            ) from None
         self._server: WSGIServer = server
         self._thread: threading.Thread = thread
         self.port: int = server.server_address[1]

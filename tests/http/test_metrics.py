@@ -15,6 +15,7 @@ from troop_client.sidecar import SidecarSettings
 from troop_common.config import ConfigError
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import RateLimited
+from troop_common.metrics import Metrics
 from troop_coordinator.settings import CoordinatorSettings
 from troop_worker.settings import WorkerSettings
 
@@ -132,3 +133,14 @@ def test_no_endpoint_unless_a_port_is_given_and_loopback_unless_asked() -> None:
         assert default.metrics_port == 0 and default.metrics_host == "127.0.0.1"
         with pytest.raises(ConfigError, match=f"{prefix}_METRICS_PORT must be a TCP port"):
             cls.from_env({f"{prefix}_METRICS_PORT": "70000"})
+
+
+def test_a_taken_metrics_port_is_a_clear_error() -> None:
+    metrics = Metrics("worker")
+    endpoint = metrics.serve("127.0.0.1", free_port())
+    assert endpoint is not None
+    try:
+        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{endpoint.port}"):
+            Metrics("coordinator").serve("127.0.0.1", endpoint.port)
+    finally:
+        endpoint.close()
