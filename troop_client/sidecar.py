@@ -40,6 +40,13 @@ from troop_client.settings import ClientSettings
 from troop_common.config import ConfigError
 from troop_common.envoy import EnvoyConfig, EnvoySidecar
 from troop_common.keys import Identity
+from troop_common.metrics import (
+    BREAKER_STATES,
+    Metrics,
+    MetricsEndpoint,
+    metrics_host_setting,
+    metrics_port_setting,
+)
 from troop_common.proto import OPENAI_SERVICE, openai_pb2_grpc
 from troop_common.server import TroopServer
 from troop_common.settings_spec import (
@@ -80,6 +87,8 @@ class SidecarSettings(Settings):
         parse=integer(),
         help="the OpenAI gRPC service's port, on 127.0.0.1 (0: any free port)",
     )
+    metrics_host: str = metrics_host_setting("TROOP_CLIENT_METRICS_HOST")
+    metrics_port: int = metrics_port_setting("TROOP_CLIENT_METRICS_PORT")
     api_keys: tuple[str, ...] = setting(
         (),
         env="TROOP_CLIENT_API_KEYS",
@@ -157,14 +166,27 @@ class ClientSidecar:
             else:
                 troop = TroopClient.from_settings(settings.client)
         self.troop = troop
+        self.metrics = Metrics("sidecar")
+        breaker = troop.coordinator.breaker
+        if breaker is not None:  # 0 closed, 1 open, 2 half-open
+            self.metrics.gauge_of(
+                "troop_coordinator_breaker_state",
+                "the SDK's circuit to the coordinator: 0 closed, 1 open, 2 half-open",
+                lambda: BREAKER_STATES[breaker.state],
+            )
+        self.metrics_endpoint: MetricsEndpoint | None = None
         servicer = OpenAIServicer(
-            troop, api_keys=settings.api_keys, keepalive_s=settings.keepalive_s
+            troop,
+            api_keys=settings.api_keys,
+            keepalive_s=settings.keepalive_s,
+            metrics=self.metrics,
         )
         self.server = TroopServer(
             registrars=[lambda s: openai_pb2_grpc.add_OpenAIServiceServicer_to_server(servicer, s)],
             service_names=[OPENAI_SERVICE],
             bind=f"127.0.0.1:{settings.grpc_port}",
             malformed=OpenAIErrorResponse,  # a body Envoy passed but Python cannot parse
+            metrics=self.metrics,
         )
         self.envoy = EnvoySidecar(
             EnvoyConfig(
@@ -198,7 +220,10 @@ class ClientSidecar:
         await self.server.start()
         try:
             await self.envoy.start()
+            settings = self.settings
+            self.metrics_endpoint = self.metrics.serve(settings.metrics_host, settings.metrics_port)
         except BaseException:
+            await self.envoy.stop()
             await self.server.stop(0)
             raise
 
@@ -209,6 +234,9 @@ class ClientSidecar:
         await self.server.stop(self.settings.drain_s)
         await self.envoy.stop()
         await self.troop.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
 
     async def wait(self) -> None:
         """Until Envoy exits (an error: the sidecar cannot serve without it)."""

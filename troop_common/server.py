@@ -13,6 +13,7 @@ from troop_common.errors import InvalidArgument, TroopError
 from troop_common.interceptors.audit import AuditInterceptor
 from troop_common.interceptors.errors import ErrorInterceptor
 from troop_common.interceptors.tracing import TracingInterceptor
+from troop_common.metrics import Metrics
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -30,17 +31,20 @@ class TroopServer:
         credentials: grpc.ServerCredentials | None = None,
         audit: AuditLog | None = None,
         malformed: Callable[[InvalidArgument], TroopError] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # The order, outermost first, written once for every Troop server:
         #   errors   map whatever the inner ones raise to a status (and add trace trailers);
         #            a request that is not its method's protobuf is INVALID_ARGUMENT (`malformed`)
+        #   metrics  every call counted by method and code, timed (a stream: to its first
+        #            message too), refusals of the inner ones included
         #   tracing  request id in, request id and server time out
         #   audit    one line per call, refusals included
         #   ...      the server's own: authentication, then rate limits
-        chain: list[grpc.aio.ServerInterceptor] = [
-            ErrorInterceptor(malformed),
-            TracingInterceptor(),
-        ]
+        chain: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(malformed)]
+        if metrics is not None:
+            chain.append(metrics.interceptor())
+        chain.append(TracingInterceptor())
         if audit is not None:
             chain.append(AuditInterceptor(audit))
         self.audit = audit

@@ -22,6 +22,7 @@ from troop_common.audit import AuditLog
 from troop_common.audit_throttle import SecurityEventLimits
 from troop_common.entrypoint import run_until_done
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
+from troop_common.metrics import Metrics, MetricsEndpoint
 from troop_common.private_files import private_dir
 from troop_common.proto import COORDINATOR_SERVICE, coordinator_pb2_grpc
 from troop_common.ratelimit import RateLimiter
@@ -36,7 +37,7 @@ from troop_coordinator.authorization import JobAuthorizer, JobLimits
 from troop_coordinator.db import migrate
 from troop_coordinator.db.engine import create_engine, session_factory
 from troop_coordinator.heartbeats import Heartbeats
-from troop_coordinator.ledger import Ledger
+from troop_coordinator.metrics import CreditMetrics, LiveNodes, MeteredLedger
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.proof import ChallengeBook, ProofShape
 from troop_coordinator.reachability import EndpointProofs
@@ -73,12 +74,15 @@ class Coordinator:
             max_overflow=settings.database_max_overflow,
         )
         sessions = session_factory(self.engine)
-        self.ledger = Ledger(
+        self.metrics = Metrics("coordinator")
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.ledger = MeteredLedger(
             sessions,
             starter_millicredits=settings.starter_millicredits,
             token_slack=settings.usage_token_slack,
             countersign_s=settings.countersign_s,
         )
+        self.ledger.credits = CreditMetrics(self.metrics)
         self.nodes = NodeDirectory(sessions, settings.node_admission_policy())
         # Off only where every endpoint is trusted (tests of the ledger with no workers).
         self.endpoint_proofs = (
@@ -169,6 +173,7 @@ class Coordinator:
                     parse_rules(settings.rate_limits),
                     COORDINATOR_SERVICE,
                     trusted_proxies=settings.trusted_proxies,
+                    metrics=self.metrics,
                 ),
             ],
             audit=AuditLog(
@@ -184,8 +189,11 @@ class Coordinator:
             ),
             bind=settings.bind,
             credentials=settings.tls.server_credentials(settings.bind),
+            metrics=self.metrics,
         )
+        self.metrics.collector(LiveNodes(self.registry, asyncio.get_running_loop()))
         await self.server.start()
+        self.metrics_endpoint = self.metrics.serve(settings.metrics_host, settings.metrics_port)
         if self.stores.redis is not None:
             self.redis_health = RedisHealthMonitor(
                 self.stores.redis,
@@ -248,6 +256,9 @@ class Coordinator:
             await self.endpoint_proofs.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         await self.nodes.close()
         await self.stores.close()
         await _database_cleanups_done()

@@ -21,6 +21,7 @@ from typing import Any
 from troop_common.config import ConfigError
 from troop_common.interceptors.ratelimit import parse_rules
 from troop_common.keys import is_public_key_hex
+from troop_common.metrics import metrics_host_setting, metrics_port_setting
 from troop_common.ratelimit import TrustedProxies
 from troop_common.settings_spec import (
     Settings,
@@ -77,6 +78,8 @@ class CoordinatorSettings(Settings):
         parse=integer(),
         help="its gRPC port (0 picks a free port)",
     )
+    metrics_host: str = metrics_host_setting("TROOP_COORDINATOR_METRICS_HOST")
+    metrics_port: int = metrics_port_setting("TROOP_COORDINATOR_METRICS_PORT")
     data_dir: Path = setting(
         default_factory=lambda: DEFAULT_DATA_DIR.expanduser(),
         env="TROOP_DATA_DIR",

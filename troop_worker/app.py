@@ -22,6 +22,7 @@ from troop_common.entrypoint import run_until_done
 from troop_common.errors import TroopError, Unavailable
 from troop_common.health import health_problem
 from troop_common.interceptors.ratelimit import RateLimitInterceptor, parse_rules
+from troop_common.metrics import Metrics, MetricsEndpoint
 from troop_common.proto import INFERENCE_SERVICE, coordinator_pb2, inference_pb2_grpc
 from troop_common.ratelimit import MemoryRateLimiter
 from troop_common.resilience import NO_RETRY, RetryPolicy
@@ -87,6 +88,25 @@ class Worker:
         self.proof: asyncio.Task[None] | None = None
         self.reachability: asyncio.Task[str | None] | None = None
         self.used_tickets: UsedTickets | None = None
+        self.metrics = self._metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
+
+    def _metrics(self) -> Metrics:
+        metrics = Metrics("worker")
+        limiter, engine = self.limiter, self.engine
+        metrics.gauge_of("troop_worker_running_jobs", "jobs admitted", lambda: limiter.active)
+        metrics.gauge_of(
+            "troop_worker_queue_depth",
+            "jobs waiting: for a job slot, then for a batch row",
+            lambda: limiter.queued + int(getattr(engine, "queue_depth", 0)),
+        )
+        if hasattr(engine, "batch_size"):  # the torch engine's continuous batch
+            metrics.gauge_of(
+                "troop_worker_batch_size",
+                "sequences in the running batch",
+                lambda: engine.batch_size,
+            )
+        return metrics
 
     @property
     def address(self) -> str:
@@ -155,6 +175,7 @@ class Worker:
                 receipts=self._receipts,
                 max_new_tokens=settings.max_new_tokens,
                 node=identity.key,
+                metrics=self.metrics,
             )
             self.server = TroopServer(
                 registrars=[
@@ -165,15 +186,23 @@ class Worker:
                 interceptors=[
                     TicketInterceptor(verifier),
                     RateLimitInterceptor(
-                        MemoryRateLimiter(), parse_rules(settings.rate_limits), INFERENCE_SERVICE
+                        MemoryRateLimiter(),
+                        parse_rules(settings.rate_limits),
+                        INFERENCE_SERVICE,
+                        metrics=self.metrics,
                     ),
                 ],
                 bind=f"{settings.host}:{settings.port}",
                 credentials=settings.tls.server_credentials(f"{settings.host}:{settings.port}"),
                 audit=AuditLog(settings.audit_dir or settings.data_dir / "audit", "worker"),
+                metrics=self.metrics,
             )
+            self.metrics_endpoint = self.metrics.serve(settings.metrics_host, settings.metrics_port)
             await self.server.start()
         except BaseException:
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
+                self.metrics_endpoint = None
             await client.close()
             if self.used_tickets is not None:
                 await self.used_tickets.close()
@@ -266,6 +295,9 @@ class Worker:
             await self.used_tickets.close()
         if self._owns_engine:
             await self.engine.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         log.info("worker stopped")
 
     async def __aenter__(self) -> Worker:

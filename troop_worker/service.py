@@ -35,6 +35,7 @@ from troop_common.errors import (
     Unavailable,
 )
 from troop_common.keys import Identity
+from troop_common.metrics import Metrics
 from troop_common.node_proof import PROOF_HEADER, is_nonce, sign_node_proof
 from troop_common.proto import common_pb2, inference_pb2, inference_pb2_grpc
 from troop_common.request_context import OVERHEAD, add_initial_metadata, format_ms
@@ -87,8 +88,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         receipts: ReceiptSender,
         max_new_tokens: int,
         node: Identity | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.node = node
+        self.metrics = metrics or Metrics("worker")
         self.engine = engine
         self.verifier = verifier
         self.limiter = limiter
@@ -160,7 +163,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     proof = sign_node_proof(self.node, ticket.job_id, presented.nonce)
                     add_initial_metadata(PROOF_HEADER, proof)
                 _first_chunk.set(_FirstChunk(arrived, leave))
+                first = True
                 async for response in self._run(ticket, generation, presented):
+                    if first:
+                        first = False
+                        self.metrics.first_token_seconds.labels(ticket.model).observe(
+                            time.perf_counter() - arrived
+                        )
                     yield response
         finally:
             leave()
@@ -205,13 +214,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             # An engine that cannot count before it works (a relay) is held to the
             # ticket's bounds here: the coordinator refuses a receipt beyond them.
             # Queued: signed and sent once no job is before its first token.
+            tokens = min(last.completion_tokens, ticket.max_tokens)
+            self.metrics.tokens.labels(ticket.model).inc(tokens)
             self.receipts.submit(
                 JobRecord(
                     job_id=ticket.job_id,
                     completed=completed,
                     duration_ms=round((time.monotonic() - started) * 1000),
                     prompt_tokens=min(last.prompt_tokens, ticket.max_prompt_tokens),
-                    completion_tokens=min(last.completion_tokens, ticket.max_tokens),
+                    completion_tokens=tokens,
                     presentation=presented.signature,
                     client_nonce=presented.nonce,
                 )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from troop_common.config import ConfigError, parse_int
 from troop_common.interceptors.ratelimit import parse_rules
+from troop_common.metrics import metrics_host_setting, metrics_port_setting
 from troop_common.resilience import ResilienceSettings
 from troop_common.settings_spec import (
     Settings,
@@ -49,6 +50,8 @@ class WorkerSettings(Settings):
         parse=integer(),
         help="its gRPC port (0: any free port)",
     )
+    metrics_host: str = metrics_host_setting("TROOP_WORKER_METRICS_HOST")
+    metrics_port: int = metrics_port_setting("TROOP_WORKER_METRICS_PORT")
     advertise: str | None = setting(
         None,
         env="TROOP_WORKER_ADVERTISE",

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Collection
 
 import grpc
@@ -42,6 +43,7 @@ from troop_client.openai.responses import (
 from troop_client.sdk import TroopClient
 from troop_common.errors import AuthError, NotFound, TroopError, Unavailable
 from troop_common.interceptors.wrapping import bearer_token
+from troop_common.metrics import Metrics
 from troop_common.proto import openai_pb2, openai_pb2_grpc
 from troop_common.request_context import OVERHEAD, add_initial_metadata, current, format_ms
 
@@ -103,10 +105,24 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
         *,
         api_keys: Collection[str] = (),
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        metrics: Metrics | None = None,
     ) -> None:
         self.troop = troop
         self.api_keys = [k for k in api_keys if k]
         self.keepalive_s = keepalive_s
+        self.metrics = metrics or Metrics("sidecar")
+        self._requests = self.metrics.counter(
+            "troop_openai_requests", "OpenAI requests by route and HTTP status", "route", "status"
+        )
+
+    def _first_token(self, model: str) -> None:
+        info = current.get()
+        if info is not None:
+            seconds = time.perf_counter() - info.started
+            self.metrics.first_token_seconds.labels(model).observe(seconds)
+
+    def _finished(self, model: str, usage: Usage) -> None:
+        self.metrics.tokens.labels(model).inc(usage.completion_tokens)
 
     def _check_key(self, context: grpc.aio.ServicerContext) -> None:
         if not self.api_keys:
@@ -139,14 +155,27 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
         chat: bool = True,
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """Check the key and parse the request (an OpenAI error if either fails), then run."""
+        route, status = "/v1/chat/completions" if chat else "/v1/completions", 200
         try:
-            self._check_key(context)
-            job = parse()
-        except TroopError as exc:
-            raise OpenAIErrorResponse(exc) from exc
-        shape = ResponseShape(job.model, chat=chat, include_usage=job.include_usage)
-        async for body in self._respond(job, shape):
-            yield body
+            try:
+                self._check_key(context)
+                job = parse()
+            except TroopError as exc:
+                raise OpenAIErrorResponse(exc) from exc
+            shape = ResponseShape(job.model, chat=chat, include_usage=job.include_usage)
+            async for body in self._respond(job, shape):
+                yield body
+        except OpenAIErrorResponse as exc:
+            status = exc.openai.status
+            raise
+        except Exception:
+            status = 500
+            raise
+        except BaseException:  # the HTTP client went away
+            status = 499
+            raise
+        finally:
+            self._requests.labels(route, str(status)).inc()
 
     async def ListModels(
         self,
@@ -194,11 +223,13 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
             while (chunk := await pump.next(None)) is not None:
                 if len(parts) == 1:
                     _announce_overhead(chunk)
+                    self._first_token(job.model)
                 shape.set_job(chunk.job_id)
                 parts.append(chunk.text)
                 if chunk.finish_reason == "error":
                     raise _JobFailed("the job failed on the worker")
                 if chunk.finish_reason:
+                    self._finished(job.model, chunk.usage or Usage())
                     return shape.whole("".join(parts), chunk.finish_reason, chunk.usage or Usage())
             raise _JobFailed("the worker ended the stream before the answer was complete")
         except TroopError as exc:
@@ -224,6 +255,7 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
                     if not started:  # the headers have not left yet
                         _announce_overhead(chunk)
                     shape.set_job(chunk.job_id)
+                    self._first_token(job.model)
                     first = shape.first_chunk(job.echo)
                     announced = started = True
                     if first:
@@ -234,6 +266,7 @@ class OpenAIServicer(openai_pb2_grpc.OpenAIServiceServicer):
                     raise _JobFailed("the job failed on the worker after it started")
                 if chunk.finish_reason:
                     finish, usage = chunk.finish_reason, chunk.usage or Usage()
+                    self._finished(job.model, usage)
                     break
             if finish is None:
                 raise _JobFailed("the worker ended the stream before the answer was complete")

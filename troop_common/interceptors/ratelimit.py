@@ -26,6 +26,7 @@ from troop_common import request_context
 from troop_common.config import ConfigError
 from troop_common.errors import RateLimited
 from troop_common.interceptors.wrapping import CheckingInterceptor, is_exempt, metadata_value
+from troop_common.metrics import Metrics
 from troop_common.ratelimit import RateLimiter, TrustedProxies
 
 log = logging.getLogger("troop.ratelimit")
@@ -73,8 +74,12 @@ class RateLimitInterceptor(CheckingInterceptor):
         service: str,
         *,
         trusted_proxies: Collection[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self._limiter = limiter
+        self._refusals = (metrics or Metrics("unnamed")).counter(
+            "troop_rate_limit_refusals", "calls refused by a rate limit", "bucket"
+        )
         self._rules = {f"/{service}/{name}": rule for name, rule in rules.items()}
         self._trusted = TrustedProxies(trusted_proxies)
 
@@ -95,6 +100,7 @@ class RateLimitInterceptor(CheckingInterceptor):
             log.warning("rate limiter unavailable; allowing %s", rule.bucket, exc_info=True)
             return
         if not decision.allowed:
+            self._refusals.labels(rule.bucket).inc()
             per = "hour" if rule.period_s == 3600 else f"{rule.period_s:g} s"
             raise RateLimited(
                 f"rate limit: {rule.limit} {rule.bucket} calls per {per}; "

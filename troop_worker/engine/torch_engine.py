@@ -106,6 +106,11 @@ class TorchEngine:
         """Jobs accepted but waiting for a batch row."""
         return self._loop.waiting if self._loop is not None else 0
 
+    @property
+    def batch_size(self) -> int:
+        """Sequences in the running batch now (prefilling or decoding)."""
+        return self._loop.running if self._loop is not None else 0
+
     async def load(self) -> None:
         await asyncio.to_thread(self.load_sync)
 
