@@ -4,6 +4,10 @@ in all three, scraped over HTTP as Prometheus would."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import httpx2 as httpx
 import openai
 import pytest
@@ -17,12 +21,36 @@ from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import RateLimited
 from troop_common.metrics import Metrics
 from troop_coordinator.settings import CoordinatorSettings
+from troop_worker.app import Worker
 from troop_worker.settings import WorkerSettings
 
 QUESTION = [{"role": "user", "content": "count the tokens of this answer please"}]
 COORDINATOR = "troop.v1.CoordinatorService"
 INFERENCE = "troop.v1.InferenceService"
 OPENAI = "troop.v1.OpenAIService"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
+SAMPLE_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def _family(name: str) -> str:
+    """A sample's or a family's name, without the suffix the exposition format adds."""
+    for suffix in SAMPLE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def exported(text: str) -> set[str]:
+    return {_family(f.name) for f in text_string_to_metric_families(text)}
+
+
+def dashboard_metrics() -> dict[str, set[str]]:
+    """Each dashboard's troop_* metrics, from its panels' queries and its variables."""
+    found = {}
+    for board in sorted(DASHBOARDS.glob("*.json")):
+        text = json.dumps(json.loads(board.read_text()))  # every string in it, queries too
+        found[board.name] = {_family(m) for m in re.findall(r"\btroop_[a-z_]+", text)}
+    return found
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -104,6 +132,20 @@ async def test_one_streamed_chat_is_counted_by_every_component(
     assert charged + refunded == reserved  # what was held is paid or given back
     assert sample(worker, "troop_worker_running_jobs") == 0
     assert sample(worker, "troop_active_streams", method="ChatCompletion") == 0
+
+    # Every metric a Grafana panel asks for is one these components export (the fake
+    # engine has no batch: the built-in engine's worker adds its batch size).
+    from prometheus_client import generate_latest
+
+    from troop_worker.engine.torch_engine import TorchEngine
+
+    torch_worker = Worker(WorkerSettings(), engine=TorchEngine())
+    names = set().union(*(exported(text) for text in texts.values()))
+    names |= exported(generate_latest(torch_worker.metrics.registry).decode())
+    boards = dashboard_metrics()
+    assert set(boards) == {"ledger.json", "network.json", "node.json"}
+    for board, wanted in boards.items():
+        assert wanted and wanted <= names, (board, wanted - names)
 
 
 async def test_rate_limit_refusals_are_counted_by_bucket(start_mesh) -> None:
