@@ -130,19 +130,12 @@ def test_envoy_refuses_a_broken_edge_config(tmp_path: Path) -> None:
     assert "grpc_health" in problems
 
 
-def _needs_logrotate() -> None:
-    # Debian's logrotate, not a Python package: the GitHub workflow installs it; on a
-    # machine without it (and no way to pip-install it) this check is skipped, not failed.
-    if tool("logrotate") is None:
-        pytest.skip("logrotate is not installed (apt-get install logrotate)")
-
-
 def test_logrotate_parses_the_config(tmp_path: Path) -> None:
-    _needs_logrotate()
+    _needs("logrotate", "apt-get install logrotate (Debian's; the GitHub workflow installs it)")
     assert logrotate_problems(LOGROTATE, tmp_path / "state") == ""
 
 
 def test_logrotate_refuses_an_unknown_option(tmp_path: Path) -> None:
-    _needs_logrotate()
+    _needs("logrotate", "apt-get install logrotate (Debian's; the GitHub workflow installs it)")
     broken = _broken_copy(LOGROTATE, tmp_path, "    rotate 14\n", "    rotat 14\n")
     assert "unknown option 'rotat'" in logrotate_problems(broken, tmp_path / "state")

@@ -34,7 +34,8 @@ async def test_worker_proves_at_start_when_asked(start_worker, recording_coordin
 
 @pytest.mark.parametrize("seed", [0, 1, 2**63 - 1, 2**64 - 1, 0x1234_5678_9ABC_DEF0])
 def test_torch_generator_is_bit_identical_to_numpy(seed: int) -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # the engine extra: installed wherever the worker's tests run
+
     a = proof_matrices.a_tile(seed, 40, 1000, 1300)
     b = proof_matrices.b_tile(seed, 33, 7, 400)
     assert np.array_equal(a, proof_torch.a_tile(seed, 40, 1000, 1300, torch.device("cpu")).numpy())
