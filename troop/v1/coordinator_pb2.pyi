@@ -50,6 +50,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_CHARGED: _ClassVar[JobState]
     JOB_STATE_REFUNDED: _ClassVar[JobState]
     JOB_STATE_EXPIRED: _ClassVar[JobState]
+
+class VerdictOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_OUTCOME_UNSPECIFIED: _ClassVar[VerdictOutcome]
+    VERDICT_OUTCOME_PASSED: _ClassVar[VerdictOutcome]
+    VERDICT_OUTCOME_FAILED: _ClassVar[VerdictOutcome]
 ADMISSION_MODE_UNSPECIFIED: AdmissionMode
 ADMISSION_MODE_OPEN: AdmissionMode
 ADMISSION_MODE_INVITE: AdmissionMode
@@ -74,6 +80,9 @@ JOB_STATE_PENDING: JobState
 JOB_STATE_CHARGED: JobState
 JOB_STATE_REFUNDED: JobState
 JOB_STATE_EXPIRED: JobState
+VERDICT_OUTCOME_UNSPECIFIED: VerdictOutcome
+VERDICT_OUTCOME_PASSED: VerdictOutcome
+VERDICT_OUTCOME_FAILED: VerdictOutcome
 
 class GetPublicKeyRequest(_message.Message):
     __slots__ = ()
@@ -166,7 +175,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, interval_seconds: _Optional[int] = ..., multiplier: _Optional[float] = ..., endpoint_proven: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key", "tls")
+    __slots__ = ("node_id", "endpoint", "models", "load", "hardware", "multiplier", "last_seen", "node_public_key", "tls", "verification")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +185,7 @@ class NodeInfo(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoint: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -185,7 +195,24 @@ class NodeInfo(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     node_public_key: str
     tls: bool
-    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
+    verification: NodeVerification
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., hardware: _Optional[_Union[NodeHardware, _Mapping]] = ..., multiplier: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_public_key: _Optional[str] = ..., tls: _Optional[bool] = ..., verification: _Optional[_Union[NodeVerification, _Mapping]] = ...) -> None: ...
+
+class NodeVerification(_message.Message):
+    __slots__ = ("checks_passed", "checks_failed", "last_checked", "held_until", "failed_models", "barred")
+    CHECKS_PASSED_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    HELD_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    BARRED_FIELD_NUMBER: _ClassVar[int]
+    checks_passed: int
+    checks_failed: int
+    last_checked: _timestamp_pb2.Timestamp
+    held_until: _timestamp_pb2.Timestamp
+    failed_models: _containers.RepeatedScalarFieldContainer[str]
+    barred: bool
+    def __init__(self, checks_passed: _Optional[int] = ..., checks_failed: _Optional[int] = ..., last_checked: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., held_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed_models: _Optional[_Iterable[str]] = ..., barred: _Optional[bool] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("model", "page_size", "page_token")
@@ -248,16 +275,18 @@ class JoinResponse(_message.Message):
     def __init__(self, public_key: _Optional[str] = ..., granted_millicredits: _Optional[int] = ..., balance_millicredits: _Optional[int] = ..., already_joined: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("model", "exclude_node_ids", "max_tokens", "max_prompt_tokens")
+    __slots__ = ("model", "exclude_node_ids", "max_tokens", "max_prompt_tokens", "node_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     exclude_node_ids: _containers.RepeatedScalarFieldContainer[str]
     max_tokens: int
     max_prompt_tokens: int
-    def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ...) -> None: ...
+    node_id: str
+    def __init__(self, model: _Optional[str] = ..., exclude_node_ids: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("job_id", "ticket", "node_id", "endpoint", "expires_at", "reserved_millicredits", "node_public_key", "max_tokens", "max_prompt_tokens", "price", "tls")
@@ -286,7 +315,7 @@ class AuthorizeResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., ticket: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., node_public_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., price: _Optional[_Union[_common_pb2.ModelPrice, _Mapping]] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class JobReceipt(_message.Message):
-    __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at", "presentation", "client_nonce")
+    __slots__ = ("job_id", "node_id", "outcome", "duration_ms", "usage", "finished_at", "presentation", "client_nonce", "evidence_sha256")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +324,7 @@ class JobReceipt(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     PRESENTATION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     outcome: JobOutcome
@@ -303,7 +333,8 @@ class JobReceipt(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     presentation: bytes
     client_nonce: str
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., duration_ms: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., presentation: _Optional[bytes] = ..., client_nonce: _Optional[str] = ...) -> None: ...
+    evidence_sha256: bytes
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., duration_ms: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., presentation: _Optional[bytes] = ..., client_nonce: _Optional[str] = ..., evidence_sha256: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReceiptRequest(_message.Message):
     __slots__ = ("receipt", "signature")
@@ -530,3 +561,45 @@ class GetJobResponse(_message.Message):
     countersigned: bool
     disputed: bool
     def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reserved_millicredits: _Optional[int] = ..., charged_millicredits: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., prompt_millicredits_per_1k_tokens: _Optional[int] = ..., completion_millicredits_per_1k_tokens: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., settled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt_received: _Optional[bool] = ..., countersigned: _Optional[bool] = ..., disputed: _Optional[bool] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("job_id", "node_id", "model", "outcome", "positions_checked", "positions_failed", "reason", "evidence", "evidence_signature", "checked_at", "verifier_public_key")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    model: str
+    outcome: VerdictOutcome
+    positions_checked: int
+    positions_failed: int
+    reason: str
+    evidence: bytes
+    evidence_signature: bytes
+    checked_at: _timestamp_pb2.Timestamp
+    verifier_public_key: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[_Union[VerdictOutcome, str]] = ..., positions_checked: _Optional[int] = ..., positions_failed: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[bytes] = ..., evidence_signature: _Optional[bytes] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verifier_public_key: _Optional[str] = ...) -> None: ...
+
+class SubmitVerdictRequest(_message.Message):
+    __slots__ = ("verdict", "signature")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    verdict: bytes
+    signature: bytes
+    def __init__(self, verdict: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SubmitVerdictResponse(_message.Message):
+    __slots__ = ("verification", "duplicate")
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    verification: NodeVerification
+    duplicate: bool
+    def __init__(self, verification: _Optional[_Union[NodeVerification, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...

@@ -106,6 +106,11 @@ class CoordinatorServiceStub:
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=troop_dot_v1_dot_coordinator__pb2.ListTransactionsResponse.FromString,
                 _registered_method=True)
+        self.SubmitVerdict = channel.unary_unary(
+                '/troop.v1.CoordinatorService/SubmitVerdict',
+                request_serializer=troop_dot_v1_dot_coordinator__pb2.SubmitVerdictRequest.SerializeToString,
+                response_deserializer=troop_dot_v1_dot_coordinator__pb2.SubmitVerdictResponse.FromString,
+                _registered_method=True)
         self.GetChallenge = channel.unary_unary(
                 '/troop.v1.CoordinatorService/GetChallenge',
                 request_serializer=troop_dot_v1_dot_coordinator__pb2.GetChallengeRequest.SerializeToString,
@@ -272,6 +277,22 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitVerdict(self, request, context):
+        """A verifier's signed verdict on one job's output (docs/adr/0052). The
+        verifier's key must be one the operator trusts (TROOP_VERIFIER_KEYS), the
+        job must have run on the verdict's node and model, and the evidence must
+        be the node's, signed by its key. A failed verdict holds the node's
+        earnings, stops routing the model to it and lowers its reputation;
+        repeated failures bar its key. A second verdict for a job changes nothing.
+        INVALID_ARGUMENT for a malformed verdict (naming the field);
+        UNAUTHENTICATED for a signature that is not a trusted verifier's, or
+        evidence not signed by the node's key; NOT_FOUND for an unknown job;
+        FAILED_PRECONDITION for a verdict whose node or model is not the job's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetChallenge(self, request, context):
         """Proof of hardware, step 1: offers a node a challenge (its id and shape,
         not yet its seed). UNAUTHENTICATED without a valid node assertion;
@@ -381,6 +402,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=troop_dot_v1_dot_coordinator__pb2.ListTransactionsRequest.FromString,
                     response_serializer=troop_dot_v1_dot_coordinator__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'SubmitVerdict': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitVerdict,
+                    request_deserializer=troop_dot_v1_dot_coordinator__pb2.SubmitVerdictRequest.FromString,
+                    response_serializer=troop_dot_v1_dot_coordinator__pb2.SubmitVerdictResponse.SerializeToString,
             ),
             'GetChallenge': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChallenge,
@@ -761,6 +787,33 @@ class CoordinatorService:
             '/troop.v1.CoordinatorService/ListTransactions',
             troop_dot_v1_dot_coordinator__pb2.ListTransactionsRequest.SerializeToString,
             troop_dot_v1_dot_coordinator__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitVerdict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/troop.v1.CoordinatorService/SubmitVerdict',
+            troop_dot_v1_dot_coordinator__pb2.SubmitVerdictRequest.SerializeToString,
+            troop_dot_v1_dot_coordinator__pb2.SubmitVerdictResponse.FromString,
             options,
             channel_credentials,
             insecure,

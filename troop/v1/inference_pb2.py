@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from troop.v1 import common_pb2 as troop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18troop/v1/inference.proto\x12\x08troop.v1\x1a\x15troop/v1/common.proto\"H\n\x14ProveEndpointRequest\x12\x14\n\x05nonce\x18\x01 \x01(\tR\x05nonce\x12\x1a\n\x08\x65ndpoint\x18\x02 \x01(\tR\x08\x65ndpoint\"]\n\x15ProveEndpointResponse\x12&\n\x0fnode_public_key\x18\x01 \x01(\tR\rnodePublicKey\x12\x1c\n\tsignature\x18\x02 \x01(\tR\tsignature\"\xc8\x02\n\x15\x43hatCompletionRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x15.troop.v1.ChatMessageR\x08messages\x12%\n\x0btemperature\x18\x03 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x04 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x02R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x07 \x01(\x04H\x03R\x04seed\x88\x01\x01\x12\"\n\x0c\x63ontinuation\x18\x08 \x01(\tR\x0c\x63ontinuationB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xcf\x01\n\x16\x43hatCompletionResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x64\x65lta\x18\x02 \x01(\tR\x05\x64\x65lta\x12;\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.troop.v1.FinishReasonR\x0c\x66inishReason\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.troop.v1.UsageR\x05usage\x12+\n\x11\x63ompletion_tokens\x18\x05 \x01(\rR\x10\x63ompletionTokens\"#\n!InferenceServiceListModelsRequest\"Q\n\"InferenceServiceListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x13.troop.v1.ModelInfoR\x06models2\xa4\x02\n\x10InferenceService\x12U\n\x0e\x43hatCompletion\x12\x1f.troop.v1.ChatCompletionRequest\x1a .troop.v1.ChatCompletionResponse0\x01\x12g\n\nListModels\x12+.troop.v1.InferenceServiceListModelsRequest\x1a,.troop.v1.InferenceServiceListModelsResponse\x12P\n\rProveEndpoint\x12\x1e.troop.v1.ProveEndpointRequest\x1a\x1f.troop.v1.ProveEndpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18troop/v1/inference.proto\x12\x08troop.v1\x1a\x15troop/v1/common.proto\"H\n\x14ProveEndpointRequest\x12\x14\n\x05nonce\x18\x01 \x01(\tR\x05nonce\x12\x1a\n\x08\x65ndpoint\x18\x02 \x01(\tR\x08\x65ndpoint\"]\n\x15ProveEndpointResponse\x12&\n\x0fnode_public_key\x18\x01 \x01(\tR\rnodePublicKey\x12\x1c\n\tsignature\x18\x02 \x01(\tR\tsignature\"\xc8\x02\n\x15\x43hatCompletionRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x15.troop.v1.ChatMessageR\x08messages\x12%\n\x0btemperature\x18\x03 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x04 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\"\n\nmax_tokens\x18\x05 \x01(\rH\x02R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x07 \x01(\x04H\x03R\x04seed\x88\x01\x01\x12\"\n\x0c\x63ontinuation\x18\x08 \x01(\tR\x0c\x63ontinuationB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x9a\x02\n\x16\x43hatCompletionResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x64\x65lta\x18\x02 \x01(\tR\x05\x64\x65lta\x12;\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.troop.v1.FinishReasonR\x0c\x66inishReason\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.troop.v1.UsageR\x05usage\x12+\n\x11\x63ompletion_tokens\x18\x05 \x01(\rR\x10\x63ompletionTokens\x12\x1a\n\x08\x65vidence\x18\x06 \x01(\x0cR\x08\x65vidence\x12-\n\x12\x65vidence_signature\x18\x07 \x01(\x0cR\x11\x65videnceSignature\"\xaf\x01\n\x0eOutputEvidence\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n\x07node_id\x18\x02 \x01(\tR\x06nodeId\x12\x14\n\x05model\x18\x03 \x01(\tR\x05model\x12\'\n\x0fmessages_sha256\x18\x04 \x01(\x0cR\x0emessagesSha256\x12.\n\x06tokens\x18\x05 \x03(\x0b\x32\x16.troop.v1.TokenLogprobR\x06tokens\"k\n\x0cTokenLogprob\x12\x14\n\x05token\x18\x01 \x01(\x0cR\x05token\x12\x18\n\x07logprob\x18\x02 \x01(\x02R\x07logprob\x12\x1e\n\x08token_id\x18\x03 \x01(\rH\x00R\x07tokenId\x88\x01\x01\x42\x0b\n\t_token_id\"#\n!InferenceServiceListModelsRequest\"Q\n\"InferenceServiceListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x13.troop.v1.ModelInfoR\x06models2\xa4\x02\n\x10InferenceService\x12U\n\x0e\x43hatCompletion\x12\x1f.troop.v1.ChatCompletionRequest\x1a .troop.v1.ChatCompletionResponse0\x01\x12g\n\nListModels\x12+.troop.v1.InferenceServiceListModelsRequest\x1a,.troop.v1.InferenceServiceListModelsResponse\x12P\n\rProveEndpoint\x12\x1e.troop.v1.ProveEndpointRequest\x1a\x1f.troop.v1.ProveEndpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATCOMPLETIONREQUEST']._serialized_start=231
   _globals['_CHATCOMPLETIONREQUEST']._serialized_end=559
   _globals['_CHATCOMPLETIONRESPONSE']._serialized_start=562
-  _globals['_CHATCOMPLETIONRESPONSE']._serialized_end=769
-  _globals['_INFERENCESERVICELISTMODELSREQUEST']._serialized_start=771
-  _globals['_INFERENCESERVICELISTMODELSREQUEST']._serialized_end=806
-  _globals['_INFERENCESERVICELISTMODELSRESPONSE']._serialized_start=808
-  _globals['_INFERENCESERVICELISTMODELSRESPONSE']._serialized_end=889
-  _globals['_INFERENCESERVICE']._serialized_start=892
-  _globals['_INFERENCESERVICE']._serialized_end=1184
+  _globals['_CHATCOMPLETIONRESPONSE']._serialized_end=844
+  _globals['_OUTPUTEVIDENCE']._serialized_start=847
+  _globals['_OUTPUTEVIDENCE']._serialized_end=1022
+  _globals['_TOKENLOGPROB']._serialized_start=1024
+  _globals['_TOKENLOGPROB']._serialized_end=1131
+  _globals['_INFERENCESERVICELISTMODELSREQUEST']._serialized_start=1133
+  _globals['_INFERENCESERVICELISTMODELSREQUEST']._serialized_end=1168
+  _globals['_INFERENCESERVICELISTMODELSRESPONSE']._serialized_start=1170
+  _globals['_INFERENCESERVICELISTMODELSRESPONSE']._serialized_end=1251
+  _globals['_INFERENCESERVICE']._serialized_start=1254
+  _globals['_INFERENCESERVICE']._serialized_end=1546
 # @@protoc_insertion_point(module_scope)

@@ -44,18 +44,46 @@ class ChatCompletionRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., continuation: _Optional[str] = ...) -> None: ...
 
 class ChatCompletionResponse(_message.Message):
-    __slots__ = ("id", "delta", "finish_reason", "usage", "completion_tokens")
+    __slots__ = ("id", "delta", "finish_reason", "usage", "completion_tokens", "evidence", "evidence_signature")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     id: str
     delta: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     completion_tokens: int
-    def __init__(self, id: _Optional[str] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    evidence: bytes
+    evidence_signature: bytes
+    def __init__(self, id: _Optional[str] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., completion_tokens: _Optional[int] = ..., evidence: _Optional[bytes] = ..., evidence_signature: _Optional[bytes] = ...) -> None: ...
+
+class OutputEvidence(_message.Message):
+    __slots__ = ("job_id", "node_id", "model", "messages_sha256", "tokens")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    model: str
+    messages_sha256: bytes
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[str] = ..., messages_sha256: _Optional[bytes] = ..., tokens: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+
+class TokenLogprob(_message.Message):
+    __slots__ = ("token", "logprob", "token_id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token: bytes
+    logprob: float
+    token_id: int
+    def __init__(self, token: _Optional[bytes] = ..., logprob: _Optional[float] = ..., token_id: _Optional[int] = ...) -> None: ...
 
 class InferenceServiceListModelsRequest(_message.Message):
     __slots__ = ()
