@@ -1,0 +1,201 @@
+"""How far an honest GPU worker's log-probabilities sit from the verifier's fp32 CPU copy.
+
+    # on a machine with a GPU (the model's GGUF and torch + transformers + gguf there):
+    python -m bench.verification_gpu generate --model FILE.gguf --out gpu.json
+    # here, with the verifier's trusted copy (fp32 on CPU):
+    .venv/bin/python -m bench.verification_gpu compare gpu.json
+
+`generate` answers every prompt greedily and sampled (temperature 0.8, seeded) in
+bfloat16, float16 and float32 on the GPU, batched with left padding as a serving
+engine batches, and records for each generated token the log-probability of the
+raw logits (log_softmax, float32, before temperature) — what a worker puts in its
+output evidence. `compare` recomputes each sequence with one teacher-forced
+forward pass in float32 on the CPU and prints the deviation quantiles per
+precision: the honest noise that the verifier's thresholds must clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.prompts import PROMPTS
+
+EXTRA_PROMPTS: tuple[str, ...] = (
+    "Give me a recipe for a quick vegetarian dinner.",
+    "Why do leaves change colour in autumn?",
+    "Summarise the plot of Romeo and Juliet in three sentences.",
+    "How do I reverse a list in Python?",
+    "What are the benefits of regular exercise?",
+    "Translate 'good morning, how are you?' into French and Spanish.",
+    "Write a haiku about the sea.",
+    "Explain what an API is to a ten-year-old.",
+    "What is the difference between weather and climate?",
+    "Suggest three names for a bakery.",
+    "How does a bicycle stay upright?",
+    "Write a SQL query that counts the rows of a table named orders.",
+    "What should I pack for a weekend hiking trip?",
+    "Explain photosynthesis briefly.",
+    "Give two arguments for and against working from home.",
+    "What is 17 times 23? Show the steps.",
+)
+
+DTYPES = ("bfloat16", "float16", "float32")
+TEMPERATURES = (0.0, 0.8)
+
+
+def _load(path: Path, dtype: str, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    options = {"gguf_file": path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, dtype=getattr(torch, dtype), **options
+    )
+    return tokenizer, model.to(device).eval()
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
+
+
+def generate(model_path: Path, out: Path, max_tokens: int, device: str = "cuda") -> None:
+    import torch
+
+    prompts = PROMPTS + EXTRA_PROMPTS
+    records: list[dict[str, Any]] = []
+    for dtype in DTYPES:
+        started = time.perf_counter()
+        tokenizer, model = _load(model_path, dtype, device)
+        eos = tokenizer.eos_token_id
+        for temperature in TEMPERATURES:
+            batch = [_prompt_ids(tokenizer, p) for p in prompts]
+            width = max(map(len, batch))
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+            ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device
+            )
+            torch.manual_seed(1234)
+            with torch.no_grad():
+                result = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=None,
+                    top_k=None,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                    pad_token_id=pad,
+                )
+            logits = torch.stack(result.logits, dim=1).float()  # batch, steps, vocab
+            logprobs = torch.log_softmax(logits, dim=-1)
+            generated = result.sequences[:, width:]
+            for row, prompt in enumerate(prompts):
+                tokens, values = [], []
+                for step in range(generated.shape[1]):
+                    token = int(generated[row, step])
+                    tokens.append(token)
+                    values.append(float(logprobs[row, step, token]))
+                    if token == eos:
+                        break
+                records.append(
+                    {
+                        "dtype": dtype,
+                        "temperature": temperature,
+                        "prompt": prompt,
+                        "prompt_ids": batch[row],
+                        "tokens": tokens,
+                        "logprobs": values,
+                    }
+                )
+        print(f"{dtype}: {time.perf_counter() - started:.1f} s", flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    out.write_text(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(0) if device == "cuda" else device,
+                "torch": torch.__version__,
+                "records": records,
+            }
+        )
+    )
+
+
+def _quantiles(values: list[float]) -> str:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return (
+        f"median {statistics.median(ordered):.4f}  p99 {at(0.99):.4f}  "
+        f"p99.9 {at(0.999):.4f}  max {ordered[-1]:.4f}"
+    )
+
+
+def compare(data_path: Path, model_path: Path | None) -> None:
+    import torch
+
+    if model_path is None:
+        from troop_worker.engine.torch_engine import default_model_path
+
+        model_path = default_model_path()
+    data = json.loads(data_path.read_text())
+    tokenizer, model = _load(model_path, "float32", "cpu")
+    del tokenizer
+    by_dtype: dict[str, list[float]] = {}
+    jobs: dict[str, list[float]] = {}
+    for record in data["records"]:
+        ids = record["prompt_ids"] + record["tokens"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        trusted = torch.log_softmax(logits, dim=-1)
+        start = len(record["prompt_ids"]) - 1
+        deviations = [
+            abs(float(trusted[start + i, token]) - claimed)
+            for i, (token, claimed) in enumerate(
+                zip(record["tokens"], record["logprobs"], strict=True)
+            )
+        ]
+        key = f"{record['dtype']} T={record['temperature']}"
+        by_dtype.setdefault(key, []).extend(deviations)
+        jobs.setdefault(key, []).append(statistics.fmean(deviations))
+    print(f"GPU: {data['device']}, torch {data['torch']}; verifier: float32 on CPU")
+    for key, values in by_dtype.items():
+        print(f"{key:<18} {len(values):>5} positions  |Δ logprob| {_quantiles(values)}")
+        print(f"{'':<18} {len(jobs[key]):>5} jobs       mean |Δ| per job: max {max(jobs[key]):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate")
+    gen.add_argument("--model", type=Path, required=True)
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--device", default="cuda")
+    cmp_ = commands.add_parser("compare")
+    cmp_.add_argument("data", type=Path)
+    cmp_.add_argument("--model", type=Path)
+    args = parser.parse_args()
+    if args.command == "generate":
+        generate(args.model, args.out, args.max_tokens, args.device)
+    else:
+        compare(args.data, args.model)
+
+
+if __name__ == "__main__":
+    main()
