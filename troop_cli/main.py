@@ -228,8 +228,8 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
         host=settings.host,
         port=args.http_port,
         xff_num_trusted_hops=settings.xff_trusted_hops,
-    ):
-        await serve(settings)
+    ) as envoy:
+        await serve(settings, envoy=envoy)
     return 0
 
 
