@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 from tests.conftest import MODEL
 from tests.e2e.test_cli import troop
 from troop_cli import format as fmt
+from troop_cli.status import ENTER, FRAME, LEAVE
 
 
 def millicredits(printed: str) -> int:
@@ -82,3 +85,46 @@ async def test_status_without_once_draws_frame_after_frame_until_ctrl_c(
     assert code == 130, text  # Ctrl-C, as the other commands
     assert "\x1b" not in text and "Traceback" not in text
     assert "NODES (1 live)" in text and "every 0.2 s" in text
+
+
+async def test_on_a_terminal_it_redraws_full_screen_and_gives_the_screen_back_on_ctrl_c(
+    start_mesh, tmp_path: Path
+) -> None:
+    env = {**os.environ, "TROOP_CONFIG_DIR": str(tmp_path / "user"), "COLUMNS": "100"}
+    async with start_mesh() as mesh:
+
+        def watch() -> tuple[int, bytes]:
+            main, child = pty.openpty()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "troop_cli", "status", "--interval", "0.2",
+                 "--coordinator", mesh.coordinator],
+                stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env,
+            )  # fmt: skip
+            os.close(child)
+            seen = b""
+            deadline = time.monotonic() + 60
+            try:
+                while seen.count(FRAME.encode()) < 2:
+                    assert proc.poll() is None and time.monotonic() < deadline, seen
+                    if select.select([main], [], [], 0.1)[0]:
+                        seen += os.read(main, 65536)
+                proc.send_signal(signal.SIGINT)
+                code = proc.wait(timeout=30)
+                while select.select([main], [], [], 0.1)[0]:
+                    try:
+                        chunk = os.read(main, 65536)
+                    except OSError:  # the terminal's other side is closed
+                        break
+                    if not chunk:
+                        break
+                    seen += chunk
+            finally:
+                os.close(main)
+            return code, seen
+
+        code, seen = await asyncio.to_thread(watch)
+    assert code == 130
+    assert seen.startswith(ENTER.encode()), seen[:40]
+    assert seen.rstrip(b"\r\n").endswith(LEAVE.encode()), seen[-40:]  # the screen restored
+    assert b"NODES (1 live)" in seen
+    assert all(len(line) <= 100 for line in seen.decode().split("\x1b[2J")[1].splitlines())
