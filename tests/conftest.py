@@ -281,10 +281,12 @@ def start_mesh(tmp_path: Path, eventually) -> StartMesh:
     ) -> AsyncIterator[Mesh]:
         coordinator_settings = dataclasses.replace(
             CoordinatorSettings.from_env({}),
-            port=0,
-            data_dir=tmp_path / "coordinator",
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
-            **(coordinator_overrides or {}),
+            **{  # the embedded SQLite ledger unless the test gives another
+                "port": 0,
+                "data_dir": tmp_path / "coordinator",
+                "database_url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
+                **(coordinator_overrides or {}),
+            },
         )
         async with Coordinator(coordinator_settings) as coordinator:
             worker_settings = local_worker_settings(

@@ -184,6 +184,21 @@ async def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_status(args: argparse.Namespace) -> int:
+    from troop_cli.status import run_status
+
+    settings = ClientSettings.from_args(args, os.environ)
+    async with TroopClient.from_settings(settings) as troop:
+        return await run_status(
+            troop,
+            settings.coordinator,
+            once=args.once,
+            interval_s=args.interval,
+            network_interval_s=args.network_interval,
+            jobs=args.jobs,
+        )
+
+
 async def cmd_whoami(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
         print(troop.public_key)
@@ -228,8 +243,8 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
         host=settings.host,
         port=args.http_port,
         xff_num_trusted_hops=settings.xff_trusted_hops,
-    ):
-        await serve(settings)
+    ) as envoy:
+        await serve(settings, envoy=envoy)
     return 0
 
 
@@ -411,6 +426,24 @@ def build_parser(command_line: str | None = None) -> argparse.ArgumentParser:
     _add_client_options(p)
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--page-token")
+
+    p = command(
+        "status",
+        cmd_status,
+        "a live view of the network and your account: nodes, models, load, your balance "
+        "and your last jobs; full screen on a terminal until Ctrl-C",
+    )
+    _add_client_options(p)
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between frames")
+    p.add_argument(
+        "--network-interval",
+        type=float,
+        default=90.0,
+        help="seconds between reads of nodes and models (the coordinator limits discovery "
+        "to 100 calls an hour per address by default)",
+    )
+    p.add_argument("--jobs", type=int, default=10, help="how many of your last jobs to show")
 
     p = command("whoami", cmd_whoami, "your public key (your identity on the network)")
     _add_client_options(p)

@@ -198,6 +198,31 @@ def transaction_page(reply: pb.ListTransactionsResponse) -> Page[Transaction]:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """What verifiers found when they checked a node's output (ADR 52): checks passed and
+    failed, when last checked, until when a failure holds its earnings (None: not held),
+    the models it failed recently, and whether it is barred from the network."""
+
+    checks_passed: int
+    checks_failed: int
+    last_checked: datetime | None
+    held_until: datetime | None
+    failed_models: tuple[str, ...]
+    barred: bool
+
+    @classmethod
+    def from_pb(cls, record: pb.NodeVerification) -> Verification:
+        return cls(
+            checks_passed=record.checks_passed,
+            checks_failed=record.checks_failed,
+            last_checked=_utc_or_none(record, "last_checked"),
+            held_until=_utc_or_none(record, "held_until"),
+            failed_models=tuple(record.failed_models),
+            barred=record.barred,
+        )
+
+
+@dataclass(frozen=True)
 class Node:
     """A live worker node whose endpoint proved its key: what it serves, its load, its
     hardware, its multiplier (proven speed over the reference machine) and when it last
@@ -216,6 +241,7 @@ class Node:
     memory_bytes: int
     last_seen: datetime | None
     tls: bool = False  # it serves TLS at `endpoint`
+    verification: Verification | None = None  # None: the coordinator sent no record
 
     @classmethod
     def from_pb(cls, node: pb.NodeInfo) -> Node:
@@ -233,6 +259,9 @@ class Node:
             memory_bytes=node.hardware.memory_bytes,
             last_seen=_utc_or_none(node, "last_seen"),
             tls=node.tls,
+            verification=(
+                Verification.from_pb(node.verification) if node.HasField("verification") else None
+            ),
         )
 
 

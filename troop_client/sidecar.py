@@ -39,6 +39,7 @@ from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.config import ConfigError
 from troop_common.envoy import EnvoyConfig, EnvoySidecar
+from troop_common.envoy.stats import export_envoy_stats
 from troop_common.keys import Identity
 from troop_common.metrics import (
     BREAKER_STATES,
@@ -200,6 +201,7 @@ class ClientSidecar:
                 stat_prefix="troop_client",
             )
         )
+        export_envoy_stats(self.metrics, self.envoy)
 
     @property
     def url(self) -> str:

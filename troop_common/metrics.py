@@ -10,19 +10,30 @@ A `Metrics` owns its own `CollectorRegistry` (not prometheus_client's global one
 several components in one process (the tests) keep their numbers apart; every series
 carries a `component` label. The endpoint is prometheus_client's threaded HTTP server,
 started only when a `metrics_port` is set, and stopped with the component
-(docs/adr/0051-prometheus-metrics.md).
+(docs/adr/0051-prometheus-metrics.md). A component that embeds Envoy `include`s Envoy's
+own exposition, appended to each scrape (troop_common.envoy.stats, ADR 54): so the
+endpoint always answers in the Prometheus text format (0.0.4), never OpenMetrics.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from troop_common.config import ConfigError, parse_int
@@ -33,6 +44,9 @@ from troop_common.settings_spec import setting
 # Seconds: from a fast unary call on loopback to a long answer streamed by a slow node.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BREAKER_STATES = {"closed": 0, "open": 1, "half-open": 2}
+# Another exposition (Prometheus text format) to append to each scrape: its families'
+# names disjoint from the registry's; empty when it has nothing (its source is down).
+Exposition = Callable[[], bytes]
 
 
 def _port(name: str, raw: str) -> int:
@@ -72,6 +86,7 @@ class Metrics:
     def __init__(self, component: str) -> None:
         self.component = component
         self.registry = CollectorRegistry()
+        self.included: list[Exposition] = []
         self.rpcs = self.counter(
             "troop_rpcs",
             "RPCs served, by service, method and gRPC code",
@@ -125,12 +140,22 @@ class Metrics:
         """A gauge whose value is `read()` at each scrape (queue depth, breaker state)."""
         self.gauge(name, doc).labels().set_function(read)
 
+    def include(self, exposition: Exposition) -> None:
+        """Append `exposition()` to each scrape (Envoy's statistics), after the registry's."""
+        self.included.append(exposition)
+
+    def exposition(self) -> bytes:
+        """What a scrape returns: the included texts are read first (so a gauge about
+        them, `troop_envoy_up`, describes this scrape), then the registry's is put first."""
+        included = b"".join(read() for read in self.included)
+        return generate_latest(self.registry) + included
+
     def interceptor(self) -> MetricsInterceptor:
         return MetricsInterceptor(self)
 
     def serve(self, host: str, port: int) -> MetricsEndpoint | None:
         """`/metrics` on host:port, until its `close()`; None when `port` is 0 (off)."""
-        return MetricsEndpoint(self.registry, host, port) if port else None
+        return MetricsEndpoint(self.exposition, host, port) if port else None
 
 
 class Labelled:
@@ -145,18 +170,23 @@ class Labelled:
 
 
 class MetricsEndpoint:
-    """prometheus_client's HTTP server on its own thread; `close()` stops it."""
+    """A threaded HTTP server answering every GET with `exposition()`; `close()` stops it."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, exposition: Exposition, host: str, port: int) -> None:
         try:
-            server, thread = start_http_server(port, addr=host, registry=registry)
+            server = make_server(
+                host, port, _wsgi_app(exposition), _server_class(host, port), _QuietHandler
+            )
         except OSError as exc:  # taken, or not an address of this machine
             raise ConfigError(
                 f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
                 "choose another --metrics-port / --metrics-host"
             ) from None
         self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="metrics-endpoint", daemon=True
+        )
+        self._thread.start()
         self.port: int = server.server_address[1]
         self.url = f"http://{host}:{self.port}/metrics"
 
@@ -164,6 +194,31 @@ class MetricsEndpoint:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+def _server_class(host: str, port: int) -> type[WSGIServer]:
+    """ThreadingWSGIServer for `host`'s address family (an IPv6 address binds AF_INET6)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family[0][0]})
+
+
+def _wsgi_app(exposition: Exposition) -> Callable[..., list[bytes]]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        body = exposition()
+        start_response(
+            "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
+        )
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+
+    return app
 
 
 def _code(exc: BaseException | None) -> str:

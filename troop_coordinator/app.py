@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
@@ -49,6 +50,9 @@ from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.stores import build_stores
 from troop_coordinator.ticket_keys import TicketKeyRing
 
+if TYPE_CHECKING:  # the edge extra (Envoy) is optional
+    from troop_common.envoy import EnvoySidecar
+
 log = logging.getLogger("troop.coordinator")
 
 # Health of the shared Redis state, beside the service's own: NOT_SERVING while
@@ -66,7 +70,10 @@ class Coordinator:
         registry: NodeRegistry | None = None,
         replays: ReplaySet | None = None,
         limiter: RateLimiter | None = None,
+        envoy: EnvoySidecar | None = None,
     ) -> None:
+        """`envoy`: the REST face in front of it (`--http-port`), whose statistics its
+        metrics endpoint re-exports."""
         self.settings = settings
         self.engine = create_engine(
             settings.effective_database_url,
@@ -76,6 +83,10 @@ class Coordinator:
         sessions = session_factory(self.engine)
         self.metrics = Metrics("coordinator")
         self.metrics_endpoint: MetricsEndpoint | None = None
+        if envoy is not None:  # the edge extra is installed: it runs
+            from troop_common.envoy.stats import export_envoy_stats
+
+            export_envoy_stats(self.metrics, envoy)
         self.ledger = MeteredLedger(
             sessions,
             starter_millicredits=settings.starter_millicredits,
@@ -293,9 +304,15 @@ async def _database_cleanups_done(timeout_s: float = 2.0) -> None:
         await asyncio.wait(cleanups, timeout=timeout_s)
 
 
-async def serve(settings: CoordinatorSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run a coordinator until SIGTERM or SIGINT; `Coordinator.stop` is the stop steps."""
-    async with until_signalled() as stopping, Coordinator(settings) as coordinator:
+async def serve(
+    settings: CoordinatorSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    envoy: EnvoySidecar | None = None,
+) -> None:
+    """Run a coordinator until SIGTERM or SIGINT; `Coordinator.stop` is the stop steps.
+    `envoy`: its REST face, if one runs (its statistics join the coordinator's metrics)."""
+    async with until_signalled() as stopping, Coordinator(settings, envoy=envoy) as coordinator:
         if ready is not None:
             ready.set()
         await stopping.wait()

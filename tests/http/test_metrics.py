@@ -44,12 +44,25 @@ def exported(text: str) -> set[str]:
     return {_family(f.name) for f in text_string_to_metric_families(text)}
 
 
+def _strings(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        node = list(node.values())
+    return [s for item in node for s in _strings(item)] if isinstance(node, list) else []
+
+
+# What names labels, not metrics: matchers and legends `{...}`, groupings `by (...)`.
+LABEL_PLACES = re.compile(r"\{[^}]*\}|\b(?:by|without)\s*\([^)]*\)")
+
+
 def dashboard_metrics() -> dict[str, set[str]]:
-    """Each dashboard's troop_* metrics, from its panels' queries and its variables."""
+    """Each dashboard's troop_* and envoy_* metrics, from its panels' queries and variables."""
     found = {}
     for board in sorted(DASHBOARDS.glob("*.json")):
-        text = json.dumps(json.loads(board.read_text()))  # every string in it, queries too
-        found[board.name] = {_family(m) for m in re.findall(r"\btroop_[a-z_]+", text)}
+        strings = _strings(json.loads(board.read_text()))  # every string in it, queries too
+        text = "\n".join(LABEL_PLACES.sub(" ", s) for s in strings)
+        found[board.name] = {_family(m) for m in re.findall(r"\b(?:troop|envoy)_[a-z_]+", text)}
     return found
 
 
@@ -124,6 +137,10 @@ async def test_one_streamed_chat_is_counted_by_every_component(
         assert sample(text, "troop_time_to_first_token_seconds_sum", **labels) > 0
     assert sample(sidecar_text, "troop_openai_requests_total", route="/v1/chat/completions") == 1
     assert sample(sidecar_text, "troop_coordinator_breaker_state") == 0  # closed
+    # The sidecar's Envoy (the OpenAI face) counted the request, on the sidecar's endpoint.
+    face = {"envoy_http_conn_manager_prefix": "troop_client"}
+    assert sample(sidecar_text, "envoy_http_downstream_rq_total", **face) >= 1
+    assert sample(sidecar_text, "troop_envoy_up", component="sidecar") == 1
     assert sample(coordinator, "troop_live_nodes", model=MODEL) == 1
     reserved = sample(coordinator, "troop_credits_reserved_millicredits_total")
     charged = sample(coordinator, "troop_credits_charged_millicredits_total")

@@ -23,6 +23,7 @@ from troop_common.shutdown import stop_processes
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
+ADMIN_SOCKET = "admin.sock"
 
 
 class EnvoyError(RuntimeError):
@@ -70,6 +71,13 @@ class EnvoySidecar:
         return f"http://{host}:{self.port}"
 
     @property
+    def admin_path(self) -> Path | None:
+        """The admin interface's Unix socket while Envoy runs (its statistics); else None."""
+        if self._dir is None or not self.running:
+            return None
+        return Path(self._dir.name) / ADMIN_SOCKET
+
+    @property
     def log_path(self) -> Path:
         if self._dir is None:
             raise EnvoyError("envoy is not running")
@@ -79,7 +87,7 @@ class EnvoySidecar:
         binary = self.envoy or find_envoy()
         self._dir = tempfile.TemporaryDirectory(prefix="troop-envoy-")
         work = Path(self._dir.name)
-        admin = work / "admin.sock"
+        admin = work / ADMIN_SOCKET
         bootstrap = work / "bootstrap.json"
         bootstrap.write_text(bootstrap_json(self.config, admin))
         with self.log_path.open("wb") as log:
