@@ -188,7 +188,8 @@ class ResilienceSettings(Settings):
         parse=number(positive=True),
         help="how often the client pings the worker an answer streams from (at least 1 s); "
         "one that does not answer within as long again is gone (a cut link, not only a "
-        "closed one) and the answer resumes on another node",
+        "closed one) and the answer resumes on another node "
+        "([ADR 55](docs/adr/0055-keepalive-on-answer-streams.md))",
     )
     breaker_failures: int = setting(
         DEFAULT_BREAKER_FAILURES,
