@@ -1,7 +1,10 @@
 """The client's links to workers: one channel per endpoint and mode, one breaker per endpoint.
 
 A channel is kept for the next job (no handshake per job) and gives up connecting after
-`TROOP_CONNECT_TIMEOUT_SECONDS`. A breaker counts an endpoint's transport failures in a
+`TROOP_CONNECT_TIMEOUT_SECONDS`. While an answer streams, the client pings its worker every
+`TROOP_KEEPALIVE_SECONDS`: a worker whose link was cut (no reset, no close, nothing) fails the
+stream once a ping goes unanswered as long again, and the answer resumes elsewhere
+(ADR 55). A breaker counts an endpoint's transport failures in a
 row (unreachable, connection broken, deadline passed; never a refusal, which is an
 answer); once open (`TROOP_BREAKER_FAILURES`), a grant for that endpoint is skipped
 before dialling, like an unreachable node, until the cooldown's trial call
@@ -32,7 +35,12 @@ class WorkerLinks:
         key = f"{endpoint}|{tls}"
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._tls.dial(endpoint, tls, self._resilience.connect_timeout_s)
+            channel = self._tls.dial(
+                endpoint,
+                tls,
+                self._resilience.connect_timeout_s,
+                keepalive_s=self._resilience.keepalive_s,
+            )
             self._channels[key] = channel
         return channel
 

@@ -35,6 +35,10 @@ from troop_common.settings_spec import Settings, integer, number, setting
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_INFERENCE_TIMEOUT_S = 300.0
+DEFAULT_KEEPALIVE_S = 10.0
+# The fastest pings a Troop server takes from a peer with a call open, even while it sends
+# nothing (a long prefill): a client's keepalive is never faster (TROOP_KEEPALIVE_SECONDS).
+MIN_KEEPALIVE_S = 1.0
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN_S = 60.0
 
@@ -50,6 +54,29 @@ def connect_options(connect_timeout_s: float) -> list[tuple[str, int]]:
     ("failed to connect to all addresses"). gRPC's name for that bound is
     `min_reconnect_backoff_ms` (its minimum connect timeout, 20 s unless set)."""
     return [("grpc.min_reconnect_backoff_ms", max(100, round(connect_timeout_s * 1000)))]
+
+
+def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
+    """gRPC channel options pinging the peer (HTTP/2 PING) every `keepalive_s` while a call
+    is open, and closing the connection when a ping is not answered within as long again:
+    the open calls then fail UNAVAILABLE. A peer whose link was cut answers nothing, not even
+    a reset, and would otherwise hold a stream until its deadline. No pings without a call
+    (an idle channel costs the peer nothing); any number between two data frames."""
+    milliseconds = round(max(keepalive_s, MIN_KEEPALIVE_S) * 1000)
+    return [
+        ("grpc.keepalive_time_ms", milliseconds),
+        ("grpc.keepalive_timeout_ms", milliseconds),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def ping_tolerance_options() -> list[tuple[str, int]]:
+    """gRPC server options accepting a client's keepalive pings (keepalive_options) down to
+    MIN_KEEPALIVE_S apart while a call is open, even when the server sends nothing between
+    them (by default a server answers the third such ping within 5 minutes with GOAWAY
+    `too_many_pings`); half that, so that a ping a timer's jitter early is no strike."""
+    return [("grpc.http2.min_ping_interval_without_data_ms", round(MIN_KEEPALIVE_S * 500))]
 
 
 @dataclass(frozen=True)
@@ -155,6 +182,15 @@ class ResilienceSettings(Settings):
         parse=number(positive=True),
         help="deadline of one call to the coordinator; a worker's heartbeat gets the lower of "
         "this and its interval (at least 1 s), so a beat ends well within the node TTL",
+    )
+    keepalive_s: float = setting(
+        DEFAULT_KEEPALIVE_S,
+        env="TROOP_KEEPALIVE_SECONDS",
+        parse=number(positive=True),
+        help="how often the client pings the worker an answer streams from (at least 1 s); "
+        "one that does not answer within as long again is gone (a cut link, not only a "
+        "closed one) and the answer resumes on another node "
+        "([ADR 55](docs/adr/0055-keepalive-on-answer-streams.md))",
     )
     breaker_failures: int = setting(
         DEFAULT_BREAKER_FAILURES,

@@ -14,6 +14,7 @@ from troop_common.interceptors.audit import AuditInterceptor
 from troop_common.interceptors.errors import ErrorInterceptor
 from troop_common.interceptors.tracing import TracingInterceptor
 from troop_common.metrics import Metrics
+from troop_common.resilience import ping_tolerance_options
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -48,7 +49,10 @@ class TroopServer:
         if audit is not None:
             chain.append(AuditInterceptor(audit))
         self.audit = audit
-        self.server = grpc.aio.server(interceptors=[*chain, *interceptors])
+        # Clients' keepalive pings are welcome while a call is open (troop_common.resilience).
+        self.server = grpc.aio.server(
+            interceptors=[*chain, *interceptors], options=ping_tolerance_options()
+        )
         for register in registrars:
             register(self.server)
         self.health = health.aio.HealthServicer()

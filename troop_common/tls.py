@@ -23,7 +23,11 @@ from pathlib import Path
 import grpc
 
 from troop_common.errors import FailedPrecondition
-from troop_common.resilience import DEFAULT_CONNECT_TIMEOUT_S, connect_options
+from troop_common.resilience import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    connect_options,
+    keepalive_options,
+)
 from troop_common.settings_spec import Settings, path, setting, switch
 
 
@@ -105,13 +109,21 @@ class TlsSettings(Settings):
         return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options)
 
     def dial(
-        self, address: str, tls: bool, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+        self,
+        address: str,
+        tls: bool,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        keepalive_s: float | None = None,
     ) -> grpc.aio.Channel:
         """A channel to a peer that stated whether it serves TLS: TLS exactly when it
         does (trust roots from TROOP_TLS_CA, else the system's); plaintext only on
         loopback or when plaintext was explicitly allowed, else FailedPrecondition
-        before anything is sent. Connecting gives up after `connect_timeout_s`."""
+        before anything is sent. Connecting gives up after `connect_timeout_s`; with
+        `keepalive_s`, an open call fails once the peer stops answering pings
+        (troop_common.resilience.keepalive_options)."""
         options = connect_options(connect_timeout_s)
+        if keepalive_s is not None:
+            options += keepalive_options(keepalive_s)
         if tls:
             roots = self.ca_file.read_bytes() if self.ca_file is not None else None
             return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots), options)

@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from troop_client import ClientSettings, TroopClient
+from troop_client import ClientSettings, Message, TroopClient
 from troop_common.config import ConfigError
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.errors import InvalidArgument, Unavailable, Unreachable
 from troop_common.keys import Identity
-from troop_common.resilience import NO_RETRY, CircuitBreaker, RetryPolicy
+from troop_common.resilience import NO_RETRY, CircuitBreaker, ResilienceSettings, RetryPolicy
 from troop_coordinator.app import Coordinator
 from troop_coordinator.settings import CoordinatorSettings
+from troop_worker.engine.fake import FakeEngine
+
+MODEL = "smollm2-135m-instruct"
 
 
 class FakeClock:
@@ -207,3 +210,33 @@ def test_an_unusable_timeout_or_breaker_setting_is_refused_by_name(
 ) -> None:
     with pytest.raises(ConfigError, match=f"{variable} {said}"):
         ClientSettings.from_env({variable: value})
+
+
+class SlowToStart(FakeEngine):
+    """The fake engine after a long prefill: nothing for `prefill_s`, then the words."""
+
+    def __init__(self, prefill_s: float) -> None:
+        super().__init__([MODEL], delay_s=0.01)
+        self.prefill_s = prefill_s
+
+    async def stream(self, request):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.prefill_s)  # the engine computing, not a test waiting
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_a_worker_silent_through_a_long_prefill_takes_the_clients_keepalive_pings(
+    start_mesh, tmp_path: Path
+) -> None:
+    # Pings every second through 8 s without a data frame: a gRPC server's default policy
+    # answers the third past its first with GOAWAY (too_many_pings, about 6 s in); a Troop
+    # server takes them (ADR 55).
+    async with start_mesh(engine=SlowToStart(prefill_s=8)) as mesh:
+        settings = ClientSettings(
+            coordinator=mesh.coordinator,
+            config_dir=tmp_path / "client",
+            resilience=ResilienceSettings(keepalive_s=1.0),
+        )
+        async with TroopClient(mesh.coordinator, Identity.generate(), settings) as client:
+            answer = await client.complete([Message("user", "after a long prefill")])
+    assert answer.text == "You said: after a long prefill"

@@ -24,7 +24,7 @@ from tests.deploy.deploy_checks import (
     logrotate_problems,
     tool,
 )
-from tests.security.test_tls import make_ca_and_server_cert
+from tests.pki import make_ca_and_server_cert
 
 
 def _needs(name: str, hint: str) -> None:

@@ -12,7 +12,7 @@ import grpc
 
 from tests.conftest import free_port
 from tests.deploy.deploy_checks import DEPLOY
-from tests.security.test_tls import make_ca_and_server_cert
+from tests.pki import make_ca_and_server_cert
 from troop_common.server import TroopServer
 
 SCRIPT = DEPLOY / "healthcheck.py"

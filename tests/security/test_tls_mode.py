@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, local_worker_settings, require
-from tests.security.test_tls import make_ca_and_server_cert
+from tests.pki import make_ca_and_server_cert
 from troop_client import Message, TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.coordinator_client import CoordinatorClient

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tests.conftest import free_port, require, signed_receipt
 from troop_common.coordinator_client import CoordinatorClient
 from troop_common.keys import Identity
 from troop_common.proto import coordinator_pb2 as pb
+from troop_common.tls import TlsSettings
 
 from .private_backends import (
     PrivatePostgres,
@@ -45,9 +46,12 @@ def make_data_dir(path: Path, pem: bytes) -> Path:
     return path
 
 
-async def health_status(address: str, service: str = "") -> int | None:
-    """The health status a server reports for `service`, or None if it does not answer."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def health_status(
+    address: str, service: str = "", tls: TlsSettings | None = None
+) -> int | None:
+    """The health status a server reports for `service`, or None if it does not answer;
+    dialled as `tls` says (default: plaintext, on loopback)."""
+    async with (tls or TlsSettings()).channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
@@ -106,23 +110,39 @@ class Process:
         return self.popen.returncode
 
 
-def spawn(module: str, env: dict[str, str], log: Path) -> Process:
+Start = Callable[..., Process]  # (module, env, log, prefix=(), args=()) -> Process
+
+
+def spawn(
+    module: str,
+    env: dict[str, str],
+    log: Path,
+    prefix: Sequence[str] = (),
+    args: Sequence[str] = (),
+) -> Process:
+    """`python -m module args` (after `prefix`, e.g. `ip netns exec NAME`, which execs it
+    in place: the Popen's pid is the program's), its output in `log`."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     handle = log.open("wb")
-    popen = subprocess.Popen(
-        [sys.executable, "-m", module], env=full, cwd=REPO_ROOT, stdout=handle, stderr=handle
-    )
+    argv = [*prefix, sys.executable, "-m", module, *args]
+    popen = subprocess.Popen(argv, env=full, cwd=REPO_ROOT, stdout=handle, stderr=handle)
     handle.close()
     return Process(popen, log)
 
 
 @pytest.fixture
-async def processes() -> AsyncIterator[Callable[[str, dict[str, str], Path], Process]]:
+async def processes() -> AsyncIterator[Start]:
     """Start child processes; every one still running is stopped at teardown."""
     started: list[Process] = []
 
-    def start(module: str, env: dict[str, str], log: Path) -> Process:
-        process = spawn(module, env, log)
+    def start(
+        module: str,
+        env: dict[str, str],
+        log: Path,
+        prefix: Sequence[str] = (),
+        args: Sequence[str] = (),
+    ) -> Process:
+        process = spawn(module, env, log, prefix, args)
         started.append(process)
         return process
 
@@ -134,20 +154,24 @@ async def processes() -> AsyncIterator[Callable[[str, dict[str, str], Path], Pro
 
 
 async def start_coordinator(
-    start: Callable[[str, dict[str, str], Path], Process],
+    start: Start,
     env: dict[str, str],
     log: Path,
     timeout_s: float = 30,
     port: int | None = None,
+    host: str = "127.0.0.1",
+    tls: TlsSettings | None = None,
 ) -> Process:
-    """`python -m troop_coordinator` on `port` (default: a free one); returns once its health
-    says SERVING."""
+    """`python -m troop_coordinator` on `host`:`port` (default: a free one); returns once its
+    health, dialled as `tls` says, is SERVING."""
     port = port or free_port()
-    process = start("troop_coordinator", {**env, "TROOP_COORDINATOR_PORT": str(port)}, log)
-    process.address = f"127.0.0.1:{port}"
+    env = {**env, "TROOP_COORDINATOR_HOST": host, "TROOP_COORDINATOR_PORT": str(port)}
+    process = start("troop_coordinator", env, log)
+    process.address = f"{host}:{port}"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while await health_status(process.address) != health_pb2.HealthCheckResponse.SERVING:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    while await health_status(process.address, tls=tls) != serving:
         if process.popen.poll() is not None or loop.time() > deadline:
             pytest.fail(f"coordinator did not start:\n{process.output()}")
         await asyncio.sleep(0.1)
@@ -164,7 +188,7 @@ class Network:
     redis_prefix: str
     tmp_path: Path
     ticket_key_pem: bytes
-    start: Callable[[str, dict[str, str], Path], Process]
+    start: Start
 
     def coordinator_env(self, **settings: str) -> dict[str, str]:
         """The coordinator's environment: this test's state, heartbeats every second,
@@ -180,15 +204,31 @@ class Network:
         }
 
     async def coordinator(
-        self, log: str = "coordinator.log", port: int | None = None, **settings: str
+        self,
+        log: str = "coordinator.log",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        tls: TlsSettings | None = None,
+        **settings: str,
     ) -> Process:
-        """`python -m troop_coordinator` (again, after a stop: same state, `port` kept)."""
+        """`python -m troop_coordinator` (again, after a stop: same state, `port` kept), on
+        `host`, its health dialled as `tls` says."""
         env = self.coordinator_env(**settings)
-        return await start_coordinator(self.start, env, self.tmp_path / log, port=port)
+        return await start_coordinator(
+            self.start, env, self.tmp_path / log, port=port, host=host, tls=tls
+        )
 
-    def fake_worker(self, coordinator: str, name: str, log: str = "") -> Process:
-        """`python -m troop_worker` with the fake engine; `name` is its node id and names
-        its data dir, so starting it again is the same node."""
+    def fake_worker(
+        self,
+        coordinator: str,
+        name: str,
+        log: str = "",
+        prefix: Sequence[str] = (),
+        **settings: str,
+    ) -> Process:
+        """`python -m troop_worker` with the fake engine, after `prefix`, then `settings`
+        (TROOP_* variables); `name` is its node id and names its data dir, so starting it
+        again is the same node."""
         env = {
             "TROOP_COORDINATOR": coordinator,
             "TROOP_WORKER_ENGINE": "fake",
@@ -196,8 +236,10 @@ class Network:
             "TROOP_NODE_ID": name,
             "TROOP_WORKER_DATA_DIR": str(self.tmp_path / name),
             "TROOP_WORKER_HEARTBEAT_S": "1",
+            **settings,
         }
-        return self.start("troop_worker", env, self.tmp_path / (log or f"{name}.log"))
+        log_file = self.tmp_path / (log or f"{name}.log")
+        return self.start("troop_worker", env, log_file, prefix)
 
 
 @pytest.fixture
@@ -207,7 +249,7 @@ def network(
     redis_prefix: str,
     tmp_path: Path,
     ticket_key_pem: bytes,
-    processes: Callable[[str, dict[str, str], Path], Process],
+    processes: Start,
 ) -> Network:
     return Network(postgres_url, redis_url, redis_prefix, tmp_path, ticket_key_pem, processes)
 
