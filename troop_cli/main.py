@@ -139,10 +139,23 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
             f"{n.multiplier:.2f}",
             n.device or "-",
             fmt.timestamp(n.last_seen),
+            f"{n.checks_passed}/{n.checks_failed}"
+            + (f" failed: {','.join(n.failed_models)}" if n.failed_models else ""),
+            fmt.timestamp(n.last_checked) if n.last_checked else "never",
         ]
         for n in nodes
     ]
-    headers = ["NODE", "ENDPOINT", "MODELS", "JOBS", "MULT", "DEVICE", "LAST SEEN (UTC)"]
+    headers = [
+        "NODE",
+        "ENDPOINT",
+        "MODELS",
+        "JOBS",
+        "MULT",
+        "DEVICE",
+        "LAST SEEN (UTC)",
+        "CHECKS OK/FAILED",
+        "LAST CHECKED (UTC)",
+    ]
     print(fmt.table(headers, rows) if rows else "no live nodes")
     return 0
 

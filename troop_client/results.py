@@ -216,9 +216,17 @@ class Node:
     memory_bytes: int
     last_seen: datetime | None
     tls: bool = False  # it serves TLS at `endpoint`
+    # What verifiers found checking its output (docs/adr/0053).
+    checks_passed: int = 0
+    checks_failed: int = 0
+    last_checked: datetime | None = None  # None: never checked
+    held_until: datetime | None = None  # set while a failed check holds its earnings
+    failed_models: tuple[str, ...] = ()  # not routed to it (unless pinned) meanwhile
+    barred: bool = False
 
     @classmethod
     def from_pb(cls, node: pb.NodeInfo) -> Node:
+        checks = node.verification
         return cls(
             node_id=node.node_id,
             endpoint=node.endpoint,
@@ -233,6 +241,12 @@ class Node:
             memory_bytes=node.hardware.memory_bytes,
             last_seen=_utc_or_none(node, "last_seen"),
             tls=node.tls,
+            checks_passed=checks.checks_passed,
+            checks_failed=checks.checks_failed,
+            last_checked=_utc_or_none(checks, "last_checked"),
+            held_until=_utc_or_none(checks, "held_until"),
+            failed_models=tuple(checks.failed_models),
+            barred=checks.barred,
         )
 
 
