@@ -333,9 +333,11 @@ def signed_receipt(
     completion_tokens: int = 5,
     outcome: int | None = None,
     duration_ms: int = 1000,
+    evidence_sha256: bytes = b"",
 ) -> Any:
     """A receipt as a worker sends it, signed by `node` (an Identity), carrying `user`'s
-    (an Identity; None: no presentation) signed presentation of the job."""
+    (an Identity; None: no presentation) signed presentation of the job, and the digest
+    of the output evidence it sent (empty: none)."""
     from troop_common.node_proof import new_nonce
     from troop_common.presentation import sign_presentation
     from troop_common.proto import coordinator_pb2 as pb
@@ -357,5 +359,6 @@ def signed_receipt(
         },
         presentation=presentation,
         client_nonce=nonce,
+        evidence_sha256=evidence_sha256,
     )
     return sign_receipt(node, receipt)

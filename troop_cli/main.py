@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from troop_cli import format as fmt
 from troop_client.chat import ChatOptions, Message
+from troop_client.results import Verification
 from troop_client.sdk import TroopClient
 from troop_client.settings import ClientSettings
 from troop_common.assertions import create_assertion
@@ -127,6 +128,16 @@ async def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checks(record: Verification | None) -> str:
+    """A node's checks passed/failed, and the models it failed lately."""
+    if record is None:
+        return "-"
+    failed = f" failed: {','.join(record.failed_models)}" if record.failed_models else ""
+    return f"{record.checks_passed}/{record.checks_failed}{failed}" + (
+        " BARRED" if record.barred else ""
+    )
+
+
 async def cmd_nodes(args: argparse.Namespace) -> int:
     async with _client(args) as troop:
         nodes = await troop.nodes(args.model or "")
@@ -139,10 +150,24 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
             f"{n.multiplier:.2f}",
             n.device or "-",
             fmt.timestamp(n.last_seen),
+            _checks(n.verification),
+            fmt.timestamp(n.verification.last_checked)
+            if n.verification and n.verification.last_checked
+            else "never",
         ]
         for n in nodes
     ]
-    headers = ["NODE", "ENDPOINT", "MODELS", "JOBS", "MULT", "DEVICE", "LAST SEEN (UTC)"]
+    headers = [
+        "NODE",
+        "ENDPOINT",
+        "MODELS",
+        "JOBS",
+        "MULT",
+        "DEVICE",
+        "LAST SEEN (UTC)",
+        "CHECKS OK/FAILED",
+        "LAST CHECKED (UTC)",
+    ]
     print(fmt.table(headers, rows) if rows else "no live nodes")
     return 0
 

@@ -38,12 +38,17 @@ def _credits(millicredits: int) -> str:
 
 def format_report(report: AuditReport) -> str:
     """The audit as lines a person reads; the verdict last."""
-    held = report.balances_millicredits + report.open_reservations_millicredits
+    total = (
+        report.balances_millicredits
+        + report.open_reservations_millicredits
+        + report.held_millicredits
+    )
     lines = [
         f"minted (starter grants)   {_credits(report.minted_millicredits):>20} credits",
         f"balances                  {_credits(report.balances_millicredits):>20} credits",
         f"open reservations         {_credits(report.open_reservations_millicredits):>20} credits",
-        f"balances + reservations   {_credits(held):>20} credits"
+        f"held earnings             {_credits(report.held_millicredits):>20} credits",
+        f"balances + reserved, held {_credits(total):>20} credits"
         f"  ({'conserved' if report.conserved else 'NOT CONSERVED'})",
     ]
     problems = [

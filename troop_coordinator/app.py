@@ -49,6 +49,7 @@ from troop_coordinator.service import CoordinatorServicer
 from troop_coordinator.settings import CoordinatorSettings
 from troop_coordinator.stores import build_stores
 from troop_coordinator.ticket_keys import TicketKeyRing
+from troop_coordinator.verdicts import Verdicts, VerificationPolicy
 
 if TYPE_CHECKING:  # the edge extra (Envoy) is optional
     from troop_common.envoy import EnvoySidecar
@@ -150,8 +151,23 @@ class Coordinator:
                     settle_grace_s=settings.settle_grace_s,
                 ),
             ),
-            heartbeats=Heartbeats(self.nodes, self.registry, self.endpoint_proofs),
+            heartbeats=Heartbeats(
+                self.nodes,
+                self.registry,
+                self.endpoint_proofs,
+                hold_s=settings.verification_hold_s,
+            ),
             receipts=Receipts(self.ledger, self.nodes),
+            verdicts=Verdicts(
+                self.ledger.db,
+                self.nodes,
+                self.registry,
+                VerificationPolicy(
+                    trusted_keys=frozenset(settings.verifier_keys),
+                    hold_s=settings.verification_hold_s,
+                    bar_after=settings.verification_bar_after,
+                ),
+            ),
             heartbeat_interval_s=settings.heartbeat_interval_s,
             challenges=ChallengeBook(
                 self.stores.challenges,
@@ -233,8 +249,9 @@ class Coordinator:
         await self.server.health.set(REDIS_HEALTH_SERVICE, status)
 
     async def sweep_once(self) -> int:
-        """Settle receipts whose client did not countersign in time, and return expired
-        reservations; how many jobs were settled or expired."""
+        """Settle receipts whose client did not countersign in time, return expired
+        reservations, and release (or, for barred nodes, return) held earnings whose hold
+        is over (docs/adr/0053); how many jobs were settled or expired."""
         now = datetime.now(UTC)
         overdue = await self.ledger.settle_overdue(now)
         if overdue:
@@ -242,6 +259,13 @@ class Coordinator:
         expired = await self.ledger.expire_stale(now)
         if expired:
             log.info("expired %d unsettled reservations", len(expired))
+        held = await self.ledger.settle_held(now)
+        if any(held.values()):
+            log.info(
+                "held earnings: %d released to owners, %d returned to users (barred nodes)",
+                held["released"],
+                held["refunded"],
+            )
         return len(overdue) + len(expired)
 
     async def _sweep_forever(self) -> None:

@@ -32,6 +32,8 @@ class JobRequest:
     max_tokens: int = 0
     max_prompt_tokens: int = 0
     exclude_node_ids: frozenset[str] = field(default_factory=frozenset)
+    # Only this node when set (a pinned Authorize, docs/adr/0053).
+    node_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ class JobAuthorizer:
             request.max_prompt_tokens or price.max_prompt_tokens, price.max_prompt_tokens
         )
         created = datetime.fromtimestamp(now, UTC)
-        node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
+        if request.node_id:
+            node = await self._pinned(request, now)
+        else:
+            # Barred nodes, and those that failed a check for the model within its hold,
+            # are in no model's list (registry.LiveNode.listed_under).
+            node = await self.registry.pick(request.model, now, set(request.exclude_node_ids))
         if node is None:
             raise await self._no_node(request, created, now)
         job_id = uuid.uuid4().hex
@@ -131,6 +138,19 @@ class JobAuthorizer:
             price=price,
         )
 
+    async def _pinned(self, request: JobRequest, now: float) -> LiveNode | None:
+        """The node a client pinned, if it is live, serves the model, is not excluded and
+        is not barred; a node held by a failed check may be pinned (its pay is held)."""
+        node = await self.registry.node(request.node_id, now)
+        if (
+            node is None
+            or request.model not in node.models
+            or node.checks.barred
+            or node.node_id in request.exclude_node_ids
+        ):
+            return None
+        return node
+
     async def _no_node(self, request: JobRequest, created: datetime, now: float) -> Exception:
         """The refusal when no node serves the model, after the user's own refusals (off
         the hot path, so their order holds): not joined, over the cap, then no node."""
@@ -138,6 +158,11 @@ class JobAuthorizer:
         count, first_expiry = await self.ledger.open_jobs(request.user)
         if count >= self.limits.max_open_jobs_per_user:
             return self._too_many_open_jobs(count, first_expiry, now)
+        if request.node_id:
+            return NodeUnavailable(
+                f"node {request.node_id} is not live for model {request.model}",
+                model=request.model,
+            )
         others = " other than those excluded" if request.exclude_node_ids else ""
         return NodeUnavailable(
             f"no live node{others} serves model {request.model}", model=request.model

@@ -10,6 +10,7 @@ from troop_common.proto import common_pb2
 from troop_common.proto import coordinator_pb2 as pb
 from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.ledger import Entry, JobView, Settlement
+from troop_coordinator.node_checks import NodeChecks
 from troop_coordinator.pricing import ModelPrice
 from troop_coordinator.registry import LiveNode, NodeHardware, NodeLoad
 
@@ -45,7 +46,23 @@ def hardware_from_pb(hardware: pb.NodeHardware) -> NodeHardware:
     return NodeHardware(hardware.device, hardware.cpu_count, hardware.memory_bytes)
 
 
-def node_to_pb(node: LiveNode) -> pb.NodeInfo:
+def checks_to_pb(checks: NodeChecks, now: float) -> pb.NodeVerification:
+    """A node's verification record as of `now`: held_until and failed_models only
+    while they hold."""
+    message = pb.NodeVerification(
+        checks_passed=checks.checks_passed,
+        checks_failed=checks.checks_failed,
+        failed_models=checks.failed(now),
+        barred=checks.barred,
+    )
+    if checks.last_checked is not None:
+        message.last_checked.CopyFrom(timestamp(checks.last_checked))
+    if checks.held_until is not None and checks.held(now):
+        message.held_until.CopyFrom(timestamp(checks.held_until))
+    return message
+
+
+def node_to_pb(node: LiveNode, now: float) -> pb.NodeInfo:
     return pb.NodeInfo(
         node_id=node.node_id,
         endpoint=node.endpoint,
@@ -64,6 +81,7 @@ def node_to_pb(node: LiveNode) -> pb.NodeInfo:
         last_seen=timestamp(node.last_seen),
         node_public_key=node.node_public_key,
         tls=node.tls,
+        verification=checks_to_pb(node.checks, now),
     )
 
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from troop_common.errors import PermissionDenied
 from troop_coordinator.nodes import NodeDirectory
 from troop_coordinator.reachability import EndpointProofs
 from troop_coordinator.registry import LiveNode, NodeRegistry
@@ -33,18 +34,29 @@ class Heartbeats:
         nodes: NodeDirectory,
         registry: NodeRegistry,
         endpoint_proofs: EndpointProofs | None = None,
+        *,
+        hold_s: float = 259200.0,
     ) -> None:
         self.nodes = nodes
         self.registry = registry
         self.endpoint_proofs = endpoint_proofs
+        self.hold_s = hold_s  # TROOP_VERIFICATION_HOLD_SECONDS
 
     async def beat(self, node: LiveNode, owner: str, invite_code: str = "") -> Beat:
         """Record the beat (binding the node id on first sight, admission permitting:
-        PermissionDenied otherwise) and list the node if its endpoint is proven."""
+        PermissionDenied otherwise, and for a barred node key) and list the node if its
+        endpoint is proven."""
         standing = await self.nodes.record_heartbeat(
             node, owner, datetime.fromtimestamp(node.last_seen, UTC), invite_code=invite_code
         )
-        live = replace(node, multiplier=standing.multiplier, reputation=standing.reputation)
+        checks = standing.checks
+        if checks.barred:
+            raise PermissionDenied(
+                "this node key is barred: it failed too many verification checks (docs/adr/0053)"
+            )
+        # A failed check's penalty fades over its hold (docs/adr/0053).
+        reputation = standing.reputation * checks.reputation_factor(node.last_seen, self.hold_s)
+        live = replace(node, multiplier=standing.multiplier, reputation=reputation, checks=checks)
         proofs = self.endpoint_proofs
         proven = proofs is None or standing.proves(node.endpoint, node.tls)
         if proofs is None or proven:

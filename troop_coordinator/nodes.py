@@ -239,6 +239,10 @@ class NodeDirectory:
     ) -> None:
         """PermissionDenied unless a new node id may be bound to this key."""
         admission = self.admission
+        if await NodeRepository(session).key_barred(node.node_public_key):
+            raise PermissionDenied(
+                "this node key is barred: it failed too many verification checks (docs/adr/0053)"
+            )
         held = await NodeRepository(session).count_bound_to(node.node_public_key)
         if held >= admission.max_nodes_per_key:
             raise PermissionDenied(

@@ -59,6 +59,7 @@ class Receipts:
                 prompt_tokens=receipt.usage.prompt_tokens,
                 completion_tokens=receipt.usage.completion_tokens,
                 duration_ms=receipt.duration_ms,
+                evidence_sha256=receipt.evidence_sha256,
             ),
             now,
         )

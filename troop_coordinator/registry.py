@@ -21,6 +21,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from troop_coordinator.node_checks import NodeChecks
+
 
 @dataclass(frozen=True)
 class NodeLoad:
@@ -53,6 +55,17 @@ class LiveNode:
     last_seen: float = 0.0  # unix seconds
     reputation: float = 1.0  # 1.0 = no disputes (troop_coordinator.usage)
     tls: bool = False  # the node serves TLS at `endpoint` (declared, then proven)
+    # What verifiers found (docs/adr/0053): a barred node is never listed, and a model
+    # it failed is not routed to it (unless pinned) until its deadline.
+    checks: NodeChecks = field(default_factory=NodeChecks)
+
+    def listed_under(self) -> tuple[str, ...]:
+        """The lists it is in: "" (every node) and each model it serves and did not fail a
+        check for, as of its last beat; none when barred."""
+        if self.checks.barred:
+            return ()
+        failed = self.checks.failed(self.last_seen)
+        return ("", *dict.fromkeys(m for m in self.models if m not in failed))
 
 
 class NodeRegistry(Protocol):
@@ -77,6 +90,14 @@ class NodeRegistry(Protocol):
 
     async def set_multiplier(self, node_id: str, multiplier: float) -> None:
         """Show a newly proven multiplier without waiting for the next heartbeat."""
+        ...
+
+    async def set_checks(self, node_id: str, checks: NodeChecks) -> None:
+        """Show a node's new verification record (a verdict landed) at once."""
+        ...
+
+    async def node(self, node_id: str, now: float) -> LiveNode | None:
+        """The live node `node_id`, listed or not (a pinned Authorize); or None."""
         ...
 
 
@@ -131,6 +152,7 @@ class NodeIndex:
     def __init__(self) -> None:
         self._nodes: dict[str, LiveNode] = {}
         self._places: dict[str, _Place] = {}
+        self._lists: dict[str, tuple[str, ...]] = {}  # the lists each node is in
         self._ranked: dict[str, list[_Place]] = {"": []}
         self._expiry: list[tuple[float, str]] = []  # (last_seen, node_id), a min-heap
 
@@ -149,22 +171,23 @@ class NodeIndex:
             if len(self._expiry) > 2 * len(self._nodes) + 1024:
                 self._expiry = [(n.last_seen, n.node_id) for n in self._nodes.values()]
                 heapq.heapify(self._expiry)
-        place = _place(node)
+        place, lists = _place(node), node.listed_under()
         if old is not None:
-            if place == self._places[node.node_id] and old.models == node.models:
+            if place == self._places[node.node_id] and self._lists[node.node_id] == lists:
                 return
-            self._unlist(self._places[node.node_id], old.models)
+            self._unlist(self._places[node.node_id], self._lists[node.node_id])
         self._places[node.node_id] = place
-        for model in dict.fromkeys(("", *node.models)):
+        self._lists[node.node_id] = lists
+        for model in lists:
             insort(self._ranked.setdefault(model, []), place)
 
     def remove(self, node_id: str) -> None:
         node = self._nodes.pop(node_id, None)
         if node is not None:
-            self._unlist(self._places.pop(node_id), node.models)
+            self._unlist(self._places.pop(node_id), self._lists.pop(node_id))
 
-    def _unlist(self, place: _Place, models: tuple[str, ...]) -> None:
-        for model in dict.fromkeys(("", *models)):
+    def _unlist(self, place: _Place, lists: tuple[str, ...]) -> None:
+        for model in lists:
             places = self._ranked[model]
             del places[bisect_left(places, place)]
             if model and not places:
@@ -173,6 +196,7 @@ class NodeIndex:
     def clear(self) -> None:
         self._nodes.clear()
         self._places.clear()
+        self._lists.clear()
         self._ranked = {"": []}
         self._expiry = []
 
@@ -227,6 +251,9 @@ class MemoryNodeRegistry:
         self._rng = rng or random.Random()
 
     async def heartbeat(self, node: LiveNode) -> None:
+        known = self._index.get(node.node_id)
+        if known is not None and known.checks.version > node.checks.version:
+            node = replace(node, checks=known.checks)  # a later verdict's record stays
         self._index.put(node)
 
     async def live_nodes(self, now: float, model: str = "") -> list[LiveNode]:
@@ -247,3 +274,12 @@ class MemoryNodeRegistry:
         node = self._index.get(node_id)
         if node is not None:
             self._index.put(replace(node, multiplier=multiplier))
+
+    async def set_checks(self, node_id: str, checks: NodeChecks) -> None:
+        node = self._index.get(node_id)
+        if node is not None:
+            self._index.put(replace(node, checks=checks))
+
+    async def node(self, node_id: str, now: float) -> LiveNode | None:
+        self._index.prune(now - self.ttl_s)
+        return self._index.get(node_id)

@@ -2,7 +2,8 @@
 
 Thin by design: no SQL and no policy. Admission and Join are
 `troop_coordinator.admission`, Authorize is `troop_coordinator.authorization`,
-heartbeats are `troop_coordinator.heartbeats`, money is the ledger's. Failures are
+heartbeats are `troop_coordinator.heartbeats`, verdicts `troop_coordinator.verdicts`,
+money is the ledger's. Failures are
 TroopErrors, mapped to status codes by the shared ErrorInterceptor; the servicer
 never aborts by itself.
 """
@@ -44,6 +45,7 @@ from troop_coordinator.validation import (
     decode_offset_token,
     encode_offset_token,
 )
+from troop_coordinator.verdicts import Verdicts
 
 Context: TypeAlias = grpc.aio.ServicerContext
 _ADMISSION_MODES = {
@@ -66,6 +68,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         authorizer: JobAuthorizer,
         heartbeats: Heartbeats,
         receipts: Receipts,
+        verdicts: Verdicts,
         heartbeat_interval_s: int,
     ) -> None:
         self.ledger = ledger
@@ -77,6 +80,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         self.authorizer = authorizer
         self.heartbeats = heartbeats
         self.receipts = receipts
+        self.verdicts = verdicts
         self.heartbeat_interval_s = heartbeat_interval_s
         self.catalog = authorizer.catalog
 
@@ -129,10 +133,11 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         check.raise_if_any()
         size = request.page_size or DEFAULT_NODE_PAGE
         # Best first (registry.rank, then node id), kept in that order as heartbeats arrive.
-        page, total = await self.registry.ranked(time.time(), request.model, offset, size)
+        now = time.time()
+        page, total = await self.registry.ranked(now, request.model, offset, size)
         more = offset + size < total
         return pb.ListNodesResponse(
-            nodes=[convert.node_to_pb(n) for n in page],
+            nodes=[convert.node_to_pb(n, now) for n in page],
             next_page_token=encode_offset_token(offset + size) if more else "",
         )
 
@@ -171,6 +176,8 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
         check = Violations()
         check.model("model", request.model)
         check.excluded_nodes("exclude_node_ids", list(request.exclude_node_ids))
+        if request.node_id:
+            check.node_id("node_id", request.node_id)
         if not check.found:
             bound = self.catalog.price(request.model).max_completion_tokens
             check.at_most("max_tokens", request.max_tokens, bound)
@@ -182,6 +189,7 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
                 max_tokens=request.max_tokens,
                 max_prompt_tokens=request.max_prompt_tokens,
                 exclude_node_ids=frozenset(request.exclude_node_ids),
+                node_id=request.node_id,
             ),
             time.time(),
         )
@@ -207,9 +215,19 @@ class CoordinatorServicer(ProofRpcs, coordinator_pb2_grpc.CoordinatorServiceServ
             check.add("receipt.outcome", "COMPLETED or FAILED")
         check.job_id("receipt.job_id", receipt.job_id)
         check.at_most("receipt.duration_ms", receipt.duration_ms, MAX_DURATION_MS)
+        if len(receipt.evidence_sha256) not in (0, 32):
+            check.add("receipt.evidence_sha256", "empty or a 32-byte SHA-256 digest")
         check.raise_if_any()
         settlement = await self.receipts.submit(request, receipt, datetime.now(UTC))
         return convert.settlement_to_pb(settlement)
+
+    async def SubmitVerdict(self, request: pb.SubmitVerdictRequest, context: Context) -> object:
+        # Checked and parsed by the domain service: the signed bytes are the bytes read.
+        result = await self.verdicts.submit(request.verdict, request.signature, datetime.now(UTC))
+        return pb.SubmitVerdictResponse(
+            verification=convert.checks_to_pb(result.checks, time.time()),
+            duplicate=result.duplicate,
+        )
 
     async def ReportUsage(self, request: pb.ReportUsageRequest, context: Context) -> object:
         check = Violations()

@@ -294,6 +294,28 @@ class CoordinatorSettings(Settings):
         "countersignature of tokens received for the node's receipt before the job settles on "
         "the client's count alone ([ADR 48](docs/adr/0048-paid-for-what-the-client-vouched.md))",
     )
+    verifier_keys: tuple[str, ...] = setting(
+        (),
+        env="TROOP_VERIFIER_KEYS",
+        parse=comma_list,
+        help="hex Ed25519 keys (comma-separated) of the verifiers whose verdicts this "
+        "coordinator acts on; empty: every verdict is refused (UNAUTHENTICATED) "
+        "([ADR 53](docs/adr/0053-acting-on-verdicts.md))",
+    )
+    verification_hold_s: float = setting(
+        259200.0,
+        env="TROOP_VERIFICATION_HOLD_SECONDS",
+        parse=number(positive=True),
+        help="how long a failed check holds the node's earnings and keeps the model off it "
+        "(3 days)",
+    )
+    verification_bar_after: int = setting(
+        3,
+        env="TROOP_VERIFICATION_BAR_AFTER",
+        parse=integer(minimum=1),
+        help="failed checks within the hold that bar the node key (refused at heartbeat, "
+        "never listed or routed; its held earnings go back to the users who paid them)",
+    )
     tls: TlsSettings = group(TlsSettings)
     rate_limits: str = setting(
         DEFAULT_RATE_LIMITS,
@@ -401,6 +423,9 @@ class CoordinatorSettings(Settings):
         bad_keys = [k for k in self.node_allowlist if not is_public_key_hex(k)]
         if bad_keys:
             raise ConfigError(f"TROOP_NODE_ALLOWLIST: not a hex Ed25519 key: {bad_keys[0]!r}")
+        bad_keys = [k for k in self.verifier_keys if not is_public_key_hex(k)]
+        if bad_keys:
+            raise ConfigError(f"TROOP_VERIFIER_KEYS: not a hex Ed25519 key: {bad_keys[0]!r}")
         if self.max_nodes_per_key <= 0:
             raise ConfigError("TROOP_MAX_NODES_PER_KEY must be positive")
         try:

@@ -53,6 +53,10 @@ async def test_coordinator_rest_face(mesh, tmp_path) -> None:
             )
             assert receipt.status_code in (400, 401, 404)
             assert "code" in receipt.json()
+            # A verifier's verdict (docs/adr/0053): a malformed one is a 400 naming the field.
+            verdict = await http.post("/v1/verdicts", json={"verdict": "", "signature": ""})
+            assert verdict.status_code == 400
+            assert "verdict" in verdict.text and "code" in verdict.json()
 
 
 async def test_envoys_own_errors_are_json_statuses(mesh) -> None:

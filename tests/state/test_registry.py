@@ -155,3 +155,42 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def test_a_verdicts_record_takes_the_node_off_that_model_at_once(make_registry) -> None:
+    """docs/adr/0053: a failed model is not routed to the node (the node is still listed
+    among all nodes, with its record); a barred node is in no list; a heartbeat carrying
+    an older record (a replica that has not re-read the row) does not undo a verdict."""
+    from troop_coordinator.node_checks import NodeChecks
+
+    registry, other = make_registry(), make_registry()
+    now = time.time()
+    node = live("failed", now, models=(MODEL, "llama"))
+    await registry.heartbeat(node)
+    await registry.heartbeat(live("healthy", now, models=(MODEL,)))
+    failed = NodeChecks(
+        checks_failed=1, last_checked=now, held_until=now + 60, failed_models=((MODEL, now + 60),)
+    )
+    await registry.set_checks("failed", failed)
+
+    for seen in (registry, other):
+        assert [n.node_id for n in await seen.live_nodes(now, MODEL)] == ["healthy"]
+        assert [n.node_id for n in await seen.live_nodes(now, "llama")] == ["failed"]
+        everyone = {n.node_id: n for n in await seen.live_nodes(now)}
+        assert everyone["failed"].checks == failed
+        assert (await seen.pick(MODEL, now)).node_id == "healthy"
+        assert (await seen.node("failed", now)).checks == failed  # pinned: still there
+
+    await other.heartbeat(replace(node, last_seen=now + 1))  # with the record of before
+    for seen in (registry, other):
+        assert [n.node_id for n in await seen.live_nodes(now + 1, MODEL)] == ["healthy"]
+        assert (await seen.node("failed", now + 1)).checks == failed
+
+    # Its hold over, its next beat puts it back on the model.
+    await registry.heartbeat(replace(node, last_seen=now + 61, checks=failed))
+    assert "failed" in [n.node_id for n in await registry.live_nodes(now + 61, MODEL)]
+
+    await registry.set_checks("failed", replace(failed, checks_failed=2, barred=True))
+    for seen in (registry, other):
+        assert "failed" not in [n.node_id for n in await seen.live_nodes(now + 61)]
+        assert await seen.pick("llama", now + 61) is None

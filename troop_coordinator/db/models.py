@@ -19,6 +19,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    LargeBinary,
     String,
     Table,
     false,
@@ -93,6 +94,22 @@ class Node(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    # What verifiers found (docs/adr/0053): checks passed and failed, the last one's time;
+    # while `held_until` is ahead its jobs' earnings are held (`held_earnings`), and the
+    # models in `failed_models` (model -> unix seconds until which it is not routed to
+    # it) are skipped by Authorize; `barred` once its node key failed too often.
+    checks_passed: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    checks_failed: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    last_checked: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    held_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    failed_models: Mapped[Any] = mapped_column(JsonDocument, nullable=True)
+    barred: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
 
 
 class Job(Base):
@@ -134,6 +151,9 @@ class Job(Base):
     # When a job's one claim settles on its own: a receipt waiting for the client's
     # countersignature, or a countersignature waiting for the node's receipt.
     countersign_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # Hex SHA-256 of the output evidence the node's receipt vouched for (docs/adr/0053):
+    # a verdict's evidence must be those bytes. NULL: none sent, or no receipt yet.
+    evidence_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class LedgerEntry(Base):
@@ -188,6 +208,49 @@ class Dispute(Base):
     client_stream_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class Verdict(Base):
+    """A trusted verifier's signed finding about one job's output, kept once per job as
+    the bytes it signed (docs/adr/0053)."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        Index("ix_verdicts_node_outcome_received", "node_id", "outcome", "received_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # passed, failed
+    verifier_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    verdict: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    signature: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class HeldEarning(Base):
+    """A settled job's pay, held while its node's verification hold lasts: released to
+    the owner as the job's EARN entry once the hold ends, or returned to the user who
+    paid it (a REFUND entry) if the node key is barred (docs/adr/0053). Until then the
+    amount is in no balance: the audit counts it (`settled_at` NULL) next to open
+    reservations."""
+
+    __tablename__ = "held_earnings"
+    __table_args__ = (
+        Index("ix_held_earnings_node_settled", "node_id", "settled_at"),
+        CheckConstraint("amount_millicredits > 0", name="ck_held_earnings_amount"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    owner_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    amount_millicredits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    held_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    # When it was released or returned, and which ("released", "refunded"); NULL: held.
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
 class AuditHead(Base):
     """The single row that orders the audit chain: its lock serialises appends
     across replicas, and it remembers the last event's hash."""
@@ -220,3 +283,5 @@ jobs_table = cast(Table, Job.__table__)
 entries_table = cast(Table, LedgerEntry.__table__)
 invites_table = cast(Table, Invite.__table__)
 disputes_table = cast(Table, Dispute.__table__)
+verdicts_table = cast(Table, Verdict.__table__)
+held_earnings_table = cast(Table, HeldEarning.__table__)

@@ -1,5 +1,8 @@
 """The ledger audit: conservation, balances against entries, and fairness, in one snapshot.
 
+Conservation: minted = balances + open reservations + pay held while a failed check
+holds its node (docs/adr/0053: in no balance until released or returned).
+
 Conservation alone cannot see theft: a worker paid a whole reservation for
 one token is a conserved transfer. So the audit also recomputes every charged
 job from its counted work (troop_coordinator.ledger.settlement, the rule
@@ -34,6 +37,7 @@ async def _audit(repo: LedgerRepository, token_slack: int) -> AuditReport:
     open_reserved = await repo.sum_of(
         jobs.c.reserved_millicredits, jobs.c.status == JobStatus.OPEN.value
     )
+    held = await repo.held.held_total()
     rows = await repo.balances_and_entry_sums()
     unbalanced = await repo.unbalanced_jobs()
     twice = await repo.settled_more_than_once()
@@ -42,6 +46,7 @@ async def _audit(repo: LedgerRepository, token_slack: int) -> AuditReport:
         minted_millicredits=minted,
         balances_millicredits=balances,
         open_reservations_millicredits=open_reserved,
+        held_millicredits=held,
         mismatched_accounts={
             account: (balance, total) for account, balance, total in rows if balance != total
         },

@@ -1,6 +1,6 @@
 """The ledger on PostgreSQL: one round trip per call (a function call, or one read).
 
-The functions (migration 0007_ledger_procedures, changed by 0009) do what the
+The functions (migration 0007_ledger_procedures, changed by 0009 and 0010) do what the
 Python flows in `troop_coordinator.ledger.settling` do on SQLite, statement for
 statement; each call runs as one transaction (autocommit: no BEGIN, no COMMIT, no
 ROLLBACK on return), on a pooled asyncpg connection with its prepared
@@ -72,7 +72,7 @@ BALANCE = (
     "SELECT balance_millicredits, (SELECT coalesce(sum(reserved_millicredits), 0) FROM jobs"
     " WHERE user_public_key = $1 AND status = 'open') FROM users WHERE public_key = $1"
 )
-RECORD_RECEIPT = _call("troop_ledger_record_receipt", 8)
+RECORD_RECEIPT = _call("troop_ledger_record_receipt", 9)  # migration 0010's
 RECORD_COUNTERSIGNATURE = _call("troop_ledger_record_countersignature", 6)
 CLOSE_OPEN = _call("troop_ledger_close_open", 2)
 
@@ -147,6 +147,7 @@ class PostgresCalls:
             claim.duration_ms,
             now + timedelta(seconds=self.countersign_s),
             now,
+            claim.evidence_sha256.hex() or None,
             *self._rules,
         )
         if row["outcome"] == "not_found":

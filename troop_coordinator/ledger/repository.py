@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from troop_coordinator.db.engine import dialect_insert
 from troop_coordinator.db.models import EntryKind, JobStatus
 from troop_coordinator.db.models import entries_table as entries
+from troop_coordinator.db.models import held_earnings_table as held
 from troop_coordinator.db.models import jobs_table as jobs
 from troop_coordinator.db.models import users_table as users
 from troop_coordinator.ledger.types import Entry, JobRecord
 from troop_coordinator.repositories.disputes import DisputeRepository
+from troop_coordinator.repositories.held_earnings import REFUNDED, HeldEarningsRepository
 from troop_coordinator.repositories.invites import InviteRepository
 from troop_coordinator.repositories.nodes import NodeRepository
 
@@ -50,6 +52,10 @@ class LedgerRepository:
     @property
     def disputes(self) -> DisputeRepository:
         return DisputeRepository(self.session)
+
+    @property
+    def held(self) -> HeldEarningsRepository:
+        return HeldEarningsRepository(self.session)
 
     @property
     def invites(self) -> InviteRepository:
@@ -147,9 +153,11 @@ class LedgerRepository:
         completion_tokens: int,
         duration_ms: int,
         deadline: datetime,
+        evidence_sha256: str | None = None,
     ) -> JobRecord | None:
-        """Keep a job's first receipt (a closed job's too, to be compared); the job row
-        after it, or None (claimed before: nothing changed)."""
+        """Keep a job's first receipt (a closed job's too, to be compared) and the digest
+        of the evidence it vouches for; the job row after it, or None (claimed before:
+        nothing changed)."""
         statement = (
             update(jobs)
             .where(jobs.c.job_id == job_id, jobs.c.node_duration_ms.is_(None))
@@ -158,6 +166,7 @@ class LedgerRepository:
                 node_completion_tokens=completion_tokens,
                 node_duration_ms=duration_ms,
                 countersign_deadline=deadline,
+                evidence_sha256=evidence_sha256,
             )
             .returning(*jobs.c)
         )
@@ -251,8 +260,15 @@ class LedgerRepository:
             .subquery()
         )
         total = func.coalesce(sums.c.total, 0)
+        # A closed job whose pay is held (docs/adr/0053) is short of exactly that.
+        still_held = (
+            select(held.c.amount_millicredits)
+            .where(held.c.job_id == jobs.c.job_id, held.c.settled_at.is_(None))
+            .scalar_subquery()
+        )
         expected = case(
-            (jobs.c.status == JobStatus.OPEN.value, -jobs.c.reserved_millicredits), else_=0
+            (jobs.c.status == JobStatus.OPEN.value, -jobs.c.reserved_millicredits),
+            else_=-func.coalesce(still_held, 0),
         )
         statement = (
             select(jobs.c.job_id)
@@ -262,18 +278,27 @@ class LedgerRepository:
         return [str(r) for r in (await self.session.execute(statement)).scalars().all()]
 
     async def settled_more_than_once(self) -> list[str]:
-        """Jobs with more than one settling entry of a kind (two EARNs, or RELEASE + REFUND)."""
+        """Jobs with more than one settling entry of a kind (two EARNs, or RELEASE + REFUND).
+        A job whose held pay went back to its user (docs/adr/0053) has that one REFUND
+        on top of its RELEASE, in place of its EARN: counted as the pay, not the rest."""
+        refunded_held = (
+            select(func.count())
+            .where(held.c.job_id == entries.c.job_id, held.c.outcome == REFUNDED)
+            .scalar_subquery()
+        )
         returned = func.sum(
             case(
                 (entries.c.kind.in_([EntryKind.RELEASE.value, EntryKind.REFUND.value]), 1), else_=0
             )
+        ) - func.max(refunded_held)
+        paid = func.sum(case((entries.c.kind == EntryKind.EARN.value, 1), else_=0)) + func.max(
+            refunded_held
         )
-        earned = func.sum(case((entries.c.kind == EntryKind.EARN.value, 1), else_=0))
         statement = (
             select(entries.c.job_id)
             .where(entries.c.job_id.is_not(None))
             .group_by(entries.c.job_id)
-            .having((returned > 1) | (earned > 1))
+            .having((returned > 1) | (paid > 1))
         )
         return [str(r) for r in (await self.session.execute(statement)).scalars().all()]
 

@@ -44,6 +44,7 @@ from troop_coordinator.db.models import EntryKind
 from troop_coordinator.db.transactions import Database
 from troop_coordinator.ledger import settlement, settling
 from troop_coordinator.ledger.audit import audit_ledger
+from troop_coordinator.ledger.held import HeldPay
 from troop_coordinator.ledger.postgres import PostgresCalls, Rules
 from troop_coordinator.ledger.repository import LedgerRepository
 from troop_coordinator.ledger.settling import Settling
@@ -76,7 +77,7 @@ def decode_page_token(token: str) -> int:
     return value
 
 
-class Ledger(Settling):
+class Ledger(Settling, HeldPay):
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],

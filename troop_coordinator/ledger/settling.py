@@ -87,6 +87,7 @@ class Settling:
             completion_tokens=claim.completion_tokens,
             duration_ms=claim.duration_ms,
             deadline=now + timedelta(seconds=self.countersign_s),
+            evidence_sha256=claim.evidence_sha256.hex() or None,
         )
         if row is None:
             return _recorded(await _job(repo, claim.job_id))
@@ -201,8 +202,9 @@ class Settling:
         charged: int,
         now: datetime,
     ) -> Settlement:
-        """Move an open job to `status`, pay its node's owner `charged` and return the
-        rest to its user; reports the first settlement if another got there first."""
+        """Move an open job to `status`, pay its node's owner `charged` (or hold it, while
+        a failed check holds the node) and return the rest to its user; reports the first
+        settlement if another got there first."""
         reserved = int(job.reserved_millicredits)
         terms = await repo.nodes.terms(job.node_id) if charged else None
         # A node with no row has no owner to pay: charging it would burn credits.
@@ -212,7 +214,18 @@ class Settling:
         if not await repo.close_job(job.job_id, status, charged, now):
             return _recorded(await _job(repo, job.job_id))
         payouts: list[tuple[str, EntryKind, int]] = []
-        if charged and terms is not None:
+        if charged and terms is not None and terms.holds(now):
+            # A failed check holds the node's pay (docs/adr/0053): kept out of every
+            # balance until the hold ends (then the EARN) or its key is barred (refunded).
+            await repo.held.hold(
+                job_id=job.job_id,
+                node_id=job.node_id,
+                owner=terms.owner_public_key,
+                user=job.user_public_key,
+                amount=charged,
+                now=now,
+            )
+        elif charged and terms is not None:
             await repo.insert_user_if_missing(terms.owner_public_key, now)
             payouts.append((terms.owner_public_key, EntryKind.EARN, charged))
         if reserved - charged > 0:

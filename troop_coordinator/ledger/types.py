@@ -64,6 +64,8 @@ class NodeClaim:
     prompt_tokens: int
     completion_tokens: int
     duration_ms: int
+    # SHA-256 of the output evidence the node sent the client (empty: none).
+    evidence_sha256: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class JobRecord:
     completion_price_per_1k: int | None
     node_prompt_tokens: int | None
     countersign_deadline: datetime | None
+    evidence_sha256: str | None = None  # hex; the evidence the node's receipt vouched for
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,15 @@ class Page:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """Conservation check: minted = balances + open reservations, balances = their entries."""
+    """Conservation check: minted = balances + open reservations + held pay, balances =
+    their entries."""
 
     minted_millicredits: int
     balances_millicredits: int
     open_reservations_millicredits: int
+    # Settled jobs' pay held from their nodes' owners (docs/adr/0053), not yet released
+    # or returned: in no balance meanwhile.
+    held_millicredits: int = 0
     mismatched_accounts: dict[str, tuple[int, int]] = field(default_factory=dict)
     negative_accounts: list[str] = field(default_factory=list)
     # Jobs whose entries do not add up (open: -reserved; closed: 0).
@@ -187,7 +194,9 @@ class AuditReport:
     @property
     def conserved(self) -> bool:
         return self.minted_millicredits == (
-            self.balances_millicredits + self.open_reservations_millicredits
+            self.balances_millicredits
+            + self.open_reservations_millicredits
+            + self.held_millicredits
         )
 
     @property

@@ -7,7 +7,7 @@ INSERT .. ON CONFLICT DO NOTHING), so two replicas cannot both bind a node id.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from troop_coordinator.db.engine import dialect_insert, dialect_name
 from troop_coordinator.db.models import nodes_table as nodes
+from troop_coordinator.node_checks import NodeChecks
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class NodeStanding:
     reputation: float
     proven_endpoint: str | None
     proven_tls: bool = False
+    checks: NodeChecks = field(default_factory=NodeChecks)
 
     def proves(self, endpoint: str, tls: bool) -> bool:
         """Whether `endpoint`, in the mode (`tls`) the node declares, is the one proven."""
@@ -47,10 +49,17 @@ class NodeFacts:
 
 @dataclass(frozen=True)
 class NodeTerms:
-    """Who a node pays out to, and the speed it proved (1.0: unproven)."""
+    """Who a node pays out to, the speed it proved (1.0: unproven), and until when a
+    failed check holds its pay (or for good: `barred`)."""
 
     owner_public_key: str
     multiplier: float
+    held_until: datetime | None = None
+    barred: bool = False
+
+    def holds(self, now: datetime) -> bool:
+        """Whether a job settled at `now` pays into `held_earnings` instead of the owner."""
+        return self.barred or (self.held_until is not None and self.held_until > now)
 
 
 _STANDING = (
@@ -58,11 +67,34 @@ _STANDING = (
     nodes.c.reputation,
     nodes.c.proven_endpoint,
     nodes.c.proven_tls,
+    nodes.c.checks_passed,
+    nodes.c.checks_failed,
+    nodes.c.last_checked,
+    nodes.c.held_until,
+    nodes.c.failed_models,
+    nodes.c.barred,
 )
 
 
+def _seconds(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _checks(row: Any) -> NodeChecks:
+    """The verification columns (checks_passed .. barred) as a NodeChecks."""
+    passed, failed, last_checked, held_until, failed_models, barred = row
+    return NodeChecks(
+        checks_passed=int(passed or 0),
+        checks_failed=int(failed or 0),
+        last_checked=_seconds(last_checked),
+        held_until=_seconds(held_until),
+        failed_models=tuple(sorted((str(m), float(u)) for m, u in (failed_models or {}).items())),
+        barred=bool(barred),
+    )
+
+
 def _standing(row: Any) -> NodeStanding:
-    return NodeStanding(float(row[0]), float(row[1]), row[2], bool(row[3]))
+    return NodeStanding(float(row[0]), float(row[1]), row[2], bool(row[3]), _checks(row[4:10]))
 
 
 class NodeRepository:
@@ -112,6 +144,10 @@ class NodeRepository:
         statement = select(func.count()).where(nodes.c.node_public_key == node_key)
         return int((await self.session.execute(statement)).scalar_one())
 
+    async def ids_bound_to(self, node_key: str) -> list[str]:
+        statement = select(nodes.c.node_id).where(nodes.c.node_public_key == node_key)
+        return sorted(str(r) for r in (await self.session.execute(statement)).scalars().all())
+
     async def bound_key(self, node_id: str) -> str | None:
         statement = select(nodes.c.node_public_key).where(nodes.c.node_id == node_id)
         return (await self.session.execute(statement)).scalar_one_or_none()
@@ -146,11 +182,63 @@ class NodeRepository:
         return None if value is None else float(value)
 
     async def terms(self, node_id: str) -> NodeTerms | None:
-        statement = select(nodes.c.owner_public_key, nodes.c.multiplier).where(
-            nodes.c.node_id == node_id
-        )
+        statement = select(
+            nodes.c.owner_public_key, nodes.c.multiplier, nodes.c.held_until, nodes.c.barred
+        ).where(nodes.c.node_id == node_id)
         row = (await self.session.execute(statement)).first()
-        return None if row is None else NodeTerms(str(row[0]), float(row[1]))
+        if row is None:
+            return None
+        return NodeTerms(str(row[0]), float(row[1]), row[2], bool(row[3]))
+
+    async def checks(self, node_id: str, *, lock: bool = False) -> NodeChecks | None:
+        """The node's verification record, or None for a node with no row (`lock`: its
+        row locked until the transaction ends, on PostgreSQL; SQLite has one writer)."""
+        statement = select(*_STANDING[4:]).where(nodes.c.node_id == node_id)
+        if lock:
+            statement = statement.with_for_update()
+        row = (await self.session.execute(statement)).first()
+        return None if row is None else _checks(row)
+
+    async def record_check(
+        self, node_id: str, *, passed: bool, model: str, now: datetime, held_until: datetime
+    ) -> NodeChecks:
+        """Count one verdict on the node at `now`: a pass, or a failure that holds its pay
+        until `held_until` and keeps `model` off it until then (a model's older deadline is
+        replaced; models whose deadline passed are dropped). The record after it."""
+        current = await self.checks(node_id, lock=True)
+        assert current is not None, node_id
+        if passed:
+            values: dict[str, Any] = {"checks_passed": nodes.c.checks_passed + 1}
+        else:
+            failed = {m: u for m, u in current.failed_models if u > now.timestamp()}
+            failed[model] = held_until.timestamp()
+            values = {
+                "checks_failed": nodes.c.checks_failed + 1,
+                "held_until": held_until,
+                "failed_models": failed,
+            }
+        await self.session.execute(
+            update(nodes).where(nodes.c.node_id == node_id).values(last_checked=now, **values)
+        )
+        after = await self.checks(node_id)
+        assert after is not None
+        return after
+
+    async def bar_key(self, node_key: str) -> list[str]:
+        """Bar a node key: every node id bound to it. Their ids."""
+        rows = await self.session.execute(
+            update(nodes)
+            .where(nodes.c.node_public_key == node_key)
+            .values(barred=True)
+            .returning(nodes.c.node_id)
+        )
+        return sorted(str(r) for r in rows.scalars().all())
+
+    async def key_barred(self, node_key: str) -> bool:
+        statement = select(func.count()).where(
+            nodes.c.node_public_key == node_key, nodes.c.barred.is_(True)
+        )
+        return int((await self.session.execute(statement)).scalar_one()) > 0
 
     async def scale_reputation(self, node_id: str, factor: float) -> None:
         await self.session.execute(
