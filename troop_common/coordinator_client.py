@@ -154,13 +154,16 @@ class CoordinatorClient:
         *,
         max_tokens: int = 0,
         max_prompt_tokens: int = 0,
+        node_id: str = "",
     ) -> pb.AuthorizeResponse:
-        """A ticket for one job of at most these tokens (0: the coordinator's defaults)."""
+        """A ticket for one job of at most these tokens (0: the coordinator's defaults), on
+        `node_id` only when given."""
         request = pb.AuthorizeRequest(
             model=model,
             exclude_node_ids=list(exclude_node_ids),
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
+            node_id=node_id,
         )
         return await self._call(
             self.stub.Authorize,
