@@ -247,3 +247,32 @@ def test_the_logprob_shift_setting_refuses_what_is_not_a_number(shift: str) -> N
 
     with pytest.raises(ConfigError, match="TROOP_WORKER_FAKE_LOGPROB_SHIFT"):
         WorkerSettings.from_env({"TROOP_WORKER_FAKE_LOGPROB_SHIFT": shift})
+
+
+async def test_an_engine_failing_mid_stream_still_signs_the_tokens_it_made(
+    start_worker, ticket_signer, recording_coordinator
+) -> None:
+    class FallsOver(FakeEngine):
+        async def stream(self, request):
+            async for n, chunk in _numbered(super().stream(request)):
+                if n == 2:
+                    raise RuntimeError("the accelerator fell over")
+                yield chunk
+
+    async with start_worker(engine=FallsOver([MODEL], delay_s=0.001)) as worker:
+        chunks = await stream(worker, ticket_signer, chat(ASK), job_id="job-falls")
+        await recording_coordinator.wait_for(lambda c: c.receipt_for("job-falls"), 10)
+        node_key = worker.identity.public_key_hex
+    last = chunks[-1]
+    assert last.finish_reason == common_pb2.FINISH_REASON_ERROR
+    tokens = tokens_of(open_evidence(last.evidence, last.evidence_signature, node_key))
+    assert close(tokens, scored([("user", ASK)])[:2])
+    receipt = recording_coordinator.receipt_for("job-falls").receipt
+    assert receipt.evidence_sha256 == hashlib.sha256(last.evidence).digest()
+
+
+async def _numbered(chunks):
+    n = 0
+    async for chunk in chunks:
+        yield n, chunk
+        n += 1
