@@ -15,6 +15,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from troop_common.endpoint_proof import sign_endpoint
+from troop_common.evidence import (
+    TokenEvidence,
+    build_evidence,
+    evidence_sha256,
+    messages_sha256,
+    sign_evidence,
+)
 from troop_common.keys import Identity, private_pem
 from troop_common.node_proof import sign_node_proof
 from troop_common.presentation import sign_presentation
@@ -28,6 +35,13 @@ NODE_ID = "node-3b6a27bcceb6"
 NONCE = "00112233445566778899aabbccddeeff"
 ENDPOINT = "203.0.113.7:50052"
 ENDPOINT_NONCE = "ffeeddccbbaa99887766554433221100"
+MODEL = "smollm2-135m-instruct"
+EVIDENCE_MESSAGES = [("system", "You are brief."), ("user", "Say hi")]
+EVIDENCE_TOKENS = [
+    TokenEvidence(b"Hi", -0.25, 13665),
+    TokenEvidence(b"!", -1.5),
+    TokenEvidence(b"", -0.0625, 2),  # end of sequence
+]
 ASSERTION_CLAIMS = {
     "sub": "",  # the user's public key, filled in below
     "aud": "troop-coordinator",
@@ -58,6 +72,13 @@ def examples() -> dict[str, str]:
     user, node = identity(USER_SEED), identity(NODE_SEED)
     submitted = sign_receipt(node, receipt(user))
     claims = {**ASSERTION_CLAIMS, "sub": user.public_key_hex}
+    evidence = build_evidence(
+        job_id=JOB_ID,
+        node_id=NODE_ID,
+        model=MODEL,
+        messages=EVIDENCE_MESSAGES,
+        tokens=EVIDENCE_TOKENS,
+    )
     return {
         "user private key": private_pem(user.private_key).decode().strip(),
         "user public key": user.public_key_hex,
@@ -75,6 +96,10 @@ def examples() -> dict[str, str]:
         "SubmitReceipt receipt (base64, JSON)": base64.b64encode(submitted.receipt).decode(),
         "SubmitReceipt signature (hex)": submitted.signature.hex(),
         "SubmitReceipt signature (base64, JSON)": base64.b64encode(submitted.signature).decode(),
+        "OutputEvidence messages_sha256 (hex)": messages_sha256(EVIDENCE_MESSAGES).hex(),
+        "OutputEvidence (hex)": evidence.hex(),
+        "evidence_signature (hex)": sign_evidence(node, evidence).hex(),
+        "evidence_sha256 (hex)": evidence_sha256(evidence).hex(),
     }
 
 

@@ -1,6 +1,7 @@
 """Troop's client: the async SDK, its typed results and errors, and the OpenAI face."""
 
 from troop_client.chat import ChatChunk, ChatOptions, Completion, Message, Usage
+from troop_client.evidence import VerifiedEvidence
 from troop_client.results import (
     Balance,
     Grant,
@@ -56,4 +57,5 @@ __all__ = [
     "Unavailable",
     "Unreachable",
     "Usage",
+    "VerifiedEvidence",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from troop_client.evidence import VerifiedEvidence
 from troop_common.proto import common_pb2, inference_pb2
 
 _FINISH = {
@@ -60,14 +61,16 @@ class Overhead:
 
 @dataclass(frozen=True)
 class ChatChunk:
-    """A piece of the answer; the last one has finish_reason and usage; the first one
-    has `overhead`."""
+    """A piece of the answer; the last one has finish_reason and usage, and `evidence`
+    when the node sent output evidence that verifies with its key; the first one has
+    `overhead`."""
 
     job_id: str
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
     overhead: Overhead | None = None
+    evidence: VerifiedEvidence | None = None
 
     @classmethod
     def from_pb(cls, chunk: inference_pb2.ChatCompletionResponse) -> ChatChunk:
@@ -129,3 +132,5 @@ class Completion:
     usage: Usage
     node_id: str = ""
     overhead: Overhead | None = None  # what the protocol cost before the first chunk
+    # The last node's signed output evidence, verified (None: it sent none that verifies).
+    evidence: VerifiedEvidence | None = None

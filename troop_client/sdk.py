@@ -33,6 +33,7 @@ from troop_client.chat import (
     Usage,
     vouched_tokens,
 )
+from troop_client.evidence import verified_evidence
 from troop_client.reports import UsageReports, reports_outbox
 from troop_client.results import (
     Balance,
@@ -133,8 +134,12 @@ class TroopClient:
         *,
         model: str | None = None,
         options: ChatOptions | None = None,
+        node_id: str = "",
     ) -> AsyncIterator[ChatChunk]:
         """Stream the answer as the worker produces it. Raises TroopError subclasses.
+
+        `node_id`: only that node may serve it (a verifier checking one node's output):
+        no other node is tried.
 
         A node that cannot be reached (within the connect timeout), whose breaker is open
         (troop_client.workers), or whose connection fails before the first token, is
@@ -148,7 +153,9 @@ class TroopClient:
         began = time.perf_counter()
         leave = self._reports.hot.enter()  # usage reports wait for this first chunk
         try:
-            attempts = self._attempts(messages, model, options, request_id, began, leave)
+            attempts = self._attempts(
+                messages, model, options, request_id, began, leave, node_id=node_id
+            )
             async with contextlib.aclosing(attempts):
                 async for chunk in attempts:
                     yield chunk
@@ -163,6 +170,8 @@ class TroopClient:
         request_id: str,
         began: float,
         first_chunk: Callable[[], None],
+        *,
+        node_id: str = "",
     ) -> AsyncGenerator[ChatChunk, None]:
         """The answer from one node, or several (troop_client.answer: skip before the first
         token, resume after it)."""
@@ -182,6 +191,7 @@ class TroopClient:
                     exclude_node_ids=answer.excluded,
                     max_tokens=max_tokens,
                     max_prompt_tokens=max_prompt_tokens,
+                    node_id=node_id,
                 )
             except TroopError as exc:
                 if first_failure is not None and not exc.transient:
@@ -200,7 +210,7 @@ class TroopClient:
                         yield answer.shown(chunk)
                 return
             except TroopError as exc:
-                if not answer.go_elsewhere(exc, grant.node_id):
+                if node_id or not answer.go_elsewhere(exc, grant.node_id):
                     raise
                 first_failure = first_failure or exc
                 # The failed job was countersigned with what arrived from it (0 returns its
@@ -214,22 +224,25 @@ class TroopClient:
         *,
         model: str | None = None,
         options: ChatOptions | None = None,
+        node_id: str = "",
     ) -> Completion:
-        """The whole answer at once."""
+        """The whole answer at once (`node_id`: only from that node, as `chat`)."""
         parts: list[str] = []
-        job_id, reason, usage, overhead = "", None, Usage(), None
-        async for chunk in self.chat(messages, model=model, options=options):
+        job_id, reason, usage, overhead, evidence = "", None, Usage(), None, None
+        async for chunk in self.chat(messages, model=model, options=options, node_id=node_id):
             job_id = chunk.job_id
             parts.append(chunk.text)
             reason = chunk.finish_reason or reason
             usage = chunk.usage or usage
             overhead = overhead or chunk.overhead
+            evidence = chunk.evidence or evidence
         return Completion(
             job_id=job_id,
             text="".join(parts),
             finish_reason=reason,
             usage=usage,
             overhead=overhead,
+            evidence=evidence,
         )
 
     async def _stream(
@@ -305,6 +318,14 @@ class TroopClient:
                 piece = ChatChunk.from_pb(chunk)
                 if overhead is not None:
                     piece = dataclasses.replace(piece, overhead=overhead)
+                evidence = verified_evidence(
+                    chunk,
+                    job_id=grant.job_id,
+                    node_id=grant.node_id,
+                    node_public_key=grant.node_public_key,
+                )
+                if evidence is not None:
+                    piece = dataclasses.replace(piece, evidence=evidence)
                 if chunk.completion_tokens:  # the worker's running count (cut: the bound)
                     shown_tokens = chunk.completion_tokens
                 if chunk.HasField("usage"):
@@ -334,16 +355,19 @@ class TroopClient:
         max_prompt_tokens: int = 0,
         exclude_node_ids: Sequence[str] = (),
         request_id: str | None = None,
+        node_id: str = "",
     ) -> Grant:
         """Reserve credits for one job and get its ticket for a node: what `chat` does
         before it streams. The reservation is held until the job settles, or returns when
-        the ticket expires unused. 0 bounds mean the coordinator's defaults."""
+        the ticket expires unused. 0 bounds mean the coordinator's defaults; `node_id`:
+        that node only (UNAVAILABLE when it is not live for the model)."""
         reply = await self.coordinator.authorize(
             model or self.settings.model,
             request_id=request_id,
             exclude_node_ids=exclude_node_ids,
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
+            node_id=node_id,
         )
         return Grant.from_pb(reply)
 

@@ -27,8 +27,8 @@ def parse_int(name: str, raw: str, minimum: int = 0) -> int:
     return value
 
 
-def parse_float(name: str, raw: str, *, positive: bool = False) -> float:
-    """A number, at least 0 (`positive`: more than 0)."""
+def parse_float(name: str, raw: str, *, positive: bool = False, signed: bool = False) -> float:
+    """A finite number, at least 0 (`positive`: more than 0; `signed`: any)."""
     try:
         value = float(raw)
     except ValueError as exc:
@@ -37,7 +37,7 @@ def parse_float(name: str, raw: str, *, positive: bool = False) -> float:
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if positive and value <= 0:
         raise ConfigError(f"{name} must be positive, got {value}")
-    if value < 0:
+    if value < 0 and not signed:
         raise ConfigError(f"{name} must not be negative, got {value}")
     return value
 

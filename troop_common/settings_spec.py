@@ -195,9 +195,11 @@ def integer(minimum: int = 0) -> Parse:
     return parse
 
 
-def number(*, positive: bool = False) -> Parse:
+def number(*, positive: bool = False, signed: bool = False) -> Parse:
+    """A finite number, at least 0 (`positive`: more than 0; `signed`: negative too)."""
+
     def parse(name: str, raw: str) -> float:
-        return parse_float(name, raw, positive=positive)
+        return parse_float(name, raw, positive=positive, signed=signed)
 
     return parse
 

@@ -11,9 +11,10 @@ from troop_worker.engine.types import GenerationChunk
 
 class ReadAhead:
     """Reads an engine's stream in a task of its own, so the engine never waits for a gRPC
-    write: what it made while a write was in flight goes out as one chunk (the text joined,
-    the counts and finish reason of the last). With a fast reader each chunk goes alone; a
-    slow reader (or a busy loop) gets fewer, larger messages instead of a slower engine.
+    write: what it made while a write was in flight goes out as one chunk (the text and the
+    tokens joined, the counts and finish reason of the last). With a fast reader each chunk
+    goes alone; a slow reader (or a busy loop) gets fewer, larger messages instead of a
+    slower engine.
     An engine error reaches the reader after the chunks made before it. `close` stops the
     engine (cancelling the read in progress) and closes its stream."""
 
@@ -57,7 +58,10 @@ class ReadAhead:
             return ready[0]
         last = ready[-1]
         text = "".join(c.text for c in ready)
-        return GenerationChunk(text, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        tokens = tuple(token for c in ready for token in c.tokens)
+        return GenerationChunk(
+            text, last.finish_reason, last.prompt_tokens, last.completion_tokens, tokens
+        )
 
     async def close(self) -> None:
         self._task.cancel()

@@ -51,6 +51,8 @@ class JobRecord:
     # The user's signed presentation of the ticket and the nonce it signs.
     presentation: bytes = b""
     client_nonce: str = ""
+    # SHA-256 of the output evidence the last chunk carried (empty: none).
+    evidence_sha256: bytes = b""
 
     def to_pb(self, node_id: str) -> coordinator_pb2.JobReceipt:
         finished = timestamp_pb2.Timestamp()
@@ -69,6 +71,7 @@ class JobRecord:
             finished_at=finished,
             presentation=self.presentation,
             client_nonce=self.client_nonce,
+            evidence_sha256=self.evidence_sha256,
         )
 
 

@@ -12,6 +12,10 @@ The first chunk's headers carry `x-troop-overhead-ms`: the worker's own time
 before it, i.e. from the call reaching the interceptor chain to the first chunk
 being handed to gRPC, less the engine's time from its start to that chunk
 (docs/protocol.md). Until then the job is on the `hot` path: receipts wait.
+
+The last chunk carries the job's output evidence, signed with the node key (every
+token the engine generated, with its log-probability: troop_worker.evidence), and the
+receipt its SHA-256.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from troop_common.request_context import OVERHEAD, add_initial_metadata, format_
 from troop_common.tickets import Ticket
 from troop_worker.auth import current_ticket
 from troop_worker.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest
+from troop_worker.evidence import EvidenceCollector, SignedEvidence
 from troop_worker.limits import JobLimiter
 from troop_worker.presentation import Presented, presentation_of
 from troop_worker.read_ahead import ReadAhead
@@ -181,13 +186,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         engine_started = time.perf_counter()
         last = GenerationChunk("", None, 0, 0)
         finished = failed = sent = False
+        collected = EvidenceCollector(min(generation.max_tokens, ticket.max_tokens))
+        evidence = SignedEvidence()
         stream = ReadAhead(self.engine.stream(generation))
         try:
             while (chunk := await stream.next()) is not None:
                 last = chunk
+                collected.add(chunk.tokens)
                 if chunk.text or chunk.finish_reason is not None:
                     engine_chunk = stream.first_at if not sent else 0.0
                     response = chunk.to_pb(ticket.job_id)
+                    if chunk.finish_reason is not None:
+                        evidence = self._evidence(collected, ticket, generation)
+                        response.evidence = evidence.data
+                        response.evidence_signature = evidence.signature
                     if not sent:
                         _first_chunk_leaves(engine_started, engine_chunk)
                     sent = True
@@ -205,8 +217,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 log.exception("job %s failed mid-stream", ticket.job_id)
             end = GenerationChunk(
                 "", FinishReason.ERROR, last.prompt_tokens, last.completion_tokens
-            )
-            yield end.to_pb(ticket.job_id)
+            ).to_pb(ticket.job_id)
+            # What it generated before failing is its output all the same.
+            evidence = self._evidence(collected, ticket, generation)
+            end.evidence, end.evidence_signature = evidence.data, evidence.signature
+            yield end
         finally:
             await stream.close()
             # A stream the client left early is charged for what it produced.
@@ -225,6 +240,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     completion_tokens=tokens,
                     presentation=presented.signature,
                     client_nonce=presented.nonce,
+                    evidence_sha256=evidence.sha256,
                 )
             )
             log.info(
@@ -235,3 +251,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 last.completion_tokens,
                 time.monotonic() - started,
             )
+
+    def _evidence(
+        self, collected: EvidenceCollector, ticket: Ticket, generation: GenerationRequest
+    ) -> SignedEvidence:
+        return collected.seal(
+            self.node,
+            job_id=ticket.job_id,
+            node_id=ticket.node_id,  # this node's: the ticket verifier checked it
+            model=ticket.model,
+            messages=[(m.role, m.content) for m in generation.messages],
+        )

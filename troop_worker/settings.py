@@ -96,6 +96,13 @@ class WorkerSettings(Settings):
         help="`torch` (built-in PyTorch engine), `openai` (relay to an OpenAI-compatible "
         "server: Ollama, vLLM, llama.cpp, LM Studio) or `fake`",
     )
+    fake_logprob_shift: float = setting(
+        0.0,
+        env="TROOP_WORKER_FAKE_LOGPROB_SHIFT",
+        parse=number(signed=True),
+        help="engine `fake`: added to every log-probability in its output evidence (not 0: a "
+        "node whose evidence a verifier rejects, for tests)",
+    )
     model: str = setting(
         "smollm2-135m-instruct",
         env="TROOP_WORKER_MODEL",

@@ -5,6 +5,7 @@ the documented value (a client in another language checks its code against these
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 
 from troop_common.assertions import verify_assertion
 from troop_common.endpoint_proof import verify_endpoint
-from troop_common.errors import NodeProofInvalid, PresentationInvalid
+from troop_common.errors import NodeProofInvalid, PresentationInvalid, SignatureInvalid
+from troop_common.evidence import (
+    TokenEvidence,
+    evidence_sha256,
+    messages_sha256,
+    open_evidence,
+    tokens_of,
+)
 from troop_common.keys import load_ed25519_private, public_key_hex
 from troop_common.node_proof import verify_node_proof
 from troop_common.presentation import verify_presentation
@@ -91,6 +99,32 @@ def test_the_documented_signatures_verify_with_the_servers_checks(doc: dict[str,
     receipt = coordinator_pb2.JobReceipt.FromString(request.receipt)
     assert (receipt.job_id, receipt.node_id, receipt.client_nonce) == (job, node_id, nonce)
     assert receipt.presentation.hex() == doc["x-troop-presentation"]
+
+
+def test_the_documented_output_evidence_verifies_and_reads_as_the_section_says(
+    doc: dict[str, str],
+) -> None:
+    evidence = bytes.fromhex(doc["OutputEvidence (hex)"])
+    signature = bytes.fromhex(doc["evidence_signature (hex)"])
+    parsed = open_evidence(evidence, signature, doc["node public key"])
+    assert (parsed.job_id, parsed.node_id, parsed.model) == (
+        doc["job_id"],
+        doc["node_id"],
+        "smollm2-135m-instruct",
+    )
+    # The digest by hand, as the section spells it: role, "\n", byte length, "\n", content.
+    by_hand = hashlib.sha256(b"system\n14\nYou are brief.user\n6\nSay hi").hexdigest()
+    assert parsed.messages_sha256.hex() == doc["OutputEvidence messages_sha256 (hex)"] == by_hand
+    assert messages_sha256([("system", "You are brief."), ("user", "Say hi")]).hex() == by_hand
+    assert tokens_of(parsed) == [
+        TokenEvidence(b"Hi", -0.25, 13665),
+        TokenEvidence(b"!", -1.5),
+        TokenEvidence(b"", -0.0625, 2),
+    ]
+    assert evidence_sha256(evidence).hex() == doc["evidence_sha256 (hex)"]
+    assert hashlib.sha256(evidence).hexdigest() == doc["evidence_sha256 (hex)"]
+    with pytest.raises(SignatureInvalid):  # another node's key did not sign it
+        open_evidence(evidence, signature, doc["user public key"])
 
 
 def test_a_signature_over_other_inputs_is_refused(doc: dict[str, str]) -> None:

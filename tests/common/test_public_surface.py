@@ -40,6 +40,7 @@ def test_the_sdk_exports_exactly_its_public_names() -> None:
         "Unavailable",
         "Unreachable",
         "Usage",
+        "VerifiedEvidence",
     ]
     for name in troop_client.__all__:
         assert getattr(troop_client, name).__doc__, f"{name} has no docstring"

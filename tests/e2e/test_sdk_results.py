@@ -155,3 +155,31 @@ async def test_a_refused_job_raises_the_error_troop_client_exports(start_mesh) -
     assert caught.value.balance == 5_000 < caught.value.needed
     assert isinstance(caught.value, troop_client.TroopError)
     assert (balance.balance_millicredits, balance.reserved_millicredits) == (5_000, 0)
+
+
+async def test_a_finished_answer_keeps_the_nodes_verified_output_evidence(network) -> None:
+    from troop_client import VerifiedEvidence
+    from troop_common.evidence import messages_sha256
+    from troop_common.fake_model import echo_logprob, echo_words
+
+    question = [Message("user", "prove it please")]
+    async with TroopClient(network.coordinator, Identity.generate()) as troop:
+        await troop.join()
+        (node,) = await troop.nodes()
+        chunks = [c async for c in troop.chat(question, options=ChatOptions(max_tokens=8))]
+        answer = await troop.complete(question, options=ChatOptions(max_tokens=8))
+
+    evidence = chunks[-1].evidence
+    assert isinstance(evidence, VerifiedEvidence)
+    assert all(c.evidence is None for c in chunks[:-1])
+    assert (evidence.job_id, evidence.node_id) == (chunks[-1].job_id, node.node_id)
+    assert (evidence.node_public_key, evidence.model) == (node.node_public_key, MODEL)
+    assert evidence.messages_sha256 == messages_sha256([("user", "prove it please")])
+    words = echo_words([("user", "prove it please")])
+    assert [t.token for t in evidence.tokens] == [w.encode() for w in words]
+    assert [round(t.logprob, 5) for t in evidence.tokens] == [
+        round(echo_logprob(n, w), 5) for n, w in enumerate(words)
+    ]
+    assert b"".join(t.token for t in evidence.tokens).decode() == "".join(c.text for c in chunks)
+    assert answer.evidence is not None and answer.evidence.job_id == answer.job_id
+    assert answer.evidence.tokens == evidence.tokens

@@ -89,6 +89,14 @@ async def test_llama_cpp_streams_through_a_relay_worker_and_the_job_settles_on_c
     usage = chunks[-1].usage
     assert usage is not None and reference.usage is not None
     assert usage.completion_tokens == len(pieces) <= reference.usage.completion_tokens
+    # llama.cpp's logprobs came with every delta: the node signed one token per completion
+    # token, and their bytes are the answer (its key, pinned by the grant, verified them).
+    evidence = chunks[-1].evidence
+    assert evidence is not None and evidence.job_id == chunks[-1].job_id
+    assert len(evidence.tokens) == usage.completion_tokens
+    assert b"".join(t.token for t in evidence.tokens).decode() == "".join(pieces)
+    assert all(t.logprob <= 0 and t.token_id is None for t in evidence.tokens)
+    assert any(t.logprob < 0 for t in evidence.tokens)
     # The ledger settled on that count, at the model's price; the owner earned it all.
     price = ModelPrice(0, offer.prompt_millicredits_per_1k, offer.completion_millicredits_per_1k)
     assert job.state == "charged" and not job.disputed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import grpc
@@ -10,6 +11,7 @@ import pytest
 from worker_testing import bearer, chat, collect, make_issuer
 
 from tests.conftest import wait_until
+from troop_common.evidence import open_evidence, tokens_of
 from troop_common.proto import common_pb2, inference_pb2_grpc
 from troop_worker.engine import FinishReason, GenerationChunk, GenerationRequest, Message
 
@@ -104,10 +106,19 @@ async def test_paris_through_a_real_worker(
             await call.read()
             call.cancel()
             await recording_coordinator.wait_for(lambda c: len(c.receipts) == 2, 30)
-    assert "Paris" in "".join(c.delta for c in chunks)
-    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+        node_key = worker.identity.public_key_hex
+    answer = "".join(c.delta for c in chunks)
+    assert "Paris" in answer
+    last = chunks[-1]
+    assert last.finish_reason == common_pb2.FINISH_REASON_STOP
     receipt = recording_coordinator.receipt_for("job-paris").receipt
-    assert receipt.usage.completion_tokens == chunks[-1].usage.completion_tokens
+    assert receipt.usage.completion_tokens == last.usage.completion_tokens
+    # The node's signed evidence: every token (the end of sequence too), its bytes the text.
+    tokens = tokens_of(open_evidence(last.evidence, last.evidence_signature, node_key))
+    assert len(tokens) == last.usage.completion_tokens
+    assert b"".join(t.token for t in tokens).decode() == answer
+    assert tokens[-1].token == b"" and tokens[-1].token_id is not None
+    assert receipt.evidence_sha256 == hashlib.sha256(last.evidence).digest()
 
 
 def test_incremental_detokenizer_joins_to_the_full_decode(torch_engine) -> None:
@@ -196,3 +207,81 @@ async def test_a_greedy_answer_continued_from_its_first_tokens_is_the_same_answe
         rest = await run(torch_engine, messages=story, max_tokens=40 - delivered, continuation=said)
         assert said + text(rest) == full, (cut, said)
         assert rest[-1].completion_tokens == whole[-1].completion_tokens - delivered
+
+
+def teacher_forced_logprobs(engine, request: GenerationRequest, ids: list[int]) -> list[float]:
+    """Each generated token's log-probability from one plain forward pass of the same model
+    over prompt + tokens (no cache, no batch): log_softmax of the raw logits in float32."""
+    import torch
+
+    prompt = engine.tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in request.messages],
+        add_generation_prompt=True, return_dict=True, return_tensors="pt",
+    )["input_ids"]  # fmt: skip
+    inputs = torch.cat([prompt, torch.tensor([ids])], dim=1)
+    with torch.inference_mode():
+        logits = engine.hf_model(input_ids=inputs).logits[0].float()
+    start = prompt.shape[1] - 1  # the logits at i predict token i + 1
+    logprobs = torch.log_softmax(logits[start : start + len(ids)], dim=-1)
+    return logprobs.gather(1, torch.tensor(ids).unsqueeze(1)).squeeze(1).tolist()
+
+
+async def evidence_of(engine, request: GenerationRequest):
+    chunks = [c async for c in engine.stream(request)]
+    return chunks, [t for c in chunks for t in c.tokens]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "tolerance"), [("torch_engine_fp32", 1e-3), ("torch_engine", 0.25)]
+)
+async def test_reported_logprobs_equal_a_teacher_forced_forward_pass(
+    fixture: str, tolerance: float, request
+) -> None:
+    """Greedy and sampled jobs, batched together: each token's log-probability is the raw
+    distribution's (not the tempered or truncated one it was sampled from). In float32 the
+    cached, batched decode agrees with a plain forward pass to rounding; in bfloat16 the
+    two paths round differently (a logit of ~20 has a step of 0.125 in bfloat16)."""
+    engine = request.getfixturevalue(fixture)
+    jobs = [
+        GenerationRequest(QUESTION, temperature=0.0, max_tokens=24),
+        GenerationRequest(
+            (Message("user", "Write a poem about rain."),),
+            temperature=1.5, top_p=0.8, seed=3, max_tokens=24,
+        ),
+        GenerationRequest(
+            (Message("user", "Name a colour."),), temperature=0.7, seed=5, max_tokens=24
+        ),
+    ]  # fmt: skip
+    results = await asyncio.gather(*(evidence_of(engine, job) for job in jobs))
+    for job, (chunks, tokens) in zip(jobs, results, strict=True):
+        assert len(tokens) == chunks[-1].completion_tokens > 0
+        ids = [t.token_id for t in tokens]
+        assert all(isinstance(i, int) for i in ids)
+        expected = teacher_forced_logprobs(engine, job, ids)
+        worst = max(abs(t.logprob - e) for t, e in zip(tokens, expected, strict=True))
+        assert worst < tolerance, (job, worst)
+        assert all(t.logprob <= 0 for t in tokens)
+        if chunks[-1].finish_reason is FinishReason.STOP:  # the end-of-sequence token is in
+            assert tokens[-1].token == b"" and tokens[-1].token_id == engine.tokenizer.eos_token_id
+        text = "".join(c.text for c in chunks)
+        assert b"".join(t.token for t in tokens).decode() == text
+
+
+def test_token_bytes_are_the_raw_bytes_even_for_half_a_character(torch_engine) -> None:
+    tokenizer = torch_engine.tokenizer
+    sample = "Accents: déjà vu; CJK: 日本語のテキスト; emoji: 🎉👍🏽\n\ttabs and  spaces"
+    ids = tokenizer.encode(sample, add_special_tokens=False)
+    pieces = [torch_engine._bytes_of(i) for i in ids]
+    assert b"".join(pieces) == sample.encode()
+    assert any(_not_utf8(p) for p in pieces)  # some token holds part of a character
+    assert torch_engine._bytes_of(tokenizer.eos_token_id) == b""
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert torch_engine._bytes_of(im_start) == b""  # never shown as text
+
+
+def _not_utf8(piece: bytes) -> bool:
+    try:
+        piece.decode()
+    except UnicodeDecodeError:
+        return True
+    return False

@@ -22,7 +22,7 @@ from troop_worker.settings import WorkerSettings
 def make_engine(settings: WorkerSettings) -> Engine:
     """The engine the settings name (not loaded yet)."""
     if settings.engine == "fake":
-        return FakeEngine([settings.model])
+        return FakeEngine([settings.model], logprob_shift=settings.fake_logprob_shift)
     if settings.engine == "openai":
         from troop_worker.engine.openai_upstream import OpenAIUpstreamEngine
 

@@ -13,6 +13,11 @@ between two steps instead of waiting for the others to finish:
 - Prefill done, its first token is sampled and it joins the batch; each row
   keeps its own sampling settings, generator (seed), stop sequences, budget
   and detokenizer; a finished or cancelled row leaves at the next step.
+- Each sampled token goes with its log-probability under the raw logits
+  (log_softmax in float32, before temperature or top-p: one log_softmax and
+  one gather per step for the whole batch, under 1 ms for 8 rows on 2 cores,
+  against ~55 ms for the step) and its bytes: the job's output evidence,
+  passed on with the chunks (`GenerationChunk.tokens`).
 
 Everything that touches torch runs on this one thread; chunks cross to the
 caller through `Sequence.emit`.
@@ -29,6 +34,7 @@ from typing import Any
 
 import torch
 
+from troop_common.evidence import TokenEvidence
 from troop_worker.engine.batch_cache import BatchCache
 from troop_worker.engine.detokenize import IncrementalDetokenizer
 from troop_worker.engine.stops import StopScanner
@@ -40,6 +46,12 @@ Emit = Callable[[GenerationChunk | BaseException], None]
 # Turns a request into its prompt ids (raises InvalidArgument for a prompt
 # that does not fit) and the number of new tokens it may generate.
 Prepare = Callable[[GenerationRequest], tuple[torch.Tensor, int]]
+# A token id's raw bytes (b"" for a special token).
+TokenBytes = Callable[[int], bytes]
+
+
+def _no_bytes(token: int) -> bytes:
+    return b""
 
 
 @dataclass
@@ -70,6 +82,9 @@ class Sequence:
     last: int = -1
     text: str = ""
     generator: torch.Generator | None = None
+    token_bytes: TokenBytes = _no_bytes
+    # Tokens generated since the last chunk emitted, with their log-probabilities.
+    evidence: list[TokenEvidence] = field(default_factory=list)
     scanner: StopScanner = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,14 +94,18 @@ class Sequence:
     def prompt_tokens(self) -> int:
         return 0 if self.prompt is None else int(self.prompt.shape[1])
 
-    def accept(self, token: int, eos: set[int]) -> bool:
-        """Take one sampled token; emit what it completes. True when the job is done."""
+    def accept(self, token: int, eos: set[int], logprob: float = 0.0) -> bool:
+        """Take one sampled token and its log-probability; emit what it completes. True
+        when the job is done."""
         self.generated += 1
         self.last = token
         finish: FinishReason | None = None
+        piece = ""
         if token in eos:
+            self.evidence.append(TokenEvidence(b"", logprob, token))
             finish = FinishReason.STOP
         else:
+            self.evidence.append(TokenEvidence(self.token_bytes(token), logprob, token))
             self.text += self.detokenizer.push(token)
             piece = self.scanner.feed(self.text)
             if self.scanner.stopped:
@@ -97,12 +116,22 @@ class Sequence:
                     self._emit(piece, None)
                 return False
             finish = FinishReason.LENGTH
+        # The last token's own piece, then whatever was held back.
         self.text += self.detokenizer.flush()
-        self._emit(self.scanner.feed(self.text, final=True), finish)
+        self._emit(piece + self.scanner.feed(self.text, final=True), finish)
         return True
 
     def _emit(self, text: str, finish: FinishReason | None) -> None:
-        self.emit(GenerationChunk(text, finish, self.prompt_tokens, self.generated))
+        tokens, self.evidence = tuple(self.evidence), []
+        self.emit(GenerationChunk(text, finish, self.prompt_tokens, self.generated, tokens))
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int]) -> list[float]:
+    """Each row's log-probability of its token under the raw logits (rows, vocabulary):
+    log_softmax in float32, before any temperature or top-p."""
+    chosen = torch.tensor(tokens, device=logits.device).unsqueeze(1)
+    logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # cast, then computed
+    return [float(x) for x in logprobs.gather(1, chosen).squeeze(1).tolist()]
 
 
 def pick(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
@@ -234,8 +263,10 @@ class BatchLoop:
         if end < sequence.prompt_tokens:
             return
         self._prefilling = None
-        token = pick(out.logits[0, -1], sequence.request, sequence.generator)
-        if sequence.accept(token, self.eos):
+        logits = out.logits[0, -1]
+        token = pick(logits, sequence.request, sequence.generator)
+        (logprob,) = token_logprobs(logits.unsqueeze(0), [token])
+        if sequence.accept(token, self.eos, logprob):
             self.stats.finished += 1
             return
         self._batch.join(sequence.cache)
@@ -244,10 +275,10 @@ class BatchLoop:
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
 
     def _decode_step(self) -> None:
-        tokens = torch.tensor([[s.last] for s in self._running], device=self.device)
+        inputs = torch.tensor([[s.last] for s in self._running], device=self.device)
         mask, positions = self._batch.step_inputs()
         out = self.model(
-            input_ids=tokens,
+            input_ids=inputs,
             attention_mask=mask,
             position_ids=positions,
             cache=self._batch.cache,
@@ -258,18 +289,19 @@ class BatchLoop:
         self._batch.cache = out.cache
         logits = out.logits[:, -1]
         greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
+        tokens: list[int] = []
+        for row, sequence in enumerate(self._running):
+            assert sequence.generator is not None
+            request = sequence.request
+            sampled = request.temperature > 0 and not sequence.cancel.is_set()
+            token = pick(logits[row], request, sequence.generator) if sampled else greedy[row]
+            tokens.append(token)
+        logprobs = token_logprobs(logits, tokens)  # one gather for every row
         keep: list[int] = []
         for row, sequence in enumerate(self._running):
             if sequence.cancel.is_set():
                 continue
-            assert sequence.generator is not None
-            request = sequence.request
-            token = (
-                greedy[row]
-                if request.temperature <= 0
-                else pick(logits[row], request, sequence.generator)
-            )
-            if sequence.accept(token, self.eos):
+            if sequence.accept(tokens[row], self.eos, logprobs[row]):
                 self.stats.finished += 1
             else:
                 keep.append(row)

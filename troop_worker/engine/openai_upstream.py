@@ -10,6 +10,14 @@ The worker keeps everything Troop does (tickets, limits, receipts, node proof); 
 upstream only generates. Tokens are passed on as the upstream's SSE chunks arrive;
 closing the stream early closes the HTTP response, which stops the upstream.
 
+Output evidence: the relay asks for `logprobs: true` (`top_logprobs: 0`) and passes each
+`choices[0].logprobs.content[]` entry on as a token of the chunk (its `bytes`, else the
+UTF-8 of its `token`, and its `logprob`; no token id). llama.cpp's server
+(llama-cpp-python 0.3.36) sends them with every streamed delta, one entry per token, with
+`bytes: null` (so a token holding part of a multi-byte character arrives as text, not as
+its bytes); vLLM and OpenAI send `bytes`. An upstream that sends none: the job has no
+evidence, and the worker says so once in its log.
+
 Upstream failures become Troop errors the client can act on: a request the upstream
 refuses as malformed is INVALID_ARGUMENT, its rate limit RESOURCE_EXHAUSTED (with its
 Retry-After), anything else about the upstream (down, wrong key, unknown model, 5xx)
@@ -20,6 +28,7 @@ never logged.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,8 +42,10 @@ from troop_common.errors import (
     TroopError,
     Unavailable,
 )
+from troop_common.evidence import TokenEvidence
 from troop_worker.engine.types import FinishReason, GenerationChunk, GenerationRequest
 
+log = logging.getLogger("troop.worker.engine")
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -69,6 +80,7 @@ class OpenAIUpstreamEngine:
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
+        self._warned_no_logprobs = False
 
     async def load(self) -> None:
         """Check that the upstream answers and serves the model; a clear error if not."""
@@ -97,6 +109,9 @@ class OpenAIUpstreamEngine:
             "max_tokens": request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
+            # The chosen tokens' log-probabilities: the job's output evidence.
+            "logprobs": True,
+            "top_logprobs": 0,
         }
         if request.stop:
             body["stop"] = list(request.stop)
@@ -107,10 +122,22 @@ class OpenAIUpstreamEngine:
                 if reply.status_code != 200:
                     await reply.aread()
                     raise _refusal(reply.status_code, _error_message(reply), reply.headers)
+                evidence = False
                 async for chunk in _chunks(reply, request):
+                    evidence = evidence or bool(chunk.tokens)
+                    if chunk.finish_reason is not None and chunk.completion_tokens:
+                        self._no_logprobs(evidence)
                     yield chunk
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
+
+    def _no_logprobs(self, evidence: bool) -> None:
+        if not evidence and not self._warned_no_logprobs:
+            self._warned_no_logprobs = True
+            log.warning(
+                "the upstream at %s sends no logprobs: this node's answers carry no output "
+                "evidence (a verifier cannot check them)", self.base_url,
+            )  # fmt: skip
 
     def _unreachable(self, exc: httpx.HTTPError) -> TroopError:
         reason = type(exc).__name__ if not str(exc) else str(exc)
@@ -143,22 +170,45 @@ async def _chunks(
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else None
             text = text if isinstance(text, str) else ""
-            if text and not counted_usage:
-                completion_tokens += 1  # one event ≈ one token until the upstream counts
+            tokens = _tokens(choice.get("logprobs"))
+            if (text or tokens) and not counted_usage:
+                # One event ≈ one token until the upstream counts (or its logprobs do).
+                completion_tokens += max(1, len(tokens))
             if choice.get("finish_reason"):
                 finish = (
                     FinishReason.LENGTH
                     if choice["finish_reason"] == "length"
                     else FinishReason.STOP
                 )
-            if text:
-                yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
+            if text or tokens:
+                yield GenerationChunk(text, None, prompt_tokens, completion_tokens, tokens)
     if finish is None:
         # The upstream closed without saying why: the answer may be cut short.
         raise Unavailable("the upstream ended the stream without a finish reason")
     if not counted_usage:
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
     yield GenerationChunk("", finish, prompt_tokens, completion_tokens)
+
+
+def _tokens(logprobs: object) -> tuple[TokenEvidence, ...]:
+    """A choice's `logprobs.content` entries as tokens (none when it has none)."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    tokens = []
+    for entry in content if isinstance(content, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        logprob = entry.get("logprob")
+        if not isinstance(logprob, int | float) or isinstance(logprob, bool):
+            continue
+        raw = entry.get("bytes")
+        if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+            data = bytes(raw)
+        elif isinstance(entry.get("token"), str):
+            data = entry["token"].encode()
+        else:
+            continue
+        tokens.append(TokenEvidence(data, float(logprob)))
+    return tuple(tokens)
 
 
 def _event(data: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from troop_common.errors import FieldViolation, InvalidArgument
+from troop_common.evidence import TokenEvidence
 from troop_common.proto import common_pb2, inference_pb2
 
 DEFAULT_MAX_TOKENS = 256
@@ -84,13 +85,18 @@ class GenerationChunk:
     """New text since the last chunk; the last chunk of a stream has a finish reason.
 
     Token counts are running totals, so a consumer that stops early still
-    knows how much was generated.
+    knows how much was generated. `tokens`: every token generated since the previous
+    chunk (those whose text is still held back, or that a stop sequence cut, too), each
+    with its log-probability under the model's raw next-token distribution: the output
+    evidence the servicer signs (troop_common.evidence). Empty from an engine that
+    cannot tell.
     """
 
     text: str
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    tokens: tuple[TokenEvidence, ...] = ()
 
     def to_pb(self, job_id: str) -> inference_pb2.ChatCompletionResponse:
         response = inference_pb2.ChatCompletionResponse(
