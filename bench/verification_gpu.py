@@ -2,6 +2,7 @@
 
     # on a machine with a GPU (the model's GGUF and torch + transformers + gguf there):
     python -m bench.verification_gpu generate --model FILE.gguf --out gpu.json
+    python -m bench.verification_gpu engine --model FILE.gguf --out engine.json
     # here, with the verifier's trusted copy (fp32 on CPU):
     .venv/bin/python -m bench.verification_gpu compare gpu.json
 
@@ -9,7 +10,10 @@
 bfloat16, float16 and float32 on the GPU, batched with left padding as a serving
 engine batches, and records for each generated token the log-probability of the
 raw logits (log_softmax, float32, before temperature) — what a worker puts in its
-output evidence. `compare` recomputes each sequence with one teacher-forced
+output evidence. `engine` runs the
+same jobs through the worker's own engine (`TorchEngine`: continuous batching of
+8 rows) at temperatures 0, 0.7 and 1, and records the evidence tokens it signs.
+`compare` recomputes each sequence with one teacher-forced
 forward pass in float32 on the CPU and prints the deviation quantiles per
 precision: the honest noise that the verifier's thresholds must clear.
 """
@@ -57,7 +61,7 @@ def _load(path: Path, dtype: str, device: str) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, dtype=getattr(torch, dtype), **options
     )
-    return tokenizer, model.to(device).eval()
+    return tokenizer, model.to(device).eval()  # type: ignore[arg-type]
 
 
 def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -134,6 +138,56 @@ def generate(model_path: Path, out: Path, max_tokens: int, device: str = "cuda")
     )
 
 
+async def _engine_jobs(model_path: Path, dtype: str, max_tokens: int) -> list[dict[str, Any]]:
+    """Every prompt at three temperatures through the worker's own engine (continuous
+    batching, 8 rows), each job's evidence tokens as the worker would sign them."""
+    import asyncio
+
+    from troop_worker.engine.torch_engine import TorchEngine
+    from troop_worker.engine.types import GenerationRequest, Message
+
+    engine = TorchEngine(model_path=model_path, dtype=dtype, max_batch=8)
+    await engine.load()
+
+    async def one(prompt: str, temperature: float, seed: int) -> dict[str, Any]:
+        request = GenerationRequest(
+            (Message("user", prompt),), temperature=temperature, max_tokens=max_tokens, seed=seed
+        )
+        tokens = [t async for chunk in engine.stream(request) for t in chunk.tokens]
+        return {
+            "dtype": dtype,
+            "temperature": temperature,
+            "prompt": prompt,
+            "tokens": [t.token_id for t in tokens],
+            "logprobs": [t.logprob for t in tokens],
+        }
+
+    jobs = [
+        one(prompt, temperature, seed)
+        for seed, prompt in enumerate(PROMPTS + EXTRA_PROMPTS)
+        for temperature in (0.0, 0.7, 1.0)
+    ]
+    try:
+        return list(await asyncio.gather(*jobs))
+    finally:
+        await engine.close()
+
+
+def engine(model_path: Path, out: Path, max_tokens: int) -> None:
+    """The worker's engine on this machine's GPU, in bf16 and fp16."""
+    import asyncio
+
+    import torch
+
+    records = []
+    for dtype in ("bfloat16", "float16"):
+        started = time.perf_counter()
+        records += asyncio.run(_engine_jobs(model_path, dtype, max_tokens))
+        print(f"engine {dtype}: {time.perf_counter() - started:.1f} s", flush=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "records": records}))
+
+
 def _quantiles(values: list[float]) -> str:
     ordered = sorted(values)
 
@@ -155,10 +209,15 @@ def compare(data_path: Path, model_path: Path | None) -> None:
         model_path = default_model_path()
     data = json.loads(data_path.read_text())
     tokenizer, model = _load(model_path, "float32", "cpu")
-    del tokenizer
     by_dtype: dict[str, list[float]] = {}
     jobs: dict[str, list[float]] = {}
+    prompt_ids: dict[str, list[int]] = {}
     for record in data["records"]:
+        if "prompt_ids" not in record:  # from `engine`: the worker's chat template
+            prompt = record["prompt"]
+            if prompt not in prompt_ids:
+                prompt_ids[prompt] = _prompt_ids(tokenizer, prompt)
+            record["prompt_ids"] = prompt_ids[prompt]
         ids = record["prompt_ids"] + record["tokens"]
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
@@ -187,12 +246,18 @@ def main() -> None:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--device", default="cuda")
+    eng = commands.add_parser("engine")
+    eng.add_argument("--model", type=Path, required=True)
+    eng.add_argument("--out", type=Path, required=True)
+    eng.add_argument("--max-tokens", type=int, default=64)
     cmp_ = commands.add_parser("compare")
     cmp_.add_argument("data", type=Path)
     cmp_.add_argument("--model", type=Path)
     args = parser.parse_args()
     if args.command == "generate":
         generate(args.model, args.out, args.max_tokens, args.device)
+    elif args.command == "engine":
+        engine(args.model, args.out, args.max_tokens)
     else:
         compare(args.data, args.model)
 
