@@ -68,6 +68,10 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     overhead: Overhead | None = None
+    # The last chunk's output evidence (serialized OutputEvidence) and the node's
+    # signature of it (troop_common.evidence); empty elsewhere, or from a node without.
+    evidence: bytes = field(default=b"", repr=False)
+    evidence_signature: bytes = field(default=b"", repr=False)
 
     @classmethod
     def from_pb(cls, chunk: inference_pb2.ChatCompletionResponse) -> ChatChunk:
@@ -75,7 +79,10 @@ class ChatChunk:
         usage = None
         if chunk.HasField("usage"):
             usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        return cls(job_id=chunk.id, text=chunk.delta, finish_reason=reason, usage=usage)
+        return cls(
+            job_id=chunk.id, text=chunk.delta, finish_reason=reason, usage=usage,
+            evidence=chunk.evidence, evidence_signature=chunk.evidence_signature,
+        )  # fmt: skip
 
 
 # The default completion bound when a request names none (the coordinator's too).

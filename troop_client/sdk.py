@@ -133,6 +133,7 @@ class TroopClient:
         *,
         model: str | None = None,
         options: ChatOptions | None = None,
+        node_id: str = "",
     ) -> AsyncIterator[ChatChunk]:
         """Stream the answer as the worker produces it. Raises TroopError subclasses.
 
@@ -140,7 +141,8 @@ class TroopClient:
         (troop_client.workers), or whose connection fails before the first token, is
         skipped for another (up to `settings.node_attempts` nodes); its reservation
         returns at once (the client countersigns 0). After a token, troop_client.answer
-        decides whether the answer resumes elsewhere.
+        decides whether the answer resumes elsewhere. `node_id` pins every attempt to
+        that node (no other is asked).
         """
         model = model or self.settings.model
         options = options or ChatOptions()
@@ -148,7 +150,7 @@ class TroopClient:
         began = time.perf_counter()
         leave = self._reports.hot.enter()  # usage reports wait for this first chunk
         try:
-            attempts = self._attempts(messages, model, options, request_id, began, leave)
+            attempts = self._attempts(messages, model, options, request_id, began, leave, node_id)
             async with contextlib.aclosing(attempts):
                 async for chunk in attempts:
                     yield chunk
@@ -163,6 +165,7 @@ class TroopClient:
         request_id: str,
         began: float,
         first_chunk: Callable[[], None],
+        node_id: str = "",
     ) -> AsyncGenerator[ChatChunk, None]:
         """The answer from one node, or several (troop_client.answer: skip before the first
         token, resume after it)."""
@@ -182,6 +185,7 @@ class TroopClient:
                     exclude_node_ids=answer.excluded,
                     max_tokens=max_tokens,
                     max_prompt_tokens=max_prompt_tokens,
+                    node_id=node_id,
                 )
             except TroopError as exc:
                 if first_failure is not None and not exc.transient:
@@ -334,16 +338,19 @@ class TroopClient:
         max_prompt_tokens: int = 0,
         exclude_node_ids: Sequence[str] = (),
         request_id: str | None = None,
+        node_id: str = "",
     ) -> Grant:
         """Reserve credits for one job and get its ticket for a node: what `chat` does
         before it streams. The reservation is held until the job settles, or returns when
-        the ticket expires unused. 0 bounds mean the coordinator's defaults."""
+        the ticket expires unused. 0 bounds mean the coordinator's defaults; `node_id`
+        pins the job to that node (UNAVAILABLE when it is not live for the model)."""
         reply = await self.coordinator.authorize(
             model or self.settings.model,
             request_id=request_id,
             exclude_node_ids=exclude_node_ids,
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
+            node_id=node_id,
         )
         return Grant.from_pb(reply)
 

@@ -154,13 +154,16 @@ class CoordinatorClient:
         *,
         max_tokens: int = 0,
         max_prompt_tokens: int = 0,
+        node_id: str = "",
     ) -> pb.AuthorizeResponse:
-        """A ticket for one job of at most these tokens (0: the coordinator's defaults)."""
+        """A ticket for one job of at most these tokens (0: the coordinator's defaults), on
+        `node_id` only when given."""
         request = pb.AuthorizeRequest(
             model=model,
             exclude_node_ids=list(exclude_node_ids),
             max_tokens=max_tokens,
             max_prompt_tokens=max_prompt_tokens,
+            node_id=node_id,
         )
         return await self._call(
             self.stub.Authorize,
@@ -169,6 +172,10 @@ class CoordinatorClient:
             request_id=request_id,
             idempotent=False,  # it reserves credits: never sent twice
         )
+
+    async def submit_verdict(self, request: pb.SubmitVerdictRequest) -> pb.SubmitVerdictResponse:
+        """A verifier's signed verdict (the verdict carries its own signature)."""
+        return await self._call(self.stub.SubmitVerdict, request, signed=False)
 
     async def submit_receipt(self, request: pb.SubmitReceiptRequest) -> pb.SubmitReceiptResponse:
         return await self._call(self.stub.SubmitReceipt, request, signed=False)
