@@ -205,7 +205,7 @@ def analyse(scored: list[dict[str, Any]], thresholds: Thresholds) -> list[dict[s
         groups.setdefault((run["source"], run["temperature"]), []).append(item)
     rows = []
     for (source, temperature), items in groups.items():
-        deviations, normalised, ranks, floors, means = [], [], [], [], []
+        deviations, normalised, ranks, floors, means, gaps = [], [], [], [], [], []
         failed = inconclusive = positions = 0
         for item in items:
             tokens = evidence_of(Run(**item["run"]))
@@ -219,6 +219,7 @@ def analyse(scored: list[dict[str, Any]], thresholds: Thresholds) -> list[dict[s
                 job_dev.append(d)
                 normalised.append(d / thresholds.tolerance(score.logprob))
                 ranks.append(float(score.rank or 0))
+                gaps.append((score.top_logprob or 0.0) - score.logprob)
                 floors.append(score.logprob)
             if job_dev:
                 means.append(statistics.fmean(job_dev))
@@ -232,6 +233,7 @@ def analyse(scored: list[dict[str, Any]], thresholds: Thresholds) -> list[dict[s
             "positions": positions,
             "deviation": quantiles(deviations), "normalised": quantiles(normalised),
             "rank_max": max(ranks, default=0), "min_trusted_logprob": min(floors, default=0),
+            "top_gap_max": max(gaps, default=0),
             "job_mean_deviation": quantiles(means),
             "failed": failed, "inconclusive": inconclusive,
             "checks_for_99": (math.ceil(math.log(0.01) / math.log(1 - caught))
@@ -243,7 +245,7 @@ def analyse(scored: list[dict[str, Any]], thresholds: Thresholds) -> list[dict[s
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = (f"{'source':13} {'T':>4} {'jobs':>4} {'pos':>5} {'dev p50':>8} {'p99':>7} "
               f"{'p99.9':>7} {'max':>7} {'norm p99':>8} {'norm max':>8} {'rank max':>8} "
-              f"{'min lp':>7} {'job mean p50':>12} {'max':>6} {'failed':>6} {'incon':>5} "
+              f"{'min lp':>7} {'top gap':>7} {'job mean p50':>12} {'max':>6} {'failed':>6} {'incon':>5} "
               f"{'N(99%)':>6}")  # fmt: skip
     print(header)
     for r in rows:
@@ -251,7 +253,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         print(f"{r['source']:13} {r['temperature']:>4} {r['jobs']:>4} {r['positions']:>5} "
               f"{d.get('p50', 0):>8.4f} {d.get('p99', 0):>7.3f} {d.get('p999', 0):>7.3f} "
               f"{d.get('max', 0):>7.3f} {n.get('p99', 0):>8.3f} {n.get('max', 0):>8.3f} "
-              f"{r['rank_max']:>8.0f} {r['min_trusted_logprob']:>7.2f} "
+              f"{r['rank_max']:>8.0f} {r['min_trusted_logprob']:>7.2f} {r['top_gap_max']:>7.2f} "
               f"{m.get('p50', 0):>12.4f} {m.get('max', 0):>6.3f} {r['failed']:>6} "
               f"{r['inconclusive']:>5} {r['checks_for_99']!s:>6}")  # fmt: skip
 
@@ -266,6 +268,52 @@ def cost(scored: list[dict[str, Any]]) -> dict[str, float]:
             "tokens_per_job": tokens}  # fmt: skip
 
 
+def measure_cost(checks: int, max_tokens: int, interval_s: float, load: float) -> dict[str, float]:
+    """One check's compute, alone on this machine: the node's job (the built-in engine's
+    bf16 model generating greedily, batch of one, KV cache) against the verifier's pass
+    (`TorchScorer.score`), and what the default rate costs a node busy `load` of its time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_model_path()
+    options = {"gguf_file": path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, dtype=torch.bfloat16, **options
+    ).eval()
+    vocab = token_bytes(tokenizer)
+    scorer = TorchScorer()
+    scorer.load()
+    node_s, verifier_s, tokens = [], [], []
+    for n in range(checks + 1):  # the first is a warm-up
+        messages = (("user", PROMPTS[n % len(PROMPTS)]),)
+        ids = tokenizer.apply_chat_template(
+            [{"role": r, "content": c} for r, c in messages],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        )  # fmt: skip
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=2)  # fmt: skip
+        generated = time.perf_counter() - started
+        new = [int(t) for t in out[0, ids["input_ids"].shape[1] :]]
+        evidence = [TokenEvidence(vocab[t], -0.1, t) for t in new]
+        started = time.perf_counter()
+        scorer.score(messages, evidence)
+        scored = time.perf_counter() - started
+        if n:
+            node_s.append(generated)
+            verifier_s.append(scored)
+            tokens.append(len(new))
+    node, verifier = statistics.fmean(node_s), statistics.fmean(verifier_s)
+    return {
+        "checks": checks, "tokens_per_check": statistics.fmean(tokens),
+        "node_seconds_per_check": node, "verifier_seconds_per_check": verifier,
+        "interval_s": interval_s, "node_load": load,
+        "fraction_of_inference_compute": (node + verifier) / (load * interval_s),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=32)
@@ -275,7 +323,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="save the scored runs (JSON)")
     parser.add_argument("--from", dest="saved", type=Path, action="append", default=[],
                         help="analyse saved runs instead of generating")  # fmt: skip
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="only measure one check's compute and the default rate's share",
+    )
+    parser.add_argument("--load", type=float, default=0.25,
+                        help="--cost: the fraction of its time a node serves users")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.cost:
+        from troop_verifier.settings import DEFAULT_INTERVAL_S
+
+        print(json.dumps(measure_cost(8, 64, DEFAULT_INTERVAL_S, args.load)))
+        return
     scored: list[dict[str, Any]] = []
     for saved in args.saved:
         scored += json.loads(saved.read_text())

@@ -52,10 +52,12 @@ PROMPTS: tuple[str, ...] = (
     "How do vaccines work?",
 )
 
-# What users ask for: a spread of answer lengths, and about half the jobs greedy.
+# What users ask for: a spread of answer lengths, and about half the jobs greedy. Sampled
+# jobs stay within what the thresholds were measured on (temperature <= 0.8, top-p <= 0.95:
+# docs/adr/0052): a token outside the nucleus cannot be an honest node's.
 MAX_TOKENS_CHOICES = (32, 48, 64, 96, 128)
-TEMPERATURE_CHOICES = (0.0, 0.0, 0.3, 0.7, 0.8, 1.0)
-TOP_P_CHOICES = (1.0, 0.95, 0.9)
+TEMPERATURE_CHOICES = (0.0, 0.0, 0.0, 0.3, 0.7, 0.8)
+TOP_P_CHOICES = (0.95, 0.9)
 
 
 @dataclass(frozen=True)

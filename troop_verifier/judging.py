@@ -36,14 +36,18 @@ class Outcome(enum.StrEnum):
 class Thresholds:
     """What a position and a job may show before they fail (see the module)."""
 
-    absolute: float = 0.5
+    # Measured (docs/adr/0052, bench/verification.py): honest engines (transformers bf16,
+    # llama.cpp on the Q4_1 GGUF) never came within 1.8x of a tolerance on any position,
+    # nor within 3.5x of `mean_deviation` on any job; llama.cpp's greedy tokens (its default
+    # repeat penalty) came to 2.7 nats below the trusted top.
+    absolute: float = 1.0
     relative: float = 0.25
     floor: float = -20.0
     max_rank: int = 2000
-    greedy_margin: float = 1.5
+    greedy_margin: float = 4.0
     fail_count: int = 3
     fail_fraction: float = 0.1
-    mean_deviation: float = 0.2
+    mean_deviation: float = 0.25
     min_positions: int = 8
     # Positions whose bytes are no token of the vocabulary, beyond this fraction: FAILED.
     max_unknown_fraction: float = 0.25

@@ -57,8 +57,8 @@ def test_another_models_logprobs_fail() -> None:
 
 def test_a_systematic_small_shift_fails_on_the_mean() -> None:
     trusted = [-0.5] * 40
-    node = [-0.5 + 0.3 if n % 2 else -0.5 - 0.3 for n in range(40)]  # each within tolerance
-    finding = judge(*job(trusted, node), 0.0, Thresholds(mean_deviation=0.2))
+    node = [-0.5 + 0.4 if n % 2 else -0.5 - 0.4 for n in range(40)]  # each within tolerance
+    finding = judge(*job(trusted, node), 0.0, Thresholds(mean_deviation=0.25))
     assert finding.outcome == Outcome.FAILED
     assert finding.positions_failed == 0
     assert "mean deviation" in finding.reason
@@ -73,7 +73,7 @@ def test_tokens_the_trusted_model_finds_implausible_fail_even_with_matching_logp
 
 
 def test_greedy_tokens_must_be_near_the_trusted_top() -> None:
-    trusted = [-3.0] * 10 + [-0.1] * 30
+    trusted = [-5.0] * 10 + [-0.1] * 30
     tops = [-0.2] * 10 + [-0.1] * 30
     scores, tokens = job(trusted, trusted, ranks=[1] * 10 + [0] * 30, tops=tops)
     assert judge(scores, tokens, 0.0).outcome == Outcome.FAILED
@@ -81,7 +81,9 @@ def test_greedy_tokens_must_be_near_the_trusted_top() -> None:
 
 
 def test_a_near_tie_in_greedy_decoding_passes() -> None:
-    trusted, tops = [-0.75] * 40, [-0.65] * 40  # bf16 may pick the runner-up of a near tie
+    # bf16 may pick the runner-up of a near tie; llama.cpp's repeat penalty, a token ~3 nats
+    # below the top.
+    trusted, tops = [-3.0] * 40, [-0.1] * 40
     scores, tokens = job(trusted, trusted, ranks=[1] * 40, tops=tops)
     assert judge(scores, tokens, 0.0).outcome == Outcome.PASSED
 
