@@ -245,8 +245,8 @@ def analyse(scored: list[dict[str, Any]], thresholds: Thresholds) -> list[dict[s
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = (f"{'source':13} {'T':>4} {'jobs':>4} {'pos':>5} {'dev p50':>8} {'p99':>7} "
               f"{'p99.9':>7} {'max':>7} {'norm p99':>8} {'norm max':>8} {'rank max':>8} "
-              f"{'min lp':>7} {'top gap':>7} {'job mean p50':>12} {'max':>6} {'failed':>6} {'incon':>5} "
-              f"{'N(99%)':>6}")  # fmt: skip
+              f"{'min lp':>7} {'top gap':>7} {'job mean p50':>12} {'max':>6} {'failed':>6} "
+              f"{'incon':>5} {'N(99%)':>6}")  # fmt: skip
     print(header)
     for r in rows:
         d, n, m = r["deviation"], r["normalised"], r["job_mean_deviation"]

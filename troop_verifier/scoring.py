@@ -209,7 +209,8 @@ class FakeScorer:
         scores = []
         for n, token in enumerate(tokens):
             expected = words[n] if n < len(words) else None
-            top = echo_logprob(n, expected) if expected is not None else None
+            # Past the answer, the model is certain to end it: any word is impossible.
+            top = echo_logprob(n, expected) if expected is not None else 0.0
             if expected is not None and token.token == expected.encode():
                 scores.append(PositionScore(n, top, top, 0))
             else:

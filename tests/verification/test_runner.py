@@ -144,3 +144,23 @@ def test_checks_are_spaced_so_each_node_is_checked_once_per_interval() -> None:
     delays = [verifier.next_delay(10) for _ in range(5000)]
     assert statistics.fmean(delays) == pytest.approx(60, rel=0.05)
     assert statistics.stdev(delays) == pytest.approx(60, rel=0.1)  # exponential: no rhythm
+
+
+async def test_run_checks_listed_nodes_until_stopped(eventually) -> None:
+    import asyncio
+
+    node = Identity.generate()
+
+    class Listing(StubClient):
+        async def nodes(self, model: str) -> list[Node]:
+            return [node_of(node)]
+
+    client = Listing(node, honest_tokens())
+    verifier = Verifier([client], FakeScorer([MODEL]), Identity.generate(), interval_s=0.01,  # type: ignore[list-item]
+                        rng=random.Random(3))  # fmt: skip
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(verifier.run(stop))
+    await eventually(lambda: len(client.coordinator.verdicts) >= 3, timeout_s=10)
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    assert {asked["node_id"] for asked in client.asked} == {"node-1"}
