@@ -49,3 +49,37 @@ def test_a_perturbed_model_has_noise_of_the_stated_size(smollm2_path: Path, tmp_
     expected = THREE_BIT_NOISE * math.sqrt(float(np.mean(step**2)) / 12)
     measured = float(np.std(after - before))
     assert 0.9 * expected < measured < 1.1 * expected
+
+
+async def test_llama_cpp_serves_the_cheat_models(smollm2_path: Path, tmp_path: Path) -> None:
+    """The files load in llama.cpp too (what a cheating relay would serve), and answer
+    differently from the real model."""
+    import httpx2 as httpx
+
+    from bench.llama_cpp import LlamaServer, llama_python
+    from tests.conftest import require
+
+    python = llama_python()
+    require("llama.cpp's server", python is not None, "run scripts/llama-server-env")
+    assert python is not None
+    body = {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 0,
+    }  # fmt: skip
+    answers = {}
+    models = {
+        "real": smollm2_path,
+        "truncated": truncated(smollm2_path, tmp_path / "truncated.gguf", 15),
+        "perturbed": perturbed(smollm2_path, tmp_path / "perturbed.gguf", THREE_BIT_NOISE),
+    }
+    for name, path in models.items():
+        log = tmp_path / f"{name}.log"
+        async with LlamaServer(python, path, log_path=log, threads=2) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                reply = await http.post("/chat/completions", json={"model": server.alias, **body})
+        assert reply.status_code == 200, reply.text
+        content = reply.json()["choices"][0]["logprobs"]["content"]
+        answers[name] = [(entry["token"], round(entry["logprob"], 3)) for entry in content]
+        assert answers[name], name
+    assert answers["truncated"] != answers["real"]
+    assert answers["perturbed"] != answers["real"]
