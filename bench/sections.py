@@ -200,6 +200,26 @@ def _proof(section: Section) -> None:
     section.details = out
 
 
+def _verification(section: Section) -> None:
+    from bench import verification
+    from troop_verifier.settings import DEFAULT_INTERVAL_S
+
+    cost = verification.measure_cost(8, 64, DEFAULT_INTERVAL_S, 0.25)
+    section.details = "\n".join(f"{key}: {value:.4g}" for key, value in cost.items())
+    share = cost["fraction_of_inference_compute"]
+    section.figures.append(
+        Figure(
+            "verification at the default rate (each node once an hour; nodes busy 25%), "
+            "share of inference compute, the verifier's pass included",
+            f"{share:.2%}",
+            "< 1%",
+            share < 0.01,
+            f"node {cost['node_seconds_per_check']:.2f} s + verifier "
+            f"{cost['verifier_seconds_per_check']:.2f} s per check",
+        )
+    )
+
+
 ALL = [
     Spec(
         "ledger",
@@ -243,6 +263,13 @@ ALL = [
         "An answer resumed on another node after its worker is killed (bench/resume.py)",
         ".venv/bin/python -m bench.resume --runs 10",
         _resume,
+    ),
+    Spec(
+        "verification",
+        "Verified models: one check's compute and the default rate's share "
+        "(bench/verification.py --cost; thresholds: docs/adr/0052)",
+        ".venv/bin/python -m bench.verification --cost",
+        _verification,
     ),
     Spec(
         "proof",

@@ -291,6 +291,17 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_verifier(args: argparse.Namespace) -> int:
+    from troop_verifier.app import serve, verifier_key
+    from troop_verifier.settings import VerifierSettings
+
+    settings = VerifierSettings.from_args(args, os.environ)
+    if args.print_key:
+        print(verifier_key(settings).public_key_hex)
+        return 0
+    return await serve(settings)
+
+
 async def cmd_client(args: argparse.Namespace) -> int:
     from troop_client.sidecar import run_client
 
@@ -334,6 +345,12 @@ def _worker_settings() -> type:
     from troop_worker.settings import WorkerSettings
 
     return WorkerSettings
+
+
+def _verifier_settings() -> type:
+    from troop_verifier.settings import VerifierSettings
+
+    return VerifierSettings
 
 
 def _sidecar_settings() -> type:
@@ -399,6 +416,18 @@ def build_parser(command_line: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0, help="benchmark: how long to run")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     settings_flags(p, _worker_settings)
+
+    p = command(
+        "verifier",
+        cmd_verifier,
+        "check that nodes serve the model they claim (the operator's; docs/adr/0052)",
+    )
+    p.add_argument(
+        "--print-key",
+        action="store_true",
+        help="print the verifier's public key (for TROOP_VERIFIER_KEYS) and exit",
+    )
+    settings_flags(p, _verifier_settings)
 
     p = command(
         "client", cmd_client, "run the OpenAI-compatible sidecar (http://localhost:9000/v1)"
@@ -490,7 +519,7 @@ def build_parser(command_line: str | None = None) -> argparse.ArgumentParser:
 
 
 # Long-running commands log what they do (INFO); the others only what went wrong.
-SERVER_COMMANDS = {"up", "coordinator", "worker", "client"}
+SERVER_COMMANDS = {"up", "coordinator", "worker", "client", "verifier"}
 
 
 def main(argv: list[str] | None = None) -> None:

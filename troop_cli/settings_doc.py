@@ -26,12 +26,14 @@ def tables() -> dict[str, tuple[type[Any], ...]]:
     from troop_common.resilience import ResilienceSettings
     from troop_common.tls import TlsSettings
     from troop_coordinator.settings import CoordinatorSettings
+    from troop_verifier.settings import VerifierSettings
     from troop_worker.settings import WorkerSettings
 
     return {
         "coordinator": (CoordinatorSettings,),
         "worker": (WorkerSettings,),
         "client": (ClientSettings, SidecarSettings),
+        "verifier": (VerifierSettings,),
         "tls": (TlsSettings,),
         "resilience": (ResilienceSettings,),
     }

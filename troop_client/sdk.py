@@ -145,7 +145,8 @@ class TroopClient:
         (troop_client.workers), or whose connection fails before the first token, is
         skipped for another (up to `settings.node_attempts` nodes); its reservation
         returns at once (the client countersigns 0). After a token, troop_client.answer
-        decides whether the answer resumes elsewhere.
+        decides whether the answer resumes elsewhere. `node_id` pins every attempt to
+        that node (no other is asked).
         """
         model = model or self.settings.model
         options = options or ChatOptions()

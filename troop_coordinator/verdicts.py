@@ -2,7 +2,9 @@
 
 `Verdicts.submit` checks a verdict (its fields; its signature by a key the operator
 trusts, TROOP_VERIFIER_KEYS; the job, its node and model; the node's signature of the
-evidence and that evidence's digest against the node's receipt), then, in one
+evidence and that evidence's digest against the node's receipt — or, for a FAILED
+verdict on a job whose node sent no evidence its key signed, that its receipt vouched
+for none), then, in one
 transaction, keeps it once per job and applies it to the node's record:
 
 - PASSED: checks_passed + 1, last_checked.
@@ -85,12 +87,28 @@ def parse_verdict(data: bytes, signature: bytes) -> pb.Verdict:
         check.add("verdict.reason", f"at most {MAX_REASON} characters")
     if verdict.positions_failed > verdict.positions_checked:
         check.add("verdict.positions_failed", "at most positions_checked")
-    if not verdict.evidence:
+    if verdict.evidence:
+        if len(verdict.evidence_signature) != 64:
+            check.add("verdict.evidence_signature", "must be a 64-byte Ed25519 signature")
+    elif verdict.outcome != pb.VERDICT_OUTCOME_FAILED:
         check.add("verdict.evidence", "required: the node's OutputEvidence bytes")
-    if len(verdict.evidence_signature) != 64:
-        check.add("verdict.evidence_signature", "must be a 64-byte Ed25519 signature")
+    elif verdict.evidence_signature:
+        check.add("verdict.evidence_signature", "must be empty when evidence is")
     check.raise_if_any()
     return verdict
+
+
+def _check_evidence(verdict: pb.Verdict, node_key: str, vouched: str | None) -> None:
+    """The verdict's evidence is the node's, about this job, and what its receipt
+    vouched for. A node that signed another model's name for the job confessed: that
+    is let through for a FAILED verdict (the failure itself), not for a PASSED one."""
+    evidence = open_evidence(verdict.evidence, verdict.evidence_signature, node_key)
+    if (evidence.job_id, evidence.node_id) != (verdict.job_id, verdict.node_id):
+        raise FailedPrecondition("the evidence is about another job or node")
+    if evidence.model != verdict.model and verdict.outcome != pb.VERDICT_OUTCOME_FAILED:
+        raise FailedPrecondition("the evidence is about another model")
+    if vouched and vouched != hashlib.sha256(verdict.evidence).hexdigest():
+        raise FailedPrecondition("the evidence is not what the node's receipt vouched for")
 
 
 class Verdicts:
@@ -151,16 +169,12 @@ class Verdicts:
         node_key = await nodes.bound_key(job.node_id)
         if node_key is None:
             raise SignatureInvalid("the job's node has no key on record")
-        evidence = open_evidence(verdict.evidence, verdict.evidence_signature, node_key)
-        if (evidence.job_id, evidence.node_id, evidence.model) != (
-            verdict.job_id,
-            verdict.node_id,
-            verdict.model,
-        ):
-            raise FailedPrecondition("the evidence is about another job, node or model")
-        digest = hashlib.sha256(verdict.evidence).hexdigest()
-        if job.evidence_sha256 is not None and job.evidence_sha256 != digest:
-            raise FailedPrecondition("the evidence is not what the node's receipt vouched for")
+        if verdict.evidence:
+            _check_evidence(verdict, node_key, job.evidence_sha256)
+        elif job.evidence_sha256:
+            raise FailedPrecondition(
+                "the node's receipt vouched for evidence: the verdict must carry it"
+            )
         if not await VerdictRepository(repo.session).insert(row):
             checks = await nodes.checks(job.node_id)
             assert checks is not None

@@ -57,3 +57,9 @@ def test_the_components_never_import_each_other() -> None:
         others = set(COMPONENTS) - {component}
         assert _imported_packages(component) & others == set(), component
     assert _imported_packages("troop_common") & set(COMPONENTS) == set()
+
+
+def test_the_verifier_uses_the_client_never_the_coordinator_or_the_worker() -> None:
+    imported = _imported_packages("troop_verifier")
+    assert imported & {"troop_coordinator", "troop_worker"} == set()
+    assert "troop_verifier" not in set().union(*(_imported_packages(c) for c in COMPONENTS))

@@ -168,6 +168,40 @@ async def test_verdicts_from_untrusted_keys_or_about_the_wrong_job_are_refused(
     assert listed.verification.checks_failed == 0
 
 
+async def test_a_node_that_sent_no_evidence_is_failed_on_its_own_receipt(
+    coordinator: Coordinator, network: Network
+) -> None:
+    """A cheater that leaves its evidence out of the stream cannot escape: a FAILED
+    verdict without evidence counts when the node's receipt vouched for none — and only
+    then, and never for a PASSED one."""
+    node = await network.node()
+    user = network.user()
+    silent, _ = await settled_job(network, node, user, evidence=False)
+    vouched, _ = await settled_job(network, node, user)
+    empty = {"evidence": b"", "evidence_signature": b""}
+    with pytest.raises(InvalidArgument) as caught:
+        await submit(
+            network,
+            signed_verdict(VERIFIER, job_id=silent.job_id, node_id=node.node_id, model=MODEL,
+                           outcome=pb.VERDICT_OUTCOME_PASSED, **empty),
+        )  # fmt: skip
+    assert [v.field for v in caught.value.violations] == ["verdict.evidence"]
+    with pytest.raises(FailedPrecondition, match="vouched for evidence"):
+        await submit(
+            network,
+            signed_verdict(VERIFIER, job_id=vouched.job_id, node_id=node.node_id, model=MODEL,
+                           **empty),
+        )  # fmt: skip
+    response = await submit(
+        network,
+        signed_verdict(VERIFIER, job_id=silent.job_id, node_id=node.node_id, model=MODEL,
+                       reason="a finished job without output evidence its node signed", **empty),
+    )  # fmt: skip
+    assert response.verification.checks_failed == 1
+    assert list(response.verification.failed_models) == [MODEL]
+    await audit_ok(coordinator)
+
+
 async def test_no_trusted_verifier_refuses_every_verdict(launch: Launch) -> None:
     _, network = await launch(verifier_keys=())
     node = await network.node()

