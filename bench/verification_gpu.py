@@ -238,6 +238,35 @@ def compare(data_path: Path, model_path: Path | None) -> None:
         print(f"{'':<18} {len(jobs[key]):>5} jobs       mean |Δ| per job: max {max(jobs[key]):.4f}")
 
 
+def judge_records(data_path: Path, model_path: Path | None) -> None:
+    """Each recorded job through the verifier itself (`TorchScorer` + `judge` with the
+    default thresholds): how many honest GPU jobs it would fail."""
+    from collections import Counter
+
+    from troop_common.evidence import TokenEvidence
+    from troop_verifier.judging import DEFAULT_THRESHOLDS, judge
+    from troop_verifier.scoring import TorchScorer
+
+    data = json.loads(data_path.read_text())
+    scorer = TorchScorer(model_path=model_path)
+    outcomes: dict[str, Counter[str]] = {}
+    worst: dict[str, float] = {}
+    for record in data["records"]:
+        tokens = [
+            TokenEvidence(b"", logprob, token_id)
+            for token_id, logprob in zip(record["tokens"], record["logprobs"], strict=True)
+        ]
+        scores = scorer.score((("user", record["prompt"]),), tokens)
+        finding = judge(scores, tokens, record["temperature"], DEFAULT_THRESHOLDS)
+        key = f"{record['dtype']} T={record['temperature']}"
+        outcomes.setdefault(key, Counter())[str(finding.outcome)] += 1
+        share = finding.positions_failed / max(1, finding.positions_checked)
+        worst[key] = max(worst.get(key, 0.0), share)
+    print(f"GPU: {data['device']}; the verifier's judge, default thresholds")
+    for key, counts in outcomes.items():
+        print(f"{key:<18} {dict(counts)}  worst share of failing positions {worst[key]:.2%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -253,11 +282,16 @@ def main() -> None:
     cmp_ = commands.add_parser("compare")
     cmp_.add_argument("data", type=Path)
     cmp_.add_argument("--model", type=Path)
+    jdg = commands.add_parser("judge")
+    jdg.add_argument("data", type=Path)
+    jdg.add_argument("--model", type=Path)
     args = parser.parse_args()
     if args.command == "generate":
         generate(args.model, args.out, args.max_tokens, args.device)
     elif args.command == "engine":
         engine(args.model, args.out, args.max_tokens)
+    elif args.command == "judge":
+        judge_records(args.data, args.model)
     else:
         compare(args.data, args.model)
 

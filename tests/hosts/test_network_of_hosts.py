@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -172,10 +170,4 @@ async def _across_hosts(hosts: Hosts, network: state.Network, tmp_path: Path, ev
             0,
         )
 
-    audit = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "troop_cli", "admin", "audit-ledger",
-        env={**os.environ, **network.coordinator_env()}, cwd=state.REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(audit.communicate(), 60)
-    assert audit.returncode == 0, output.decode()
+    await network.audit_ledger()

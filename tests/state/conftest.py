@@ -203,6 +203,17 @@ class Network:
             **settings,
         }
 
+    async def audit_ledger(self) -> None:
+        """`troop admin audit-ledger` on this network's ledger, as an operator runs it:
+        it must pass."""
+        audit = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "troop_cli", "admin", "audit-ledger",
+            env={**os.environ, **self.coordinator_env()}, cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(audit.communicate(), 60)
+        assert audit.returncode == 0, output.decode()
+
     async def coordinator(
         self,
         log: str = "coordinator.log",
