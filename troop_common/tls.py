@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from troop_common.errors import FailedPrecondition
 from troop_common.resilience import (
@@ -45,6 +47,17 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_self_signed(cert_file: Path) -> bool:
+    """Whether the first certificate in the PEM chain `cert_file` signed itself (it is
+    then its own trust root); False for one a CA issued, or a file that is no PEM chain."""
+    try:
+        cert = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 @dataclass(frozen=True, repr=False)

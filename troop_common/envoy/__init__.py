@@ -11,6 +11,7 @@
 from troop_common.envoy.config import (
     EnvoyConfig,
     LocalReplyFormat,
+    UpstreamTls,
     bootstrap_json,
     build_bootstrap,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "EnvoyError",
     "EnvoySidecar",
     "LocalReplyFormat",
+    "UpstreamTls",
     "bootstrap_json",
     "build_bootstrap",
     "descriptor_set",

@@ -3,12 +3,14 @@
 Built from `envoy-data-plane`'s typed dataclasses (a typo is a Python error,
 not an Envoy start failure) and written as JSON. One listener, the gRPC-JSON
 transcoder fed an inline descriptor set, the router, and one HTTP/2 cluster
-pointing at the gRPC server. The admin interface listens on a Unix socket so
-the sidecar can ask Envoy which port it bound without taking another TCP port.
+pointing at the gRPC server (over TLS when `upstream_tls` says so). The admin
+interface listens on a Unix socket so the sidecar can ask Envoy which port it
+bound without taking another TCP port.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,6 +43,7 @@ with warnings.catch_warnings():
         SocketAddress,
         SocketAddressProtocol,
         SubstitutionFormatString,
+        TransportSocket,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
         HttpProtocolOptions as CoreHttpProtocolOptions,
@@ -73,10 +76,19 @@ with warnings.catch_warnings():
         LocalReplyConfig,
         ResponseMapper,
     )
+    from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+        CertificateValidationContext,
+        CertificateValidationContextSystemRootCerts,
+        CommonTlsContext,
+        SubjectAltNameMatcher,
+        SubjectAltNameMatcherSanType,
+        UpstreamTlsContext,
+    )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
+    from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
     from envoy_data_plane.google.protobuf import Any, Struct
 
 from troop_common.envoy.descriptors import descriptor_set_for_services
@@ -132,6 +144,16 @@ class LocalReplyFormat:
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """Envoy dials the upstream over TLS, ALPN `h2`, and accepts its certificate only if
+    it chains to `ca_file` (the system's roots when None) and names `server_name` (a DNS
+    name, also sent as SNI, or an IP address, matched against the IP SANs)."""
+
+    server_name: str
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class EnvoyConfig:
     """What one sidecar serves: `listen_host:listen_port` → the gRPC server at `upstream`.
 
@@ -142,6 +164,7 @@ class EnvoyConfig:
     `xff_num_trusted_hops`: proxies in front of this Envoy whose `x-forwarded-for` it
     trusts (0: the peer is the client); the timeouts, header size and connection cap
     keep half-open and idle connections from stalling the face (envoy/hardening.py).
+    `upstream_tls`: dial the upstream over TLS (plaintext HTTP/2 when None).
     """
 
     upstream: str
@@ -161,6 +184,7 @@ class EnvoyConfig:
     idle_timeout_s: float = 60.0
     max_request_headers_kb: int = 32
     max_connections: int = 1024
+    upstream_tls: UpstreamTls | None = None
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -178,6 +202,41 @@ def _socket(host: str, port: int) -> Address:
             protocol=SocketAddressProtocol.TCP, address=host, port_value=port
         )
     )
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _upstream_tls_socket(tls: UpstreamTls) -> TransportSocket:
+    # Envoy checks no name unless told to: the SAN matcher is what ties the chain to the host.
+    is_ip = _is_ip(tls.server_name)
+    validation = CertificateValidationContext(
+        match_typed_subject_alt_names=[
+            SubjectAltNameMatcher(
+                san_type=(
+                    SubjectAltNameMatcherSanType.IP_ADDRESS
+                    if is_ip
+                    else SubjectAltNameMatcherSanType.DNS
+                ),
+                matcher=StringMatcher(exact=tls.server_name),
+            )
+        ],
+    )
+    if tls.ca_file is None:
+        validation.system_root_certs = CertificateValidationContextSystemRootCerts()
+    else:
+        validation.trusted_ca = DataSource(filename=str(tls.ca_file))
+    context = UpstreamTlsContext(
+        common_tls_context=CommonTlsContext(alpn_protocols=["h2"], validation_context=validation),
+        # SNI carries host names only (RFC 6066), as gRPC's own clients send it.
+        sni="" if is_ip else tls.server_name,
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
 
 
 def _http_filters(config: EnvoyConfig) -> list[HttpFilter]:
@@ -306,9 +365,17 @@ def build_bootstrap(config: EnvoyConfig, admin_socket: Path) -> Bootstrap:
     )
     cluster = Cluster(
         name=cluster_name,
-        type=ClusterDiscoveryType.STATIC,
+        # A host name (a bind to "localhost" or a tailnet name) is resolved by Envoy.
+        type=(
+            ClusterDiscoveryType.STATIC
+            if _is_ip(config.upstream_host)
+            else ClusterDiscoveryType.LOGICAL_DNS
+        ),
         connect_timeout=timedelta(seconds=5),
         typed_extension_protocol_options={_UPSTREAM_OPTIONS: Any.pack(http2)},
+        transport_socket=(
+            _upstream_tls_socket(config.upstream_tls) if config.upstream_tls else None
+        ),
         load_assignment=ClusterLoadAssignment(
             cluster_name=cluster_name,
             endpoints=[
@@ -336,4 +403,10 @@ def bootstrap_json(config: EnvoyConfig, admin_socket: Path) -> str:
     return json.dumps(build_bootstrap(config, admin_socket).to_dict(), indent=1)
 
 
-__all__ = ["EnvoyConfig", "LocalReplyFormat", "bootstrap_json", "build_bootstrap"]
+__all__ = [
+    "EnvoyConfig",
+    "LocalReplyFormat",
+    "UpstreamTls",
+    "bootstrap_json",
+    "build_bootstrap",
+]

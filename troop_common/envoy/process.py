@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from troop_common.addresses import dial_host, host_port
 from troop_common.envoy.config import EnvoyConfig, bootstrap_json
 from troop_common.shutdown import stop_processes
 
@@ -65,10 +66,7 @@ class EnvoySidecar:
         """http://host:port of the listener (once started)."""
         if self.port is None:
             raise EnvoyError("envoy is not running")
-        host = self.config.listen_host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-        return f"http://{host}:{self.port}"
+        return f"http://{host_port(dial_host(self.config.listen_host), self.port)}"
 
     @property
     def admin_path(self) -> Path | None:
@@ -204,9 +202,8 @@ async def _bound_port(admin: Path) -> int | None:
 
 
 async def _accepts(host: str, port: int) -> bool:
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(dial_host(host), port), 1.0)
     except (OSError, TimeoutError):
         return False
     writer.close()
