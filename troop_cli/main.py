@@ -260,14 +260,18 @@ async def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.http_port is None:
         await serve(settings)
         return 0
-    from troop_coordinator.http_face import coordinator_http_face
+    from troop_coordinator.http_face import coordinator_http_face, face_upstream, trusting_the_face
 
-    # The REST/JSON face: an Envoy transcoding HTTP to this coordinator's gRPC.
+    # The REST/JSON face: an Envoy transcoding HTTP to this coordinator's gRPC, dialling it
+    # where it listens, over TLS when it serves TLS (ADR 56).
+    upstream, upstream_tls = face_upstream(settings)
+    settings = trusting_the_face(settings)
     async with coordinator_http_face(
-        f"127.0.0.1:{settings.port}",
+        upstream,
         host=settings.host,
         port=args.http_port,
         xff_num_trusted_hops=settings.xff_trusted_hops,
+        upstream_tls=upstream_tls,
     ) as envoy:
         await serve(settings, envoy=envoy)
     return 0

@@ -317,6 +317,13 @@ class CoordinatorSettings(Settings):
         "never listed or routed; its held earnings go back to the users who paid them)",
     )
     tls: TlsSettings = group(TlsSettings)
+    tls_name: str = setting(
+        "",
+        env="TROOP_COORDINATOR_TLS_NAME",
+        shown_default="the host it listens on (loopback for a wildcard bind)",
+        help="the name its TLS certificate is for, which its REST face's Envoy checks "
+        "(`--http-port`; [ADR 56](docs/adr/0056-rest-face-upstream.md))",
+    )
     rate_limits: str = setting(
         DEFAULT_RATE_LIMITS,
         env="TROOP_RATE_LIMITS",
