@@ -71,6 +71,23 @@ def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
 
 
+def _end_ids(tokenizer: Any, model: Any) -> set[int]:
+    """The tokens that end an answer: the tokenizer's and the generation config's."""
+    configured = model.generation_config.eos_token_id
+    ends = set(configured if isinstance(configured, list) else [configured])
+    return {int(i) for i in ends | {tokenizer.eos_token_id} if i is not None}
+
+
+def _trimmed(record: dict[str, Any], ends: set[int]) -> dict[str, Any]:
+    """The record up to its first end token (files written before `generate` stopped
+    there hold the padding after it)."""
+    for n, token in enumerate(record["tokens"]):
+        if token in ends:
+            return {**record, "tokens": record["tokens"][: n + 1],
+                    "logprobs": record["logprobs"][: n + 1]}  # fmt: skip
+    return record
+
+
 def generate(model_path: Path, out: Path, max_tokens: int, device: str = "cuda") -> None:
     import torch
 
@@ -80,6 +97,7 @@ def generate(model_path: Path, out: Path, max_tokens: int, device: str = "cuda")
         started = time.perf_counter()
         tokenizer, model = _load(model_path, dtype, device)
         eos = tokenizer.eos_token_id
+        ends = _end_ids(tokenizer, model)
         for temperature in TEMPERATURES:
             batch = [_prompt_ids(tokenizer, p) for p in prompts]
             width = max(map(len, batch))
@@ -111,7 +129,7 @@ def generate(model_path: Path, out: Path, max_tokens: int, device: str = "cuda")
                     token = int(generated[row, step])
                     tokens.append(token)
                     values.append(float(logprobs[row, step, token]))
-                    if token == eos:
+                    if token in ends:  # generate pads a finished row after its end
                         break
                 records.append(
                     {
@@ -204,15 +222,17 @@ def compare(data_path: Path, model_path: Path | None) -> None:
     import torch
 
     if model_path is None:
-        from troop_worker.engine.torch_engine import default_model_path
+        from troop_common.model_files import default_model_path
 
         model_path = default_model_path()
     data = json.loads(data_path.read_text())
     tokenizer, model = _load(model_path, "float32", "cpu")
+    ends = _end_ids(tokenizer, model)
     by_dtype: dict[str, list[float]] = {}
     jobs: dict[str, list[float]] = {}
     prompt_ids: dict[str, list[int]] = {}
     for record in data["records"]:
+        record = _trimmed(record, ends)
         if "prompt_ids" not in record:  # from `engine`: the worker's chat template
             prompt = record["prompt"]
             if prompt not in prompt_ids:
@@ -249,9 +269,15 @@ def judge_records(data_path: Path, model_path: Path | None) -> None:
 
     data = json.loads(data_path.read_text())
     scorer = TorchScorer(model_path=model_path)
+    if model_path is None:
+        from troop_common.model_files import default_model_path
+
+        model_path = default_model_path()
+    ends = _end_ids(*_load(model_path, "float32", "cpu"))
     outcomes: dict[str, Counter[str]] = {}
     worst: dict[str, float] = {}
     for record in data["records"]:
+        record = _trimmed(record, ends)
         tokens = [
             TokenEvidence(b"", logprob, token_id)
             for token_id, logprob in zip(record["tokens"], record["logprobs"], strict=True)
