@@ -79,8 +79,8 @@ def format_report(report: AuditReport) -> str:
     return "\n".join(lines)
 
 
-async def audit_ledger(settings: CoordinatorSettings, out: TextIO | None = None) -> int:
-    """Print the audit of the configured database; 0 if the invariant holds, 1 if not."""
+async def read_audit(settings: CoordinatorSettings) -> AuditReport:
+    """The audit of the configured database, as `audit-ledger` prints it."""
     engine = create_engine(settings.effective_database_url)
     try:
         ledger = Ledger(
@@ -88,9 +88,14 @@ async def audit_ledger(settings: CoordinatorSettings, out: TextIO | None = None)
             starter_millicredits=settings.starter_millicredits,
             token_slack=settings.usage_token_slack,
         )
-        report = await ledger.audit()
+        return await ledger.audit()
     finally:
         await engine.dispose()
+
+
+async def audit_ledger(settings: CoordinatorSettings, out: TextIO | None = None) -> int:
+    """Print the audit of the configured database; 0 if the invariant holds, 1 if not."""
+    report = await read_audit(settings)
     print(format_report(report), file=out or sys.stdout)
     return 0 if report.ok else 1
 

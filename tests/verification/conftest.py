@@ -26,3 +26,7 @@ def scorer(smollm2_path: Path):
     scorer = TorchScorer(model_path=smollm2_path)
     scorer.load()
     return scorer
+
+
+# Coordinators and workers as processes (tests/verification/test_acceptance*.py).
+from tests.state.conftest import network, processes  # noqa: E402, F401
