@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from troop_client.chat import ChatOptions, Message
 from troop_client.results import Node
 from troop_client.sdk import TroopClient
-from troop_common.errors import InvalidArgument, SignatureInvalid, TroopError
+from troop_common.errors import InvalidArgument, RateLimited, SignatureInvalid, TroopError
 from troop_common.evidence import TokenEvidence, messages_sha256, open_evidence, tokens_of
 from troop_common.keys import Identity
 from troop_verifier.jobs import PROMPTS, VerificationJob, draw_job
@@ -108,6 +108,14 @@ class Verifier:
         try:
             streamed = await self._stream(client, node, model, job)
         except TroopError as exc:
+            if isinstance(exc, RateLimited):
+                # Each identity is held to the coordinator's per-user Authorize limit like
+                # any user (20 an hour by default): more nodes need more identities.
+                log.warning(
+                    "a verification job was rate-limited: with many nodes, raise "
+                    "TROOP_VERIFIER_IDENTITIES or TROOP_VERIFIER_INTERVAL_SECONDS (%s)",
+                    exc.message,
+                )
             reason = f"the job did not complete: {exc.message}"[:200]
             return Check(node.node_id, model, job, Finding(Outcome.INCONCLUSIVE, 0, 0, reason))
         finding = await self._judge(node, model, job, streamed)

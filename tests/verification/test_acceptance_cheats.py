@@ -15,7 +15,7 @@ checks failed); the test allows N = 2 and prints the count it took.
 What it guards: a judge too lax to tell another model (it would pass the cheat), a
 verifier that does not submit FAILED verdicts, and a coordinator that ignores them (the
 record, the held pay, the routing). Jobs come from the verifier's generator with
-max_tokens capped at 48 (the thresholds were measured at 48: docs/adr/0052).
+max_tokens capped at 32 (the thresholds hold per position; measured at 48: docs/adr/0052).
 """
 
 from __future__ import annotations
