@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from troop_client.reports import reports_outbox
-from troop_client.sdk import TroopClient
-from troop_common.errors import TroopError
 from troop_common.keys import Identity
 from troop_common.shutdown import until_signalled
+from troop_verifier.identities import IdentityPool
 from troop_verifier.jobs import load_prompts
 from troop_verifier.runner import Verifier
 from troop_verifier.scoring import FakeScorer, Scorer, TorchScorer
@@ -38,23 +35,12 @@ async def serve(settings: VerifierSettings) -> int:
     scorer = build_scorer(settings)
     if isinstance(scorer, TorchScorer):
         await asyncio.to_thread(scorer.load)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = []
-        for n in range(settings.identities):
-            path = settings.identity_path(n)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            identity = Identity.load_or_create(path)
-            client = TroopClient(
-                settings.client.coordinator, identity, settings.client,
-                outbox=reports_outbox(settings.client, identity),
-            )  # fmt: skip
-            await stack.enter_async_context(client)
-            try:
-                await client.join()
-            except TroopError as exc:
-                log.warning("identity %d could not join: %s", n, exc.message)
-            clients.append(client)
-        verifier = Verifier(clients, scorer, key, prompts=prompts, interval_s=settings.interval_s)
+    pool = IdentityPool(settings)
+    try:
+        verifier = Verifier(
+            await pool.open(), scorer, key, prompts=prompts, interval_s=settings.interval_s,
+            renew=pool.renew, identity_checks=settings.identity_checks,
+        )  # fmt: skip
         log.info(
             "verifier %s checking %s every %.0f s per node on average",
             key.public_key_hex, settings.client.model, settings.interval_s,
@@ -65,4 +51,6 @@ async def serve(settings: VerifierSettings) -> int:
             ending = await stopping.wait(runner)
             stop.set()
             await asyncio.gather(runner, return_exceptions=True)
+    finally:
+        await pool.close()
     return ending.exit_code

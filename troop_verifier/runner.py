@@ -39,6 +39,8 @@ from troop_verifier.verdicts import signed_verdict
 log = logging.getLogger("troop.verifier")
 
 Sleep = Callable[[float], Awaitable[None]]
+# A fresh identity's client to use in place of a retired one (joined, ready to pay).
+Renew = Callable[[TroopClient], Awaitable[TroopClient]]
 
 
 @dataclass
@@ -69,7 +71,9 @@ class Verifier:
     """`Verifier(clients, scorer, key)`; `await check_once(node)` or `await run(stop)`.
 
     `clients`: the user identities' SDK clients (one is drawn per check); `key`: the
-    verifier's identity that signs verdicts; `submit=False` judges without reporting.
+    verifier's identity that signs verdicts; `submit=False` judges without reporting;
+    `renew`: makes a fresh identity's client, used in place of one a node may have learnt
+    (after it failed that node, or after `identity_checks` checks; 0: only the former).
     `rng` and `sleep` are injectable for tests."""
 
     def __init__(
@@ -84,6 +88,8 @@ class Verifier:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         submit: bool = True,
+        renew: Renew | None = None,
+        identity_checks: int = 0,
     ) -> None:
         if not clients:
             raise ValueError("at least one client")
@@ -96,6 +102,9 @@ class Verifier:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.submit = submit
+        self.renew = renew
+        self.identity_checks = identity_checks
+        self._uses: dict[int, int] = {}
         self.checks = 0
 
     async def check_once(
@@ -131,7 +140,25 @@ class Verifier:
             node.node_id, model, check.job_id, finding.outcome, finding.positions_failed,
             finding.positions_checked, f" ({finding.reason})" if finding.reason else "",
         )  # fmt: skip
+        await self._retire_if_known(client, finding)
         return check
+
+    async def _retire_if_known(self, client: TroopClient, finding: Finding) -> None:
+        """Swap `client` for a fresh identity once a node may know it for the verifier's:
+        it just failed a node (that node saw its key on the failed job), or it has run
+        `identity_checks` checks. Jobs already running on it finish as they are."""
+        if self.renew is None:
+            return
+        used = self._uses[id(client)] = self._uses.get(id(client), 0) + 1
+        worn = self.identity_checks > 0 and used >= self.identity_checks
+        if finding.outcome != Outcome.FAILED and not worn:
+            return
+        if client not in self.clients:  # a concurrent check retired it already
+            return
+        index = self.clients.index(client)
+        self.clients[index] = await self.renew(client)
+        self._uses.pop(id(client), None)
+        log.info("retired a verification identity after %d checks (%s)", used, finding.outcome)
 
     async def _stream(
         self, client: TroopClient, node: Node, model: str, job: VerificationJob

@@ -60,6 +60,14 @@ class VerifierSettings(Settings):
         parse=integer(1),
         help="user identities the checks are spread over (each joins and pays like a user)",
     )
+    identity_checks: int = setting(
+        50,
+        env="TROOP_VERIFIER_IDENTITY_CHECKS",
+        flag="--identity-checks",
+        parse=integer(0),
+        help="checks one identity runs before a fresh one replaces it (0: only after it "
+        "fails a node, which always retires it: that node saw its key)",
+    )
     key_file: Path | None = setting(
         None,
         env="TROOP_VERIFIER_KEY_FILE",
@@ -76,3 +84,7 @@ class VerifierSettings(Settings):
     def identity_path(self, n: int) -> Path:
         """The n-th user identity the checks run as."""
         return self.client.config_dir / "verifier-users" / f"user-{n}.key"
+
+    def retired_path(self, public_key_hex: str) -> Path:
+        """Where a retired identity's key is kept (its jobs may still be settling)."""
+        return self.client.config_dir / "verifier-users" / "retired" / f"{public_key_hex}.key"

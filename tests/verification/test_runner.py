@@ -174,3 +174,35 @@ async def test_run_checks_listed_nodes_until_stopped(eventually) -> None:
     stop.set()
     await asyncio.wait_for(running, 5)
     assert {asked["node_id"] for asked in client.asked} == {"node-1"}
+
+
+async def test_an_identity_that_failed_a_node_or_ran_its_checks_is_renewed() -> None:
+    """A node that failed a check saw the verifier's key on that job, and a key that
+    keeps coming back stands out: the verifier swaps it for a fresh identity then, so a
+    cheater cannot answer that key honestly and everyone else with its cheap model."""
+    node = Identity.generate()
+    honest, cheat = (
+        StubClient(node, honest_tokens()),
+        StubClient(node, [TokenEvidence(t.token, -0.01) for t in honest_tokens()]),
+    )
+    fresh: list[StubClient] = []
+
+    async def renew(old: Any) -> Any:
+        fresh.append(StubClient(node, honest_tokens()))
+        return fresh[-1]
+
+    def verifier(client: StubClient, identity_checks: int) -> Verifier:
+        return Verifier(
+            [client], FakeScorer([MODEL]), Identity.generate(), rng=random.Random(0),
+            renew=renew, identity_checks=identity_checks,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    failing = verifier(cheat, identity_checks=0)
+    assert (await failing.check_once(node_of(node), MODEL, JOB)).finding.outcome == Outcome.FAILED
+    assert failing.clients == fresh and cheat not in failing.clients  # retired at once
+
+    passing = verifier(honest, identity_checks=2)
+    await passing.check_once(node_of(node), MODEL, JOB)
+    assert passing.clients == [honest]  # one pass: kept
+    await passing.check_once(node_of(node), MODEL, JOB)
+    assert passing.clients == [fresh[-1]] and len(fresh) == 2  # its second: worn, renewed
