@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from troop_cli import format as fmt
+from troop_client.chat import Usage
 from troop_client.results import Balance, Job, ModelOffer, Node, Verification
 
 
@@ -106,6 +107,11 @@ def _account(snapshot: Snapshot) -> list[str]:
     ]
 
 
+def _tokens(usage: Usage | None) -> str:
+    """A charged job's tokens: prompt + completion."""
+    return "-" if usage is None else f"{usage.prompt_tokens}+{usage.completion_tokens}"
+
+
 def _jobs(snapshot: Snapshot) -> list[str]:
     title = f"YOUR RECENT JOBS ({len(snapshot.jobs)})"
     if not snapshot.jobs:
@@ -118,11 +124,12 @@ def _jobs(snapshot: Snapshot) -> list[str]:
             j.state + (" (disputed)" if j.disputed else ""),
             fmt.credits(j.reserved_millicredits),
             fmt.credits(j.charged_millicredits) if j.settled else "-",
+            _tokens(j.charged_tokens),
             fmt.short_key(j.node_id),
         ]
         for j in snapshot.jobs
     ]
-    headers = ["WHEN (UTC)", "JOB", "MODEL", "STATUS", "RESERVED", "CHARGED", "NODE"]
+    headers = ["WHEN (UTC)", "JOB", "MODEL", "STATUS", "RESERVED", "CHARGED", "TOKENS", "NODE"]
     return [title, fmt.table(headers, rows)]
 
 

@@ -15,6 +15,7 @@ from typing import Generic, Literal, TypeVar
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from troop_client.chat import Usage
 from troop_common.proto import common_pb2
 from troop_common.proto import coordinator_pb2 as pb
 
@@ -140,6 +141,8 @@ class Job:
     created_at: datetime
     settled_at: datetime | None
     disputed: bool
+    # Once charged: the tokens the charge is for (None before, or for a refunded job).
+    charged_tokens: Usage | None = None
 
     @property
     def settled(self) -> bool:
@@ -157,6 +160,11 @@ class Job:
             created_at=_utc(reply.created_at),
             settled_at=_utc_or_none(reply, "settled_at"),
             disputed=reply.disputed,
+            charged_tokens=(
+                Usage(reply.charged_usage.prompt_tokens, reply.charged_usage.completion_tokens)
+                if reply.HasField("charged_usage")
+                else None
+            ),
         )
 
 

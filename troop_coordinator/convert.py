@@ -144,4 +144,9 @@ def job_to_pb(job: JobView) -> pb.GetJobResponse:
     )
     if job.settled_at is not None:
         reply.settled_at.CopyFrom(timestamp(job.settled_at))
+    if job.charged_tokens is not None:
+        prompt, completion = job.charged_tokens
+        usage = reply.charged_usage
+        usage.prompt_tokens, usage.completion_tokens = prompt, completion
+        usage.total_tokens = prompt + completion
     return reply

@@ -44,6 +44,8 @@ async def test_a_node_that_never_sends_its_receipt_is_paid_what_its_client_vouch
     seen = await user.get_job(job.job_id)
     assert seen.state == pb.JOB_STATE_CHARGED and not seen.receipt_received
     assert seen.countersigned and seen.charged_millicredits == charge
+    # The charge is for the client's count alone: no prompt tokens, 9 completion tokens.
+    assert (seen.charged_usage.prompt_tokens, seen.charged_usage.completion_tokens) == (0, 9)
     # It gains nothing for it: marked down as for a failed job.
     assert (await UsageBook(coordinator.ledger.sessions).reputation(node.node_id) or 1.0) < 1.0
     assert await coordinator.ledger.settle_overdue(later) == []

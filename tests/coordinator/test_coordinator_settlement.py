@@ -486,11 +486,15 @@ async def test_get_job_says_where_a_job_stands_to_its_user_only(network: Network
     pending = await user.get_job(job.job_id)
     assert pending.state == pb.JOB_STATE_PENDING and pending.receipt_received
     assert not pending.countersigned and not pending.HasField("settled_at")
-    await user.report_usage(job.job_id, completion_tokens=9, stream_ms=100)
+    assert not pending.HasField("charged_usage")
+    await user.report_usage(job.job_id, completion_tokens=7, stream_ms=100)
 
     settled = await user.get_job(job.job_id)
     assert settled.state == pb.JOB_STATE_CHARGED and settled.HasField("settled_at")
-    assert settled.charged_millicredits == expected_charge(job, 20, 9)
+    # Charged for the node's prompt count and the lower completion count (the client's 7).
+    usage = settled.charged_usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (20, 7, 27)
+    assert settled.charged_millicredits == expected_charge(job, 20, 7)
     assert (settled.reserved_millicredits, settled.max_tokens) == (job.reserved_millicredits, 64)
     assert settled.completion_millicredits_per_1k_tokens == (
         job.price.completion_millicredits_per_1k_tokens

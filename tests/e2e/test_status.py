@@ -55,8 +55,11 @@ async def test_status_once_shows_the_node_the_model_the_balance_and_the_job(
     assert jobs.startswith("YOUR RECENT JOBS (1)")
     (job,) = jobs.splitlines()[2:]
     assert MODEL in job and " charged " in job
-    charged = job.split()[6]  # WHEN is two words: date, time
+    charged, tokens = job.split()[6:8]  # WHEN is two words: date, time
     assert millicredits(charged) == 3_600_000 - millicredits(credits)
+    # The tokens the charge is for: the fake engine said "You said: hello status".
+    prompt, completion = tokens.split("+")
+    assert int(prompt) > 0 and completion == "4"
 
 
 async def test_status_without_once_draws_frame_after_frame_until_ctrl_c(

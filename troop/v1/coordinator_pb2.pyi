@@ -529,7 +529,7 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
-    __slots__ = ("job_id", "model", "node_id", "state", "reserved_millicredits", "charged_millicredits", "max_tokens", "max_prompt_tokens", "prompt_millicredits_per_1k_tokens", "completion_millicredits_per_1k_tokens", "created_at", "settled_at", "receipt_received", "countersigned", "disputed")
+    __slots__ = ("job_id", "model", "node_id", "state", "reserved_millicredits", "charged_millicredits", "max_tokens", "max_prompt_tokens", "prompt_millicredits_per_1k_tokens", "completion_millicredits_per_1k_tokens", "created_at", "settled_at", "receipt_received", "countersigned", "disputed", "charged_usage")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -545,6 +545,7 @@ class GetJobResponse(_message.Message):
     RECEIPT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     COUNTERSIGNED_FIELD_NUMBER: _ClassVar[int]
     DISPUTED_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_USAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: str
     node_id: str
@@ -560,7 +561,8 @@ class GetJobResponse(_message.Message):
     receipt_received: bool
     countersigned: bool
     disputed: bool
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reserved_millicredits: _Optional[int] = ..., charged_millicredits: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., prompt_millicredits_per_1k_tokens: _Optional[int] = ..., completion_millicredits_per_1k_tokens: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., settled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt_received: _Optional[bool] = ..., countersigned: _Optional[bool] = ..., disputed: _Optional[bool] = ...) -> None: ...
+    charged_usage: _common_pb2.Usage
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reserved_millicredits: _Optional[int] = ..., charged_millicredits: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., prompt_millicredits_per_1k_tokens: _Optional[int] = ..., completion_millicredits_per_1k_tokens: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., settled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt_received: _Optional[bool] = ..., countersigned: _Optional[bool] = ..., disputed: _Optional[bool] = ..., charged_usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("job_id", "node_id", "model", "outcome", "positions_checked", "positions_failed", "reason", "evidence", "evidence_signature", "checked_at", "verifier_public_key")

@@ -258,6 +258,7 @@ class Ledger(Settling, HeldPay):
             receipt_received=job.node_duration_ms is not None,
             countersigned=job.usage_reported_at is not None,
             disputed=disputed,
+            charged_tokens=settlement.charged_tokens(job),
         )
 
     async def balance(self, public_key: str) -> tuple[int, int]:

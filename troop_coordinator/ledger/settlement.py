@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from troop_coordinator.db.models import JobStatus
 from troop_coordinator.pricing import ModelPrice
 
 # A job must produce this many tokens for its speed to say anything.
@@ -91,3 +92,15 @@ def far_below_proof(job: Any, multiplier: float) -> bool | None:
         return None
     reference_tps = 1_000_000 / completion_price
     return tokens * 1000 / stream_ms < SLOW_SHARE * reference_tps
+
+
+def charged_tokens(job: Any) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens a CHARGED job's charge is for, by the terms it was
+    settled on: the node's receipt (with the client's count when it came), or the client's
+    countersignature alone. None for a job not charged."""
+    if job.status != JobStatus.CHARGED:
+        return None
+    # The receipt is there when the node's duration is (record_node_claim writes both).
+    settled_on = terms_for(job, token_slack=0) if job.node_duration_ms is not None else None
+    terms = settled_on or countersigned_terms(job)
+    return terms.prompt_tokens, terms.completion_tokens

@@ -98,6 +98,8 @@ class JobView:
     receipt_received: bool
     countersigned: bool
     disputed: bool
+    # Once CHARGED, the (prompt, completion) tokens the charge is for; None otherwise.
+    charged_tokens: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
