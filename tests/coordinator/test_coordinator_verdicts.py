@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.coordinator.test_coordinator_settlement import STARTER, expected_charge
-from tests.verification.verdicts import node_evidence, signed_verdict, verdict_for
+from tests.verification.verdicts import TOKENS, node_evidence, signed_verdict, verdict_for
 from troop_common.errors import (
     AuthError,
     FailedPrecondition,
@@ -139,30 +139,17 @@ async def test_verdicts_from_untrusted_keys_or_about_the_wrong_job_are_refused(
     # Evidence the node's key did not sign.
     with pytest.raises(AuthError, match="evidence is not signed"):
         await submit(network, verdict_for(VERIFIER, stranger, job.job_id, node.node_id, MODEL))
-    # The node's evidence about another job.
-    data, signature = node_evidence(node.identity, "another-job", node.node_id, MODEL)
-    about_other = signed_verdict(
-        VERIFIER,
-        job_id=job.job_id,
-        node_id=node.node_id,
-        model=MODEL,
-        evidence=data,
-        evidence_signature=signature,
-    )
-    with pytest.raises(FailedPrecondition, match="another job"):
-        await submit(network, about_other)
-    # Evidence the node signed for this job, but not what its receipt vouched for.
-    data, signature = node_evidence(node.identity, job.job_id, node.node_id, MODEL, tokens=())
-    not_vouched = signed_verdict(
-        VERIFIER,
-        job_id=job.job_id,
-        node_id=node.node_id,
-        model=MODEL,
-        evidence=data,
-        evidence_signature=signature,
-    )
-    with pytest.raises(FailedPrecondition, match="vouched"):
-        await submit(network, not_vouched)
+    # The node's evidence about another job; for this job, but not what its receipt
+    # vouched for.
+    for about, tokens, refused in (
+        ("another-job", TOKENS, "another job"),
+        (job.job_id, (), "vouched"),
+    ):
+        data, signature = node_evidence(node.identity, about, node.node_id, MODEL, tokens=tokens)
+        verdict = signed_verdict(VERIFIER, job_id=job.job_id, node_id=node.node_id, model=MODEL,
+                                 evidence=data, evidence_signature=signature)  # fmt: skip
+        with pytest.raises(FailedPrecondition, match=refused):
+            await submit(network, verdict)
     # Nothing of it changed the node.
     (listed,) = [n for n in (await user.list_nodes(MODEL)).nodes if n.node_id == node.node_id]
     assert listed.verification.checks_failed == 0
