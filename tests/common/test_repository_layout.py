@@ -63,3 +63,20 @@ def test_the_verifier_uses_the_client_never_the_coordinator_or_the_worker() -> N
     imported = _imported_packages("troop_verifier")
     assert imported & {"troop_coordinator", "troop_worker"} == set()
     assert "troop_verifier" not in set().union(*(_imported_packages(c) for c in COMPONENTS))
+
+
+def test_the_installed_troop_command_finds_every_package(tmp_path: Path) -> None:
+    """`troop` (the console script) runs from anywhere, not only from the repository root:
+    the installed distribution maps every top-level package. (An editable install made
+    before a package existed maps it not; scripts/bootstrap reinstalls then.)"""
+    import os
+    import sys
+
+    packages = sorted(p.name for p in ROOT.glob("troop_*") if (p / "__init__.py").is_file())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import importlib, sys; [importlib.import_module(p) for p in sys.argv[1:]]"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *packages],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, f"run scripts/bootstrap: {done.stderr}"
