@@ -18,6 +18,7 @@ positions checked, or when the mean deviation over the job exceeds `mean_deviati
 from __future__ import annotations
 
 import enum
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,13 +69,20 @@ class Finding:
     reason: str = ""
 
 
+def deviation(token: TokenEvidence, trusted_logprob: float) -> float:
+    """|node - trusted| log-probability; infinite for a claim no model makes (NaN, an
+    infinity, or above 0), which every comparison with a NaN would otherwise let pass."""
+    if not math.isfinite(token.logprob) or token.logprob > 0:
+        return math.inf
+    return abs(token.logprob - trusted_logprob)
+
+
 def position_failure(
     token: TokenEvidence, score: PositionScore, temperature: float, thresholds: Thresholds
 ) -> str:
     """Why this position fails ("" when it passes). The score must be known."""
     assert score.logprob is not None and score.top_logprob is not None and score.rank is not None
-    deviation = abs(token.logprob - score.logprob)
-    if deviation > thresholds.tolerance(score.logprob):
+    if deviation(token, score.logprob) > thresholds.tolerance(score.logprob):
         return f"logprob {token.logprob:.2f} vs trusted {score.logprob:.2f}"
     if score.logprob < thresholds.floor:
         return f"trusted logprob {score.logprob:.1f} below {thresholds.floor}"
@@ -108,7 +116,7 @@ def judge(
     for token, score in zip(tokens, scores, strict=True):
         if score.logprob is None:
             continue
-        deviations.append(abs(token.logprob - score.logprob))
+        deviations.append(deviation(token, score.logprob))
         why = position_failure(token, score, temperature, thresholds)
         if why:
             failures.append(why)

@@ -235,11 +235,12 @@ class Network:
         name: str,
         log: str = "",
         prefix: Sequence[str] = (),
+        module: str = "troop_worker",
         **settings: str,
     ) -> Process:
-        """`python -m troop_worker` with the fake engine, after `prefix`, then `settings`
-        (TROOP_* variables); `name` is its node id and names its data dir, so starting it
-        again is the same node."""
+        """`python -m troop_worker` (or a hostile `module` that runs it) with the fake
+        engine, after `prefix`, then `settings` (TROOP_* variables); `name` is its node id
+        and names its data dir, so starting it again is the same node."""
         env = {
             "TROOP_COORDINATOR": coordinator,
             "TROOP_WORKER_ENGINE": "fake",
@@ -250,7 +251,7 @@ class Network:
             **settings,
         }
         log_file = self.tmp_path / (log or f"{name}.log")
-        return self.start("troop_worker", env, log_file, prefix)
+        return self.start(module, env, log_file, prefix)
 
 
 @pytest.fixture
