@@ -17,6 +17,7 @@ node key and submitted by the real sender, which logs a refusal.
 - overbound    a receipt with max_tokens + 1 completion tokens, then one with max_tokens
 - abort        the node proof is sent, then the stream aborts after `--abort-after` tokens
                (0: before any); the receipt claims max_tokens
+- inflate-running  as abort, but every chunk's running completion_tokens says 2^32-1
 - unpresented  for each job id read from stdin: receipts for a job never presented to it
                (none; one "signed" by the node's own key)
 - resend       honest; for each job id read from stdin: a second receipt claiming max_tokens
@@ -76,6 +77,7 @@ CHEATS = (
     "hold",
     "overbound",
     "abort",
+    "inflate-running",
     "unpresented",
     "resend",
     "proof",
@@ -187,7 +189,7 @@ class CheatingReceipts(ReceiptSender):
         elif cheat == "overbound":
             await self.send_record(replace(record, completion_tokens=ticket.max_tokens + 1))
             await self.send_record(replace(record, completion_tokens=ticket.max_tokens))
-        elif cheat == "abort":
+        elif cheat in ("abort", "inflate-running"):
             await self.send_record(
                 replace(record, completed=True, completion_tokens=ticket.max_tokens)
             )
@@ -223,7 +225,7 @@ class CheatingServicer(InferenceServicer):
             finally:
                 await honest.aclose()
             return
-        if STATE.cheat != "abort":
+        if STATE.cheat not in ("abort", "inflate-running"):
             try:
                 async for response in honest:
                     yield response
@@ -235,6 +237,8 @@ class CheatingServicer(InferenceServicer):
             async for response in honest:
                 if sent == STATE.abort_after:
                     break
+                if STATE.cheat == "inflate-running":
+                    response.completion_tokens = UINT32_MAX
                 yield response
                 sent += 1
             if sent == 0:

@@ -428,6 +428,33 @@ async def test_a_node_that_aborts_is_paid_only_for_what_arrived(
         await assert_charged(cheater, user, grant.job_id, charge, disputed=True)
 
 
+async def test_a_running_count_inflated_then_cut_is_bounded_by_the_bytes_received(
+    cheater_factory, database_url: str, eventually
+) -> None:
+    """Cheat: every chunk's running completion_tokens says 2^32-1, the stream is cut after
+    two words, and the receipt claims max_tokens. Protection: a client whose stream is cut
+    vouches for the lower of the running count and the bytes it received + 1 (an honest
+    tokenizer makes no more tokens than bytes), and settlement charges the lower of the
+    two sides. Trusting the running count would vouch for (and charge) max_tokens."""
+    user = Identity.generate()
+    async with cheater_factory(database_url, "inflate-running", "--abort-after", "2") as cheater:
+        coordinator = cheater.coordinator
+        async with TroopClient(coordinator.address, user) as troop:
+            grants = spy_on_grants(troop)
+            chunks, error = await stream(troop)
+        assert error is not None and len(chunks) == 2  # cut after two words
+        (grant,) = grants
+        vouched = len("".join(c.text for c in chunks).encode()) + 1
+        assert vouched < MAX_TOKENS
+        await eventually(closed(coordinator, grant.job_id))
+        row = await job_row(coordinator, grant.job_id)
+        assert row.client_completion_tokens == vouched
+        await sweep_at(coordinator, datetime.now(UTC) + timedelta(days=1))
+        await assert_charged(
+            cheater, user, grant.job_id, formula(grant, PROMPT_TOKENS, vouched), disputed=True
+        )
+
+
 async def test_a_receipt_for_a_job_never_presented_is_refused(
     cheater_factory, database_url: str, eventually
 ) -> None:
