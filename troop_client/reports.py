@@ -20,11 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from troop_client.settings import ClientSettings
-from troop_common.background import BackgroundSender, HotPath
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import TroopError, Unavailable
 from troop_common.keys import Identity
-from troop_common.outbox import Outbox
+from troop_common.outbox import DurableSender
 
 log = logging.getLogger("troop.client.reports")
 
@@ -67,9 +65,11 @@ class Report:
         return report
 
 
-class UsageReports:
+class UsageReports(DurableSender[Report]):
     """`submit` returns at once; `resume` queues what an earlier run left; `close` sends what
     it can before the client stops (the outbox keeps the rest)."""
+
+    name = "usage reports"
 
     def __init__(
         self,
@@ -79,68 +79,40 @@ class UsageReports:
         backoff_s: float = 1.0,
         max_age_s: float = MAX_AGE_S,
     ) -> None:
-        self._coordinator = coordinator
-        self._max_age_s = max_age_s
-        self.outbox = Outbox(outbox) if outbox is not None else None
-        self._resumed = False
-        self._sender: BackgroundSender[Report] = BackgroundSender(
-            self._send,
-            name="usage reports",
-            retries=None if self.outbox is not None else 0,
-            backoff_s=backoff_s,
-            describe=lambda report: f"the usage report for job {report.job_id}",
-            durable=self.outbox is not None,
+        # Without an outbox a report is tried once: the client cannot keep it anyway.
+        super().__init__(
+            outbox=outbox, max_age_s=max_age_s, backoff_s=backoff_s, retries=0, log=log
         )
-
-    @property
-    def hot(self) -> HotPath:
-        """The answers still before their first chunk: reports wait for them."""
-        return self._sender.hot
-
-    @property
-    def pending(self) -> int:
-        return self._sender.pending
+        self._coordinator = coordinator
+        self._resumed = False
 
     def submit(self, job_id: str, completion_tokens: int, stream_ms: int) -> None:
         self.resume()
-        report = Report(job_id, completion_tokens, stream_ms, time.time())
-        if self.outbox is not None:
-            self.outbox.put(job_id, report.to_bytes())
-        self._sender.submit(report)
+        self.queue(Report(job_id, completion_tokens, stream_ms, time.time()))
 
     def resume(self) -> int:
         """Queue (once) the reports an earlier run left in the outbox; how many."""
-        if self._resumed or self.outbox is None:
+        if self._resumed:
             return 0
         self._resumed = True
-        kept = self.outbox.load(Report.parse)
-        for report in kept:
-            self._sender.submit(report)
-        if kept:
-            log.info("%d usage report(s) left by an earlier run queued", len(kept))
-        return len(kept)
+        return super().resume()
 
-    def _done(self, report: Report) -> None:
-        if self.outbox is not None:
-            self.outbox.remove(report.job_id)
+    def key(self, message: Report) -> str:
+        return message.job_id
 
-    async def _send(self, report: Report) -> None:
-        if time.time() - report.made_at > self._max_age_s:
-            log.warning("the usage report for job %s is too old to matter: dropped", report.job_id)
-            self._done(report)
-            return
-        try:
-            await self._coordinator.report_usage(
-                report.job_id, report.completion_tokens, report.stream_ms
-            )
-        except Unavailable:
-            raise  # with an outbox: tried again later, kept on disk meanwhile
-        except TroopError as exc:  # an answer: sending it again would get the same one
-            log.warning("usage report for job %s not accepted: %s", report.job_id, exc)
-        self._done(report)
+    def encode(self, message: Report) -> bytes:
+        return message.to_bytes()
 
-    async def drain(self, timeout_s: float) -> None:
-        await self._sender.drain(timeout_s)
+    def parse(self, data: bytes) -> Report:
+        return Report.parse(data)
 
-    async def close(self, timeout_s: float) -> None:
-        await self._sender.close(timeout_s)
+    def made_at(self, message: Report) -> float:
+        return message.made_at
+
+    def describe(self, message: Report) -> str:
+        return f"the usage report for job {message.job_id}"
+
+    async def deliver(self, message: Report) -> None:
+        await self._coordinator.report_usage(
+            message.job_id, message.completion_tokens, message.stream_ms
+        )

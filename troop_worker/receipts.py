@@ -23,11 +23,9 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from troop_common.background import BackgroundSender, HotPath
 from troop_common.coordinator_client import CoordinatorClient
-from troop_common.errors import TroopError, Unavailable
 from troop_common.keys import Identity
-from troop_common.outbox import Outbox
+from troop_common.outbox import DurableSender
 from troop_common.proto import coordinator_pb2
 from troop_common.receipts import sign_receipt
 from troop_worker.engine.types import usage_pb
@@ -96,9 +94,12 @@ class SignedReceipt:
         return cls(receipt.job_id, receipt.finished_at.ToNanoseconds() / 1e9, request)
 
 
-class ReceiptSender:
+class ReceiptSender(DurableSender[SignedReceipt]):
     """`submit(record)` returns at once; `drain(timeout)` sends what is queued (at stop);
     `resume()` sends what an earlier run left in the outbox."""
+
+    name = "receipts"
+    loss_level = logging.ERROR  # a receipt lost is a job its node is not paid for
 
     def __init__(
         self,
@@ -113,36 +114,14 @@ class ReceiptSender:
     ) -> None:
         """`outbox`: the directory receipts are kept in until answered (None: memory only).
         `max_wait_s`: how long receipts wait for a moment when no job is starting."""
+        super().__init__(
+            outbox=outbox, max_age_s=max_age_s, backoff_s=backoff_s, max_wait_s=max_wait_s,
+            retries=None, log=log,
+        )  # fmt: skip
         self._client = client
         self._node = node
         self._node_id = node_id
-        self._max_age_s = max_age_s
-        self.outbox = Outbox(outbox) if outbox is not None else None
-        self._sender: BackgroundSender[SignedReceipt] = BackgroundSender(
-            self._send,
-            name="receipts",
-            retries=None,
-            backoff_s=backoff_s,
-            max_wait_s=max_wait_s,
-            describe=lambda receipt: f"the receipt for job {receipt.job_id}",
-            durable=self.outbox is not None,
-        )
         self.submitted = 0  # this run's jobs whose receipt was queued, sent or not
-
-    @property
-    def hot(self) -> HotPath:
-        """The jobs still before their first token: receipts wait for them."""
-        return self._sender.hot
-
-    @property
-    def pending(self) -> int:
-        """Receipts queued, waiting for a retry or being sent."""
-        return self._sender.pending
-
-    @property
-    def batches(self) -> int:
-        """How many batches were sent (each: every receipt ready at the time)."""
-        return self._sender.batches
 
     def sign(self, record: JobRecord) -> SignedReceipt:
         request = sign_receipt(self._node, record.to_pb(self._node_id))
@@ -154,50 +133,33 @@ class ReceiptSender:
 
     def send_signed(self, receipt: SignedReceipt) -> None:
         """Keep `receipt` in the outbox, then queue it."""
-        if self.outbox is not None:
-            self.outbox.put(receipt.job_id, receipt.request.SerializeToString())
-        self._sender.submit(receipt)
+        self.queue(receipt)
 
-    def resume(self) -> int:
-        """Queue every receipt an earlier run left in the outbox; how many."""
-        if self.outbox is None:
-            return 0
-        kept = self.outbox.load(SignedReceipt.parse)
-        for receipt in kept:
-            self._sender.submit(receipt)
-        if kept:
-            log.info("%d receipt(s) left by an earlier run queued for the coordinator", len(kept))
-        return len(kept)
+    def key(self, message: SignedReceipt) -> str:
+        return message.job_id
 
-    def _done(self, receipt: SignedReceipt) -> None:
-        if self.outbox is not None:
-            self.outbox.remove(receipt.job_id)
+    def encode(self, message: SignedReceipt) -> bytes:
+        return message.request.SerializeToString()
 
-    async def _send(self, receipt: SignedReceipt) -> None:
-        age_s = time.time() - receipt.finished_at_s
-        if age_s > self._max_age_s:
-            log.error(
-                "the receipt for job %s is %.0f s old, past the %.0f s in which it could "
-                "settle the job: dropped", receipt.job_id, age_s, self._max_age_s,
-            )  # fmt: skip
-            self._done(receipt)
-            return
-        try:
-            response = await self._client.submit_receipt(receipt.request)
-        except Unavailable:
-            raise  # tried again by the sender; the outbox keeps it meanwhile
-        except TroopError as exc:
-            log.error("coordinator refused the receipt for job %s: %s", receipt.job_id, exc)
-            self._done(receipt)
-            return
-        self._done(receipt)
+    def parse(self, data: bytes) -> SignedReceipt:
+        return SignedReceipt.parse(data)
+
+    def made_at(self, message: SignedReceipt) -> float:
+        return message.finished_at_s
+
+    def describe(self, message: SignedReceipt) -> str:
+        return f"the receipt for job {message.job_id}"
+
+    async def deliver(self, message: SignedReceipt) -> None:
+        response = await self._client.submit_receipt(message.request)
         log.debug(
             "job %s receipt taken: %s, charged %d millicredits",
-            receipt.job_id,
+            message.job_id,
             coordinator_pb2.SettlementKind.Name(response.kind),
             response.charged_millicredits,
         )
 
     async def drain(self, timeout_s: float) -> None:
-        """Send every receipt still queued (within `timeout_s`); the outbox keeps the rest."""
-        await self._sender.close(timeout_s)
+        """Send every receipt still queued (within `timeout_s`) and stop; the outbox keeps
+        the rest."""
+        await self.close(timeout_s)
