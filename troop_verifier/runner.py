@@ -3,8 +3,9 @@
 `Verifier.check_once(node)` is one check, end to end: a job drawn like a user's
 (`jobs`), streamed from that node only (`AuthorizeRequest.node_id`) through the
 client SDK as one of the verifier's user identities, so it is authorized, paid and
-countersigned like any job; then the evidence in the stream's last chunk is opened
-with the node's key, its tokens scored on the trusted model (`scoring`) and judged
+countersigned like any job; then the evidence in the stream's last chunk (which the SDK
+kept only once it verified with the node's pinned key) is matched to the job, its tokens
+scored on the trusted model (`scoring`) and judged
 (`judging`); a decided finding goes to the coordinator as a signed verdict
 (`verdicts`). `run()` repeats it: each node is checked once per `interval_s` on
 average, at exponentially distributed times (a Poisson process: nothing in the
@@ -26,10 +27,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from troop_client.chat import ChatOptions, Message
+from troop_client.evidence import VerifiedEvidence
 from troop_client.results import Node
 from troop_client.sdk import TroopClient
-from troop_common.errors import InvalidArgument, RateLimited, SignatureInvalid, TroopError
-from troop_common.evidence import TokenEvidence, messages_sha256, open_evidence, tokens_of
+from troop_common.errors import RateLimited, TroopError
+from troop_common.evidence import TokenEvidence, messages_sha256
 from troop_common.keys import Identity
 from troop_verifier.jobs import PROMPTS, VerificationJob, draw_job
 from troop_verifier.judging import DEFAULT_THRESHOLDS, Finding, Outcome, Thresholds, judge
@@ -63,8 +65,8 @@ class Streamed:
     job_id: str = ""
     text: str = ""
     finish_reason: str | None = None
-    evidence: bytes = b""
-    evidence_signature: bytes = b""
+    # The last chunk's evidence, as the SDK kept it: signed by the node, about this job.
+    evidence: VerifiedEvidence | None = None
 
 
 class Verifier:
@@ -128,9 +130,10 @@ class Verifier:
             reason = f"the job did not complete: {exc.message}"[:200]
             return Check(node.node_id, model, job, Finding(Outcome.INCONCLUSIVE, 0, 0, reason))
         finding = await self._judge(node, model, job, streamed)
+        evidence = streamed.evidence
         check = Check(
             node.node_id, model, job, finding, streamed.job_id, streamed.text,
-            streamed.evidence, streamed.evidence_signature,
+            evidence.data if evidence else b"", evidence.signature if evidence else b"",
         )  # fmt: skip
         self.checks += 1
         if finding.outcome != Outcome.INCONCLUSIVE and self.submit:
@@ -177,9 +180,7 @@ class Verifier:
             parts.append(chunk.text)
             if chunk.finish_reason is not None:
                 out.finish_reason = chunk.finish_reason
-                if chunk.evidence is not None:  # the SDK keeps only evidence the node signed
-                    out.evidence = chunk.evidence.data
-                    out.evidence_signature = chunk.evidence.signature
+                out.evidence = chunk.evidence
         out.text = "".join(parts)
         return out
 
@@ -188,21 +189,15 @@ class Verifier:
     ) -> Finding:
         if streamed.finish_reason is None:
             return Finding(Outcome.INCONCLUSIVE, 0, 0, "the stream ended without finishing")
-        if not streamed.evidence:
-            # Sent with no evidence: the node's receipt must then vouch for none.
+        evidence = streamed.evidence
+        if evidence is None:
+            # None sent, or none its node signed (the SDK dropped it): the node's receipt
+            # must then vouch for none.
             return Finding(
                 Outcome.FAILED, 0, 0, "a finished job without output evidence its node signed"
             )
-        try:
-            evidence = open_evidence(
-                streamed.evidence, streamed.evidence_signature, node.node_public_key
-            )
-        except (InvalidArgument, SignatureInvalid) as exc:
-            return Finding(Outcome.FAILED, 0, 0, f"evidence not the node's: {exc.message}"[:200])
-        mismatch = evidence_mismatch(
-            evidence, streamed.job_id, node.node_id, model, job, streamed.text
-        )
-        tokens = tokens_of(evidence)
+        mismatch = evidence_mismatch(evidence, model, job, streamed.text)
+        tokens = evidence.tokens
         if mismatch:
             return Finding(Outcome.FAILED, 0, 0, mismatch)
         scores = await asyncio.to_thread(self.scorer.score, job.messages, tokens)
@@ -250,21 +245,17 @@ class Verifier:
 
 
 def evidence_mismatch(
-    evidence: object, job_id: str, node_id: str, model: str, job: VerificationJob, text: str
+    evidence: VerifiedEvidence, model: str, job: VerificationJob, text: str
 ) -> str:
-    """Why the evidence is not about this job's output ("" when it is)."""
-    from troop_common.proto import inference_pb2
-
-    assert isinstance(evidence, inference_pb2.OutputEvidence)
-    if evidence.job_id != job_id or evidence.node_id != node_id:
-        return "the evidence is about another job"
+    """Why the evidence is not about this job's output ("" when it is). Its job and node
+    the SDK checked already."""
     if evidence.model != model:
         return f"the evidence names model {evidence.model!r}"
     if evidence.messages_sha256 != messages_sha256(job.messages):
         return "the evidence is about another prompt"
     if len(evidence.tokens) > job.max_tokens:
         return f"{len(evidence.tokens)} tokens in the evidence, more than max_tokens"
-    if not _spells(tokens_of(evidence), text):
+    if not _spells(evidence.tokens, text):
         return "the evidence's tokens do not spell the text sent"
     return ""
 
