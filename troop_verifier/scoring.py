@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from troop_common.evidence import TokenEvidence
 from troop_common.fake_model import echo_logprob, echo_words
+from troop_common.token_bytes import vocabulary_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -50,21 +51,6 @@ class Scorer(Protocol):
         ...
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE spells each byte as one printable character: that map, reversed."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("\u00a1"), ord("\u00ac") + 1),
-        *range(ord("\u00ae"), ord("\u00ff") + 1),
-    ]
-    chars = list(printable)
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + len(chars) - 188)
-    return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
-
-
 class TorchScorer:
     """`TorchScorer(model_id, model_path=None)`, `load()` once (~15 s), then `score(...)`."""
 
@@ -80,8 +66,8 @@ class TorchScorer:
         self.threads = threads
         self._model: torch.nn.Module | None = None
         self._tokenizer: object | None = None
+        self._bytes_of: list[bytes] = []  # each id's bytes, as the worker spells them
         self._ids_by_bytes: dict[bytes, int] = {}
-        self._vocabulary_size = 0
         self._lock = threading.Lock()
 
     @property
@@ -112,16 +98,20 @@ class TorchScorer:
             model = AutoModelForCausalLM.from_pretrained(
                 path.parent, dtype=torch.float32, **options
             )
-            self._ids_by_bytes = _vocabulary_bytes(tokenizer)
-            self._vocabulary_size = int(model.config.vocab_size)
+            self._bytes_of = vocabulary_bytes(tokenizer)
+            self._ids_by_bytes = _ids_by_bytes(tokenizer, self._bytes_of)
             self._tokenizer = tokenizer
             self._model = model.eval()
 
     def token_id(self, token: TokenEvidence) -> int | None:
-        """The vocabulary id of an evidence token: its own id when it has one (and the id
-        exists), else the id whose bytes are its bytes; None when none is."""
-        if token.token_id is not None:
-            return token.token_id if 0 <= token.token_id < self._vocabulary_size else None
+        """The vocabulary id of an evidence token: its own id when that id's bytes are its
+        bytes, else the id whose bytes are its bytes; None when none is. The bytes decide:
+        they are what the user received, and an id that spells something else would have
+        the trusted model score a token the node never sent."""
+        claimed = token.token_id
+        if claimed is not None and 0 <= claimed < len(self._bytes_of):
+            if self._bytes_of[claimed] == token.token:
+                return claimed
         return self._ids_by_bytes.get(token.token) if token.token else None
 
     def prompt_ids(self, messages: Messages) -> list[int]:
@@ -166,31 +156,18 @@ class TorchScorer:
         return scores
 
 
-def token_bytes(tokenizer: object) -> list[bytes]:
-    """Each id's bytes, at its index: byte-level BPE pieces decoded to their bytes,
-    anything else (special tokens) as the UTF-8 of its text."""
-    decoder = _byte_decoder()
-    size = len(tokenizer)  # type: ignore[arg-type]
-    pieces = cast(list[str | None], tokenizer.convert_ids_to_tokens(range(size)))  # type: ignore[attr-defined]
-    special = set(getattr(tokenizer, "all_special_tokens", []))
-    table = []
-    for piece in pieces:
-        if piece is None:
-            table.append(b"")
-        elif piece in special or any(char not in decoder for char in piece):
-            table.append(piece.encode())
-        else:
-            table.append(bytes(decoder[char] for char in piece))
-    return table
-
-
-def _vocabulary_bytes(tokenizer: object) -> dict[bytes, int]:
-    """Each token's bytes → its id; the lowest id wins where two ids share bytes."""
-    table: dict[bytes, int] = {}
-    for token_id, data in enumerate(token_bytes(tokenizer)):
+def _ids_by_bytes(tokenizer: object, table: Sequence[bytes]) -> dict[bytes, int]:
+    """Each token's bytes → its id (the lowest id where two share bytes), and each special
+    token's text → its id (an upstream may spell one so)."""
+    ids: dict[bytes, int] = {}
+    for token_id, data in enumerate(table):
         if data:
-            table.setdefault(data, token_id)
-    return table
+            ids.setdefault(data, token_id)
+    for text in getattr(tokenizer, "all_special_tokens", []):
+        token_id = tokenizer.convert_tokens_to_ids(text)  # type: ignore[attr-defined]
+        if isinstance(token_id, int):
+            ids.setdefault(text.encode(), token_id)
+    return ids
 
 
 class FakeScorer:

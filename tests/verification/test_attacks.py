@@ -1,11 +1,13 @@
 """Hostile workers against the verifier, as real processes: a coordinator on PostgreSQL
-trusting the test's verifier key, the hostile worker, and the verifier in the test (the
-fake engine's model, scored by FakeScorer: no model file needed)."""
+trusting the test's verifier key, the hostile worker, and the verifier in the test
+(scoring the fake engine's model with FakeScorer, or SmolLM2 with the trusted scorer)."""
 
 from __future__ import annotations
 
 import math
 import random
+
+import pytest
 
 from tests.state.conftest import Network
 from tests.verification.acceptance import (
@@ -50,3 +52,34 @@ async def test_a_worker_that_signs_nan_log_probabilities_fails_its_check(
         record = (await node_record(clients[0], "nan-node")).verification
         assert record is not None and record.checks_failed == 1
         assert MODEL in record.failed_models
+
+
+@pytest.mark.model
+@pytest.mark.e2e
+async def test_a_worker_whose_token_ids_spell_other_text_fails_its_check(
+    network: Network, processes, scorer
+) -> None:
+    """The node sends " banana" for every token (in the stream and in its signed
+    evidence) but signs the model's own token ids and log-probabilities with them. The
+    bytes are what the user got: a scorer that trusted the ids scored the honest model's
+    tokens and passed it; one that takes an id only when it spells the token's bytes
+    scores " banana" at every position."""
+    coordinator = await verified_coordinator(network)
+    worker = network.fake_worker(
+        coordinator.address, "respelling-node", module="tests.verification.respelling_worker",
+        TROOP_WORKER_ENGINE="torch",
+    )  # fmt: skip
+    greedy = VerificationJob((("user", "What is the capital of France?"),), 24, 0.0, 1.0, None)
+    async with users(coordinator.address, 1) as clients:
+        node = await listed(clients[0], "respelling-node", worker)
+        verifier = Verifier(clients, scorer, VERIFIER, rng=random.Random(2))
+        check = await verifier.check_once(node, MODEL, greedy)
+
+        assert check.text and set(check.text.split()) == {"banana"}  # the attack ran
+        signed = tokens_of(open_evidence(check.evidence, check.evidence_signature,
+                                         node.node_public_key))  # fmt: skip
+        assert all(t.token_id is not None for t in signed)  # with the model's own ids
+        assert check.finding.outcome == Outcome.FAILED, check.finding
+        assert check.submitted
+        record = (await node_record(clients[0], "respelling-node")).verification
+        assert record is not None and record.checks_failed == 1

@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from troop_common.evidence import TokenEvidence
-from troop_verifier.scoring import FakeScorer, token_bytes
+from troop_common.token_bytes import vocabulary_bytes
+from troop_verifier.scoring import FakeScorer
 
 MESSAGES = (("user", "What is the capital of France?"),)
 
@@ -18,7 +19,7 @@ def greedy_with_logprobs(scorer, steps: int) -> list[TokenEvidence]:
     import torch
 
     model, tokenizer = scorer.hf_model, scorer._tokenizer
-    vocabulary = token_bytes(tokenizer)
+    vocabulary = vocabulary_bytes(tokenizer)
     ids = torch.tensor([scorer.prompt_ids(MESSAGES)])
     tokens = []
     with torch.inference_mode():
@@ -40,8 +41,13 @@ def test_one_teacher_forced_pass_matches_decoding_step_by_step(scorer) -> None:
         assert score.top_logprob == pytest.approx(score.logprob, abs=1e-6)
         assert score.rank == 0
     assert "Paris" in b"".join(t.token for t in tokens).decode()
-    # Bytes only, as an OpenAI-compatible upstream sends them: the same ids and scores.
-    by_bytes = [dataclasses.replace(t, token_id=None) for t in tokens]
+    # Bytes only, as an OpenAI-compatible upstream sends them (a special token, which has
+    # no bytes, as its text): the same ids and scores.
+    spell = scorer._tokenizer.convert_ids_to_tokens
+    by_bytes = [
+        dataclasses.replace(t, token=t.token or spell(t.token_id).encode(), token_id=None)
+        for t in tokens
+    ]
     assert scorer.score(MESSAGES, by_bytes) == scores
 
 

@@ -28,9 +28,9 @@ from transformers.utils import logging as hf_logging
 
 from troop_common.errors import FieldViolation, InvalidArgument
 from troop_common.model_files import default_model_path
+from troop_common.token_bytes import vocabulary_bytes
 from troop_worker.engine.batching import BatchLoop, Emit, EngineStats, Sequence
 from troop_worker.engine.detokenize import IncrementalDetokenizer
-from troop_worker.engine.token_bytes import token_bytes_table
 from troop_worker.engine.types import GenerationChunk, GenerationRequest, Message
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class TorchEngine:
         # transformers wraps `to` with functools.wraps, which typeshed types as a plain
         # callable taking the model as its first argument.
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
-        self._token_bytes = self._vocabulary_bytes(self._tokenizer)
+        self._token_bytes = vocabulary_bytes(self._tokenizer)
         config = self._model.config
         self._context = int(getattr(config, "max_position_embeddings", 2048))
         eos = self._model.generation_config.eos_token_id
@@ -185,19 +185,6 @@ class TorchEngine:
 
     def _bytes_of(self, token: int) -> bytes:
         return self._token_bytes[token] if 0 <= token < len(self._token_bytes) else b""
-
-    @staticmethod
-    def _vocabulary_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
-        """Every token id's raw bytes (the output evidence's), special tokens empty."""
-        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        special = {i for i, added in tokenizer.added_tokens_decoder.items() if added.special} | set(
-            tokenizer.all_special_ids
-        )
-        return token_bytes_table(
-            [p if isinstance(p, str) else "" for p in pieces],
-            special,
-            lambda i: _decode(tokenizer, [i]),
-        )
 
     def _prepare(self, request: GenerationRequest) -> tuple[torch.Tensor, int]:
         """The prompt's ids and the job's token budget (on the engine thread)."""

@@ -1,4 +1,6 @@
-"""Each vocabulary token's raw bytes, for the output evidence (troop_common.evidence).
+"""Each vocabulary token's raw bytes, for the output evidence (troop_common.evidence): the
+worker spells each token it generated with them, and the verifier checks a token's id
+against them.
 
 Byte-level BPE tokenizers (GPT-2's, SmolLM2's) spell every byte as one printable
 character; undoing that map gives a token's exact bytes, even when it holds only part of
@@ -11,6 +13,7 @@ back to the UTF-8 of its decoded text.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -45,3 +48,18 @@ def token_bytes_table(
         else:
             table.append(decode(token_id).encode())
     return table
+
+
+def vocabulary_bytes(tokenizer: Any) -> list[bytes]:
+    """Every token id's raw bytes for a transformers tokenizer, special tokens empty."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = {i for i, added in tokenizer.added_tokens_decoder.items() if added.special}
+    special |= set(tokenizer.all_special_ids)
+
+    def decode(token_id: int) -> str:
+        text = tokenizer.decode(
+            [token_id], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return str(text)
+
+    return token_bytes_table([p if isinstance(p, str) else "" for p in pieces], special, decode)
