@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import shutil
 import sys
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from troop_common.addresses import dial_host, host_port
+from troop_common.envoy.admin import admin_get
 from troop_common.envoy.config import EnvoyConfig, bootstrap_json
 from troop_common.shutdown import stop_processes
 
@@ -157,37 +159,9 @@ class EnvoySidecar:
 async def _admin_get(admin: Path, path: str) -> bytes | None:
     """GET `path` from Envoy's admin interface on a Unix socket; None if not up yet."""
     try:
-        reader, writer = await asyncio.open_unix_connection(str(admin))
-    except OSError:
+        return await asyncio.to_thread(admin_get, admin, path)
+    except (OSError, http.client.HTTPException):
         return None
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 2.0)
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
-        return None
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
-    return body
-
-
-def _dechunk(body: bytes) -> bytes:
-    out = bytearray()
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return bytes(out)
 
 
 async def _bound_port(admin: Path) -> int | None:

@@ -14,48 +14,15 @@ from __future__ import annotations
 
 import http.client
 import logging
-import socket
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from troop_common.envoy.admin import TIMEOUT_S, admin_get
 from troop_common.envoy.process import EnvoySidecar
 from troop_common.metrics import Metrics
 
 log = logging.getLogger("troop.envoy.stats")
-READ_TIMEOUT_S = 2.0
 PREFIX = "envoy_"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout_s: float) -> None:
-        super().__init__("envoy-admin", timeout=timeout_s)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self._path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def admin_get(path: Path, target: str, timeout_s: float = READ_TIMEOUT_S) -> bytes:
-    """GET `target` from the admin interface on the Unix socket `path` (blocking); raises
-    OSError (or http.client's errors) when Envoy is not there or answers other than 200."""
-    connection = _UnixConnection(path, timeout_s)
-    try:
-        connection.request("GET", target)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise OSError(f"envoy admin {target}: HTTP {response.status}")
-    return body
 
 
 def checked(text: bytes) -> bytes:
@@ -72,7 +39,7 @@ class EnvoyStats:
     """Reads a running `EnvoySidecar`'s statistics at each scrape; `up` is whether the
     last read succeeded."""
 
-    def __init__(self, envoy: EnvoySidecar, timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(self, envoy: EnvoySidecar, timeout_s: float = TIMEOUT_S) -> None:
         self._envoy = envoy
         self._timeout_s = timeout_s
         self.up = False
@@ -105,4 +72,4 @@ def export_envoy_stats(metrics: Metrics, envoy: EnvoySidecar) -> EnvoyStats:
     return stats
 
 
-__all__ = ["EnvoyStats", "admin_get", "checked", "export_envoy_stats"]
+__all__ = ["EnvoyStats", "checked", "export_envoy_stats"]
